@@ -1,0 +1,231 @@
+"""The `gbmcvr` command line: one thin command per stage (parse, call, report)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+
+from gbmcvr.errors import UserError
+from gbmcvr.workdir import Workdir
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Conversion-rate toolkit: synth, ingest, features, train, tune, submit, run, demo.",
+)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+WorkdirOpt = Annotated[
+    Path, typer.Option("--workdir", help="Work directory (features/, models/, submissions/).")
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Pipeline config TOML (default: WORKDIR/gbmcvr.toml).")
+]
+
+
+def progress(message: str) -> None:
+    """Print a progress line with the time of day (long work shows progress)."""
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
+
+
+def _config(workdir: Path, config: Path | None):
+    from gbmcvr.config import load_config
+
+    return load_config(config, Workdir(workdir).config_file)
+
+
+@app.command()
+def init(workdir: WorkdirOpt = Path("."), overwrite: bool = False) -> None:
+    """Write a commented default gbmcvr.toml into the work directory."""
+    from gbmcvr.atomic import write_text
+    from gbmcvr.config import DEFAULT_TOML
+
+    path = Workdir(workdir).config_file
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists (use --overwrite to replace it)")
+    write_text(path, DEFAULT_TOML)
+    out.print(f"wrote {path}")
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Folder to write (replaced if it exists).")],
+    scale: Annotated[float, typer.Option(help="1.0 = real size (~3.5 M train rows).")] = 1.0,
+    seed: int = 0,
+) -> None:
+    """Generate a dataset in the ShareChat challenge layout, with the test day's true probabilities."""
+    from gbmcvr.data.synth import write_synth
+
+    if scale <= 0:
+        raise UserError(f"--scale must be positive, got {scale}")
+    progress(f"generating scale {scale} (seed {seed}) into {out_dir}")
+    result = write_synth(out_dir, scale, seed)
+    out.print(
+        f"wrote {result.train_rows:,} train rows (30 files) and {result.test_rows:,} test rows to {out_dir}; "
+        f"truth log loss on the test day = {result.truth_logloss:.5f}"
+    )
+
+
+@app.command()
+def ingest(
+    data_dir: Annotated[Path, typer.Argument(metavar="DATA_DIR")],
+    profile: Annotated[
+        str, typer.Option(help="Built-in profile name or a profile TOML file.")
+    ] = "sharechat2023",
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Raw store folder (default WORKDIR/features/raw).")
+    ] = None,
+    workdir: WorkdirOpt = Path("."),
+) -> None:
+    """Validate a raw dataset folder and write the typed Parquet raw store."""
+    from gbmcvr.data.ingest import ingest as run_ingest
+    from gbmcvr.data.profile import load_profile
+
+    result = run_ingest(data_dir, load_profile(profile), out_dir or Workdir(workdir).raw, progress)
+    out.print(
+        f"ingested {result.train_rows:,} train and {result.test_rows:,} test rows into {result.out} in {result.seconds:.1f}s"
+    )
+
+
+@app.command()
+def validate(
+    submission: Annotated[Path, typer.Argument(metavar="SUBMISSION")],
+    data: Annotated[
+        Path, typer.Option("--data", help="Raw dataset folder whose test ids the file must cover.")
+    ],
+    profile: str = "sharechat2023",
+) -> None:
+    """Check a submission file against the test ids of a dataset."""
+    from gbmcvr.data.ingest import source_files
+    from gbmcvr.data.profile import load_profile
+    from gbmcvr.post import submission as sub
+
+    prof = load_profile(profile)
+    import polars as pl
+
+    _, test_files = source_files(data, prof)
+    ids = pl.concat(
+        [
+            pl.read_csv(
+                f,
+                separator=prof.separator,
+                columns=[prof.id_column],
+                schema_overrides={prof.id_column: pl.Int64},
+            )
+            for f in test_files
+        ]
+    )[prof.id_column]
+    sub.validate(sub.read(submission), ids, str(submission))
+    out.print(f"{submission}: valid ({len(ids):,} rows)")
+
+
+@app.command()
+def score(
+    submission: Annotated[Path, typer.Argument(metavar="SUBMISSION")],
+    truth: Annotated[
+        Path, typer.Option("--truth", help="Dataset folder with truth/test_truth.parquet, or the file.")
+    ],
+    base_rate: Annotated[
+        float | None, typer.Option(help="Base rate for NCE (default: the train install rate).")
+    ] = None,
+) -> None:
+    """Score a submission against a truth file: log loss, NCE, AUC, calibration; the truth's own log loss."""
+    from gbmcvr.post.scoring import format_score, score_submission
+
+    result = score_submission(submission, truth, base_rate)
+    out.print(format_score(result))
+
+
+@app.command()
+def features(
+    config: ConfigOpt = None,
+    feature_set: Annotated[
+        str | None, typer.Option("--set", help="Feature set name (default from config).")
+    ] = None,
+    plan: Annotated[str, typer.Option(help="validate | full | both")] = "validate",
+    show_default: Annotated[
+        bool, typer.Option("--show-default", help="Print the default feature set TOML.")
+    ] = False,
+    force: bool = False,
+    workdir: WorkdirOpt = Path("."),
+) -> None:
+    """Build feature tables from the raw store into features/<set>/<plan>/."""
+    from gbmcvr.fe.spec import default_toml_text
+    from gbmcvr.stages import build_features
+
+    if show_default:
+        out.print(default_toml_text(), markup=False)
+        return
+    cfg = _config(workdir, config)
+    plans = ["validate", "full"] if plan == "both" else [plan]
+    for p in plans:
+        result = build_features(Workdir(workdir), cfg, p, feature_set, force, progress)
+        verb = "built" if result.rebuilt else "up to date:"
+        out.print(
+            f"{verb} {result.out} ({result.columns} columns, rows {result.rows}, {result.seconds:.1f}s)"
+        )
+
+
+@app.command()
+def train(
+    kind: Annotated[str, typer.Argument(metavar="MODEL", help="e2e | ts | mtdm")],
+    config: ConfigOpt = None,
+    feature_set: Annotated[
+        str | None, typer.Option("--features", help="Feature set (default from config).")
+    ] = None,
+    params: Annotated[str | None, typer.Option("--params", help="JSON params file, or 'tuned'.")] = None,
+    refit: Annotated[
+        bool, typer.Option("--refit", help="Also retrain on the full plan for test predictions.")
+    ] = False,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Run directory name (default: the model name).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="MTDM only: auto | cpu | cuda.")] = "auto",
+    overwrite: bool = False,
+    workdir: WorkdirOpt = Path("."),
+) -> None:
+    """Train a model on the feature tables and write models/<run-id>/."""
+    from gbmcvr import stages
+
+    cfg = _config(workdir, config)
+    wd = Workdir(workdir)
+    if kind in ("e2e", "ts"):
+        run = stages.train_gbm_stage(
+            wd, cfg, kind, run_id or kind, params, refit, overwrite, feature_set, progress
+        )
+        m = run.metrics["valid"]["p"]
+    elif kind == "mtdm":
+        run = stages.train_mtdm_stage(wd, cfg, run_id or kind, device, overwrite, feature_set, progress)
+        m = run.metrics["valid"]["p"]
+    else:
+        raise UserError(f"unknown model '{kind}' (choose e2e, ts or mtdm)")
+    out.print(
+        f"{run_id or kind}: valid log loss {m['logloss']:.5f}, NCE {m['nce']:.5f} (base rate {m['nce_base_rate']:.4f}, "
+        f"fit-window install rate), AUC {m['auc']:.5f}, calibration {m['calibration_ratio']:.3f} "
+        f"-> {wd.run(run_id or kind)}"
+    )
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)

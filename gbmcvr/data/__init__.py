@@ -1,0 +1,1 @@
+"""Dataset profiles, ingest into the raw store, generated data and day splits."""

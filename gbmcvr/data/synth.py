@@ -1,0 +1,358 @@
+"""Generated ShareChat-layout data from an explicit generative model, with a truth file for the test day.
+
+The model: users and ads carry latent click ("like") and install propensities built from their observed
+attributes plus unobserved noise; a row is a (user, ad, day) impression. Stage 1 draws `like` from
+sigmoid(like logit); stage 2 draws `install | like` from sigmoid(install logit); a like without an install
+is a click, and an install is clicked with probability `CLICK_GIVEN_INSTALL` (installs without clicks
+exist, as in the real data). Ads live for a span of days (day drift), a share of the test day's ads is new,
+and some train rows are logged twice, a few with conflicting labels. Rates and quirks follow DATA.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from gbmcvr.atomic import atomic_dir
+from gbmcvr.data.profile import SHARECHAT
+
+TRAIN_ROWS = 3_485_852
+TEST_ROWS = 160_973
+TRAIN_FILES = 30
+TRAIN_DAYS = tuple(range(45, 67))
+TEST_DAY = 67
+INSTALL_RATE = 0.1740
+CLICK_RATE = 0.2198
+CLICK_GIVEN_INSTALL = 0.55
+LIKE_RATE = CLICK_RATE + INSTALL_RATE * (1 - CLICK_GIVEN_INSTALL)
+DUPLICATES = 20_000
+CONFLICTING = 1_100
+NEW_AD_SHARE = 0.30
+MISSING_F30_F31 = (0.478, 0.273)
+MISSING_AD_BLOCK = (0.052, 0.061)
+F23_TRAIN_ONLY_SHARE = 0.068
+
+AD_NUMERICAL = (43, 51, 58, 59, 64, 65, 66, 67, 68, 69, 70)
+INTERACTION_NUMERICAL = (
+    42,
+    44,
+    45,
+    46,
+    47,
+    48,
+    49,
+    50,
+    52,
+    53,
+    54,
+    55,
+    56,
+    57,
+    60,
+    61,
+    62,
+    63,
+    *range(71, 80),
+)
+USER_CATEGORICAL = {
+    5: 40,
+    8: 300,
+    10: 12,
+    11: 60,
+    12: 25,
+    13: 220,
+    14: 8,
+    15: 5800,
+    16: 150,
+    17: 30,
+    18: 900,
+    32: 6,
+}
+AD_CATEGORICAL = {2: 120, 3: 40, 19: 15, 20: 6, 21: 30, 22: 10}
+ADS, ADVERTISERS = 5200, 630
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    """What `write_synth` produced: row counts and the best achievable test log loss."""
+
+    train_rows: int
+    test_rows: int
+    truth_logloss: float
+
+
+def _card(full: int, scale: float) -> int:
+    """Cardinality at a given scale: shrinks with sqrt(scale) so small data still repeats categories."""
+    return int(max(min(full, 6), round(full * min(1.0, scale) ** 0.5)))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _intercept(logit: np.ndarray, target: float) -> float:
+    """Shift that makes mean(sigmoid(logit + shift)) equal `target` (bisection)."""
+    lo, hi = -15.0, 15.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if _sigmoid(logit + mid).mean() < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _hashed_codes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Distinct integer codes that look hashed (the real categoricals are not 0..n-1)."""
+    return rng.choice(2**31 - 1, size=n, replace=False).astype(np.int64)
+
+
+def _zipf_weights(rng: np.random.Generator, n: int, sigma: float = 1.0) -> np.ndarray:
+    w = rng.lognormal(0.0, sigma, size=n)
+    return w / w.sum()
+
+
+class _World:
+    """Latent users and ads; draws impressions for a day as vectorised numpy arrays."""
+
+    def __init__(self, rng: np.random.Generator, scale: float) -> None:
+        self.rng = rng
+        self.scale = scale
+        n_users = max(2_000, int(400_000 * scale))
+        self.user_weight = _zipf_weights(rng, n_users, 1.2)
+        self.user_cat = {
+            c: rng.choice(_card(k, scale), size=n_users, p=_zipf_weights(rng, _card(k, scale)))
+            for c, k in USER_CATEGORICAL.items()
+        }
+        self.user_cat_codes = {c: _hashed_codes(rng, _card(k, scale)) for c, k in USER_CATEGORICAL.items()}
+        # attribute effects: a few user attributes carry the click / install propensity
+        eff = {
+            c: rng.normal(0, s, _card(USER_CATEGORICAL[c], scale))
+            for c, s in ((15, 0.5), (13, 0.4), (11, 0.3), (18, 0.4), (8, 0.3))
+        }
+        eff_i = {
+            c: rng.normal(0, s, _card(USER_CATEGORICAL[c], scale))
+            for c, s in ((15, 0.5), (13, 0.3), (5, 0.3), (18, 0.3), (16, 0.3))
+        }
+        self.user_click = sum(e[self.user_cat[c]] for c, e in eff.items()) + rng.normal(0, 0.5, n_users)
+        self.user_install = sum(e[self.user_cat[c]] for c, e in eff_i.items()) + rng.normal(0, 0.5, n_users)
+        self.user_activity = rng.normal(0, 1, n_users)
+        self.user_flags = (
+            rng.random((n_users, 9)) < _sigmoid(self.user_activity[:, None] * 0.5 + rng.normal(0, 1, 9))
+        ).astype(np.int8)
+
+        n_ads, n_adv = _card(ADS, scale), _card(ADVERTISERS, scale)
+        self.ad_adv = rng.integers(0, n_adv, size=n_ads)
+        self.adv_codes = _hashed_codes(rng, n_adv)
+        self.ad_cat = {
+            c: rng.choice(_card(k, scale), size=n_adv, p=_zipf_weights(rng, _card(k, scale)))[self.ad_adv]
+            for c, k in AD_CATEGORICAL.items()
+        }
+        self.ad_cat_codes = {c: _hashed_codes(rng, _card(k, scale)) for c, k in AD_CATEGORICAL.items()}
+        adv_click, adv_install = rng.normal(0, 0.4, n_adv), rng.normal(0, 0.6, n_adv)
+        self.ad_click = adv_click[self.ad_adv] + rng.normal(0, 0.4, n_ads)
+        self.ad_install = adv_install[self.ad_adv] + rng.normal(0, 0.5, n_ads)
+        self.ad_weight = rng.lognormal(0, 1.0, n_ads)
+        self.ad_start = rng.integers(TRAIN_DAYS[0] - 10, TEST_DAY, size=n_ads)
+        self.ad_end = self.ad_start + rng.geometric(1 / 10, size=n_ads)
+        # ads launched on the test day so that ~NEW_AD_SHARE of its distinct ads are unseen in train
+        active_test = int(((self.ad_start <= TEST_DAY) & (self.ad_end >= TEST_DAY)).sum())
+        n_new = max(1, int(active_test * NEW_AD_SHARE / (1 - NEW_AD_SHARE)))
+        self.ad_start = np.concatenate([self.ad_start, np.full(n_new, TEST_DAY)])
+        self.ad_end = np.concatenate([self.ad_end, np.full(n_new, TEST_DAY + 5)])
+        self.ad_adv = np.concatenate([self.ad_adv, rng.integers(0, n_adv, size=n_new)])
+        for c in AD_CATEGORICAL:
+            self.ad_cat[c] = np.concatenate([self.ad_cat[c], self.ad_cat[c][rng.integers(0, n_ads, n_new)]])
+        self.ad_click = np.concatenate(
+            [self.ad_click, adv_click[self.ad_adv[n_ads:]] + rng.normal(0, 0.4, n_new)]
+        )
+        self.ad_install = np.concatenate(
+            [self.ad_install, adv_install[self.ad_adv[n_ads:]] + rng.normal(0, 0.5, n_new)]
+        )
+        self.ad_weight = np.concatenate([self.ad_weight, rng.lognormal(0, 1.0, n_new)])
+        self.ad_codes = _hashed_codes(rng, n_ads + n_new)
+        # a user-segment x ad-category affinity: what categorical crosses can find
+        self.affinity = rng.normal(
+            0, 0.35, (_card(USER_CATEGORICAL[13], scale), _card(AD_CATEGORICAL[2], scale))
+        )
+        self.dow_effect = rng.normal(0, 0.1, 7)
+        self.hour_effect = rng.normal(0, 0.15, 24)
+        self.f9_codes = _hashed_codes(rng, 2)
+        self.f7_code = _hashed_codes(rng, 1)[0]
+        self.f23_codes = _hashed_codes(rng, 1)
+        self.small_codes = {c: _hashed_codes(rng, 2) for c in (26, 27, 28, 29)}
+        self.misc_codes = {c: _hashed_codes(rng, k) for c, k in ((24, 24), (25, 50))}
+
+    def day(self, day: int, n: int, is_test: bool) -> dict[str, np.ndarray]:
+        """Columns (f_1..f_79) and latent probabilities for `n` impressions on `day`."""
+        rng = self.rng
+        active = np.flatnonzero((self.ad_start <= day) & (self.ad_end >= day))
+        w = self.ad_weight[active]
+        ad = active[rng.choice(len(active), size=n, p=w / w.sum())]
+        user = rng.choice(len(self.user_weight), size=n, p=self.user_weight)
+        cols: dict[str, np.ndarray] = {"f_1": np.full(n, day, dtype=np.int64)}
+        cols["f_2"] = self.ad_cat_codes[2][self.ad_cat[2][ad]]
+        cols["f_3"] = self.ad_cat_codes[3][self.ad_cat[3][ad]]
+        cols["f_4"] = self.adv_codes[self.ad_adv[ad]]
+        cols["f_6"] = self.ad_codes[ad]
+        for c in (19, 20, 21, 22):
+            cols[f"f_{c}"] = self.ad_cat_codes[c][self.ad_cat[c][ad]]
+        for c in USER_CATEGORICAL:
+            cols[f"f_{c}"] = self.user_cat_codes[c][self.user_cat[c][user]]
+        cols["f_7"] = np.full(n, self.f7_code, dtype=np.int64)
+        cols["f_9"] = np.full(n, self.f9_codes[day % 2], dtype=np.int64)
+        f23 = np.zeros(n, dtype=np.int64)
+        if not is_test:
+            f23[rng.random(n) < F23_TRAIN_ONLY_SHARE] = self.f23_codes[0]
+        cols["f_23"] = f23
+        hour = rng.integers(0, 24, size=n)
+        cols["f_24"] = self.misc_codes[24][hour]
+        cols["f_25"] = self.misc_codes[25][rng.integers(0, 50, size=n)]
+        for c in (26, 27, 28, 29):
+            cols[f"f_{c}"] = self.small_codes[c][(rng.random(n) < 0.3).astype(np.int64)]
+        missing_f30 = MISSING_F30_F31[1 if is_test else 0]
+        for c in (30, 31):
+            v = (rng.random(n) < _sigmoid(self.user_activity[user])).astype(np.float64)
+            v[rng.random(n) < missing_f30] = np.nan
+            cols[f"f_{c}"] = v
+        flags = self.user_flags[user]
+        for j, c in enumerate(range(33, 42)):
+            cols[f"f_{c}"] = flags[:, j].astype(np.int64)
+
+        u_click, u_inst, act = self.user_click[user], self.user_install[user], self.user_activity[user]
+        a_click, a_inst = self.ad_click[ad], self.ad_install[ad]
+        age = day - self.ad_start[ad]
+        # interaction counts: noisy views of the user's propensities and activity (base-value multiples)
+        base = SHARECHAT.base_values
+        for j, c in enumerate(INTERACTION_NUMERICAL):
+            signal = (
+                0.6 * act
+                + 0.35 * (u_click if j % 3 == 0 else u_inst if j % 3 == 1 else a_click)
+                + 0.2 * np.sin(j)
+            )
+            k = rng.poisson(np.exp(np.clip(signal + 0.3 * rng.normal(size=n), -6, 4)) * (1 + j % 4))
+            col = f"f_{c}"
+            cols[col] = np.round(k * base.get(col, 1.0), 8)
+        # ad statistics: noisy views of ad quality, two of them drifting with the days
+        for j, c in enumerate(AD_NUMERICAL):
+            quality = a_inst if j % 2 == 0 else a_click
+            v = quality + rng.normal(0, 0.8, n)
+            if c == 51:
+                v = v + 0.08 * (day - TRAIN_DAYS[0])
+            if c == 64:
+                v = np.log1p(age.astype(np.float64)) + 0.3 * rng.normal(size=n)
+            cols[f"f_{c}"] = np.round(np.exp(v / 2) * 10, 4)
+        missing_ad = rng.random(n) < MISSING_AD_BLOCK[1 if is_test else 0]
+        for c in AD_NUMERICAL:
+            cols[f"f_{c}"][missing_ad] = np.nan
+
+        seg, cat2 = self.user_cat[13][user], self.ad_cat[2][ad]
+        like_logit = (
+            u_click
+            + a_click
+            + self.affinity[seg, cat2]
+            + self.dow_effect[day % 7]
+            + self.hour_effect[hour]
+            + 0.25 * act
+            + rng.normal(0, 0.3, n)
+        )
+        install_logit = (
+            u_inst
+            + a_inst
+            + 0.7 * self.affinity[seg, cat2]
+            - 0.15 * np.log1p(age)
+            + 0.2 * flags[:, 0]
+            + rng.normal(0, 0.3, n)
+        )
+        cols["_like_logit"], cols["_install_logit"] = like_logit, install_logit
+        return cols
+
+
+def _draw_labels(
+    rng: np.random.Generator, p_like: np.ndarray, p_igl: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    like = rng.random(len(p_like)) < p_like
+    installed = like & (rng.random(len(p_like)) < p_igl)
+    clicked = like & (~installed | (rng.random(len(p_like)) < CLICK_GIVEN_INSTALL))
+    return clicked.astype(np.int64), installed.astype(np.int64)
+
+
+def _frame(cols: dict[str, np.ndarray], columns: list[str]) -> pl.DataFrame:
+    integer = {SHARECHAT.row_id, SHARECHAT.day, *SHARECHAT.categorical, *SHARECHAT.binary, *SHARECHAT.labels}
+    return pl.DataFrame(
+        [
+            pl.Series(c, cols[c], nan_to_null=True).cast(pl.Int64) if c in integer else pl.Series(c, cols[c])
+            for c in columns
+        ]
+    )
+
+
+def generate(scale: float = 1.0, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Train, test and truth frames in the challenge layout (test without labels; truth per test row)."""
+    rng = np.random.default_rng(seed)
+    world = _World(rng, scale)
+    n_train, n_test = max(int(round(TRAIN_ROWS * scale)), 220), max(int(round(TEST_ROWS * scale)), 10)
+    n_dup = int(round(DUPLICATES * scale))
+    per_day = rng.multinomial(n_train - n_dup, np.full(len(TRAIN_DAYS), 1 / len(TRAIN_DAYS)))
+    parts = [world.day(d, int(k), False) for d, k in zip(TRAIN_DAYS, per_day, strict=True)]
+    train = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+    del parts
+    test = world.day(TEST_DAY, n_test, True)
+
+    like_shift = _intercept(train["_like_logit"][:200_000], LIKE_RATE)
+    install_shift = _intercept(train["_install_logit"][:200_000], INSTALL_RATE / LIKE_RATE)
+    for cols in (train, test):
+        cols["_p_like"] = _sigmoid(cols.pop("_like_logit") + like_shift)
+        cols["_p_igl"] = _sigmoid(cols.pop("_install_logit") + install_shift)
+        cols["is_clicked"], cols["is_installed"] = _draw_labels(rng, cols["_p_like"], cols["_p_igl"])
+
+    # duplicates: the same impression logged twice; a few copies carry a conflicting install label
+    src = rng.choice(len(train["f_1"]), size=n_dup, replace=False)
+    dup = {c: v[src].copy() for c, v in train.items()}
+    conflict = rng.choice(n_dup, size=min(n_dup, int(round(CONFLICTING * scale))), replace=False)
+    dup["is_installed"][conflict] = 1 - dup["is_installed"][conflict]
+    train = {c: np.concatenate([train[c], dup[c]]) for c in train}
+    order = rng.permutation(len(train["f_1"]))
+    train = {c: v[order] for c, v in train.items()}
+
+    ids = rng.permutation(len(train["f_1"]) + n_test).astype(np.int64) + 10_000
+    train["f_0"], test["f_0"] = ids[: len(train["f_1"])], ids[len(train["f_1"]) :]
+    feature_cols = [f"f_{i}" for i in range(80)]
+    train_frame = _frame(train, [*feature_cols, "is_clicked", "is_installed"])
+    test_frame = _frame(test, feature_cols)
+    truth = pl.DataFrame(
+        {
+            "row_id": test["f_0"],
+            "is_clicked": test["is_clicked"],
+            "is_installed": test["is_installed"],
+            "p_install": test["_p_like"] * test["_p_igl"],
+            "p_like": test["_p_like"],
+        }
+    )
+    return train_frame, test_frame, truth
+
+
+def write_synth(out: Path, scale: float = 1.0, seed: int = 0) -> SynthResult:
+    """Write train/ (30 TSV files), test/ (one file) and truth/test_truth.parquet under `out`, atomically."""
+    from gbmcvr.metrics import log_loss
+
+    train, test, truth = generate(scale, seed)
+    with atomic_dir(Path(out)) as tmp:
+        (tmp / "train").mkdir()
+        (tmp / "test").mkdir()
+        (tmp / "truth").mkdir()
+        bounds = np.linspace(0, train.height, TRAIN_FILES + 1).astype(int)
+        for i in range(TRAIN_FILES):
+            part = train.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i]))
+            part.write_csv(tmp / "train" / f"{i:012d}.csv", separator="\t", null_value="")
+        test.write_csv(tmp / "test" / f"{0:012d}.csv", separator="\t", null_value="")
+        truth.write_parquet(tmp / "truth" / "test_truth.parquet")
+        rate = float(train["is_installed"].mean())
+        (tmp / "truth" / "train_rate.json").write_text(json.dumps({"install_rate": rate}) + "\n")
+    return SynthResult(
+        train.height, test.height, log_loss(truth["is_installed"].to_numpy(), truth["p_install"].to_numpy())
+    )

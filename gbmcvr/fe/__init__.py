@@ -1,0 +1,1 @@
+"""Feature families (cleaning, date cycles, crosses, counts, group statistics, beta target encoding)."""

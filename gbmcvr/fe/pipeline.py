@@ -1,0 +1,325 @@
+"""Build the feature tables of a plan from the raw store: fit / valid / test Parquet plus a manifest.
+
+One pass materialises the plan's rows with cleaned numericals, dense categorical codes, the date cycle
+and the crosses; small per-key tables (counts, group statistics, target encodings) are computed from it;
+each split is then written by a streaming join of those tables, so memory stays near one copy of the data.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import polars as pl
+
+from gbmcvr.atomic import atomic_dir, write_json
+from gbmcvr.data.profile import Profile
+from gbmcvr.data.split import plan_days
+from gbmcvr.errors import UserError
+from gbmcvr.fe import clean, counts, crosses, groupstats
+from gbmcvr.fe.dates import date_exprs
+from gbmcvr.fe.spec import FeatureSpec, cross_name
+from gbmcvr.fe.target import FOLD, BetaTargetEncoder, fold_expr
+
+SPLIT = "_split"
+LIKE = "is_like"
+FEATURE_VERSION = 1
+TARGET_SHORT = {"is_installed": "inst", "is_like": "like", "install_given_like": "igl"}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out: Path
+    rebuilt: bool
+    rows: dict[str, int]
+    columns: int
+    seconds: float
+    family_seconds: dict[str, float]
+
+
+def raw_fingerprint(raw_dir: Path) -> str:
+    manifest = Path(raw_dir) / "manifest.json"
+    if not manifest.is_file():
+        raise UserError(f"{raw_dir}: no raw store (run `gbmcvr ingest DATA_DIR` first)")
+    return json.loads(manifest.read_text())["fingerprint"]
+
+
+def _scan_raw(raw_dir: Path, profile: Profile) -> pl.LazyFrame:
+    train = pl.scan_parquet(raw_dir / "train.parquet")
+    test = pl.scan_parquet(raw_dir / "test.parquet")
+    return pl.concat([train, test], how="diagonal_relaxed")
+
+
+def _vocabularies(
+    raw: pl.LazyFrame, profile: Profile, spec: FeatureSpec, vocab_dir: Path, fingerprint: str
+) -> dict[str, pl.DataFrame]:
+    """Plan-independent vocabularies (from every raw row) for categoricals and crosses, cached on disk."""
+    meta = vocab_dir / "vocab.json"
+    key = {"fingerprint": fingerprint, "spec": spec.digest(), "version": FEATURE_VERSION}
+    cats = list(profile.kept(profile.categorical))
+    pairs = list(spec.cross.pairs) if spec.cross else []
+    names = [*cats, *(cross_name(p) for p in pairs)]
+    if (
+        meta.is_file()
+        and json.loads(meta.read_text()) == key
+        and all((vocab_dir / f"{n}.parquet").is_file() for n in names)
+    ):
+        return {n: pl.read_parquet(vocab_dir / f"{n}.parquet") for n in names}
+    vocab: dict[str, pl.DataFrame] = {}
+    for col in cats:
+        vocab[col] = raw.select(pl.col(col).unique().sort(nulls_last=True)).collect()
+    if pairs:
+        day_cols = date_exprs(profile.day_column, spec.date) if spec.date else {}
+        with_dates = raw.with_columns(**day_cols) if day_cols else raw
+        for pair in pairs:
+            vocab[cross_name(pair)] = crosses.build_vocab(with_dates, tuple(pair), cross_name(pair))
+    with atomic_dir(vocab_dir) as tmp:
+        for name, table in vocab.items():
+            table.write_parquet(tmp / f"{name}.parquet")
+        write_json(tmp / "vocab.json", key)
+    return vocab
+
+
+def _dense_codes(frame: pl.DataFrame, vocab: dict[str, pl.DataFrame], cats: list[str]) -> pl.DataFrame:
+    """Replace hashed categorical codes by their index in the sorted vocabulary (null stays null)."""
+    out = []
+    for col in cats:
+        values = vocab[col][col].drop_nulls()
+        codes = values.search_sorted(frame[col], side="left").cast(pl.Int32)
+        out.append(pl.when(frame[col].is_null()).then(None).otherwise(codes).alias(col))
+    return frame.with_columns(out)
+
+
+class _Recorder:
+    """Collects output-column recipes and per-family build seconds."""
+
+    def __init__(self, progress: Callable[[str], None]) -> None:
+        self.recipes: dict[str, tuple[str, str]] = {}
+        self.seconds: dict[str, float] = {}
+        self.progress = progress
+        self._t = time.perf_counter()
+
+    def done(self, family: str) -> None:
+        now = time.perf_counter()
+        self.seconds[family] = round(self.seconds.get(family, 0.0) + now - self._t, 3)
+        self.progress(f"features: {family} ({now - self._t:.1f}s)")
+        self._t = now
+
+    def add(self, name: str, family: str, recipe: str) -> None:
+        self.recipes[name] = (family, recipe)
+
+
+def _base_frame(
+    raw_dir: Path, profile: Profile, plan: str
+) -> tuple[pl.LazyFrame, dict[str, tuple[int, ...]]]:
+    days = plan_days(profile, plan)
+    day = profile.day_column
+    parts = []
+    for split, split_days in days.items():
+        source = "test.parquet" if split == "test" else "train.parquet"
+        lf = pl.scan_parquet(raw_dir / source).filter(pl.col(day).is_in(list(split_days)))
+        parts.append(lf.with_columns(pl.lit(split).alias(SPLIT)))
+    frame = pl.concat(parts, how="diagonal_relaxed")
+    click, install = profile.labels
+    return frame.with_columns(((pl.col(click) == 1) | (pl.col(install) == 1)).cast(pl.Int8).alias(LIKE)), days
+
+
+def build(
+    raw_dir: Path,
+    profile: Profile,
+    spec: FeatureSpec,
+    feature_set: str,
+    plan: str,
+    out_root: Path,
+    progress: Callable[[str], None] = lambda _: None,
+    force: bool = False,
+) -> BuildResult:
+    """Build (or reuse) `out_root/<feature_set>/<plan>/` for the given spec."""
+    start = time.perf_counter()
+    raw_dir, out = Path(raw_dir), Path(out_root) / feature_set / plan
+    fingerprint = raw_fingerprint(raw_dir)
+    config_hash = spec.digest()
+    manifest_path = out / "manifest.json"
+    if not force and manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if (old.get("config_hash"), old.get("raw_fingerprint"), old.get("version")) == (
+            config_hash,
+            fingerprint,
+            FEATURE_VERSION,
+        ):
+            progress(f"features: {feature_set}/{plan} is current, nothing rebuilt")
+            return BuildResult(out, False, old["rows"], len(old["columns"]), 0.0, old["build_seconds"])
+
+    rec = _Recorder(progress)
+    id_col, day = profile.id_column, profile.day_column
+    cats = list(profile.kept(profile.categorical))
+    binary = list(profile.kept(profile.binary))
+    nums = list(profile.kept(profile.numerical))
+    lf, days = _base_frame(raw_dir, profile, plan)
+    exprs = clean.clean_exprs(profile, spec.clean)
+    for col in nums:
+        rec.add(col, "clean", clean.recipe(profile, spec.clean, col))
+    date_cols = date_exprs(day, spec.date) if spec.date else {}
+    for name in date_cols:
+        rec.add(
+            name,
+            "date",
+            f"date: {day} mod {spec.date.cycle}" + (" (sin/cos)" if name.endswith(("sin", "cos")) else ""),
+        )
+    folds = spec.target.folds if spec.target else 5
+    base = lf.with_columns(*exprs, fold_expr(id_col, folds), **date_cols).collect()
+    sizes = base.group_by(SPLIT).len()
+    rows = {s: int(sizes.filter(pl.col(SPLIT) == s)["len"].sum()) for s in days}
+    for split, n in rows.items():
+        if n == 0:
+            raise UserError(
+                f"plan '{plan}': the {split} split (days {', '.join(map(str, days[split]))}) has no rows in {raw_dir}"
+            )
+    rec.done("clean+date")
+
+    vocab = _vocabularies(
+        _scan_raw(raw_dir, profile), profile, spec, Path(out_root) / feature_set / "vocab", fingerprint
+    )
+    base = _dense_codes(base, vocab, cats)
+    for col in cats:
+        rec.add(col, "categorical", f"categorical: index of {col} in the sorted vocabulary of all raw rows")
+    for col in binary:
+        rec.add(col, "binary", f"binary: {col}")
+    cross_cols = []
+    if spec.cross:
+        raw_codes = {}
+        for pair in spec.cross.pairs:
+            name = cross_name(pair)
+            table = vocab[name]
+            # crosses are defined on raw codes: map dense codes back through each column's vocabulary
+            lookup = base.select(
+                [vocab[c][c].gather(base[c]).alias(c) if c in cats else pl.col(c) for c in pair]
+            )
+            raw_codes[name] = (
+                crosses.encode(lookup.lazy(), table, tuple(pair), name).collect()[name].cast(pl.Int32)
+            )
+            rec.add(name, "cross", f"cross: code of ({', '.join(pair)}) in vocab/{name}.parquet")
+            cross_cols.append(name)
+        base = base.with_columns(**raw_codes)
+        rec.done("cross")
+    base_lf = base.lazy()
+    fit_lf = base_lf.filter(pl.col(SPLIT) == "fit")
+
+    joins: list[Callable[[pl.LazyFrame, str], pl.LazyFrame]] = []
+    if spec.count:
+        window = spec.count.window
+        for col in spec.count.columns:
+            name = f"cnt_{col}" + ("_day" if window == "day" else "")
+            keys = [col, day] if window == "day" else [col]
+            table = counts.count_table(fit_lf if window == "fit" else base_lf, col, keys, name)
+            joins.append(lambda f, _s, t=table, k=keys, n=name: counts.apply_counts(f, t, k, n))
+            rec.add(name, "count", f"count: rows per {col} over the {window} window")
+        rec.done("count")
+    if spec.group:
+        scope_lf = fit_lf if spec.group.scope == "fit" else base_lf
+        for key, value in spec.group.pairs:
+            prefix = f"g_{key}_{value}"
+            table = groupstats.group_table(scope_lf, key, value, prefix)
+            joins.append(
+                lambda f, _s, t=table, k=key, v=value, p=prefix: groupstats.apply_group(
+                    f, t, k, v, p, spec.group.stats
+                )
+            )
+            for stat in spec.group.stats:
+                rec.add(
+                    f"{prefix}_{stat}",
+                    "group",
+                    f"group: {stat} of {value} within {key} ({spec.group.scope} scope)",
+                )
+        rec.done("group")
+    if spec.target:
+        t = spec.target
+        fit_rows = base.filter(pl.col(SPLIT) == "fit")
+        install = profile.install_label
+        for target in t.targets:
+            window = fit_rows.filter(pl.col(LIKE) == 1) if target == "install_given_like" else fit_rows
+            label = LIKE if target == "is_like" else install
+            for col in t.columns:
+                prefix = f"te_{col}_{TARGET_SHORT[target]}"
+                enc = BetaTargetEncoder(col, prefix, t.n_min, t.stats, t.scheme, day).fit(
+                    window.select(col, label, FOLD, day), label
+                )
+                joins.append(lambda f, s, e=enc: e.transform_window(f) if s == "fit" else e.transform(f))
+                for stat in t.stats:
+                    rec.add(
+                        f"{prefix}_{stat}",
+                        "target",
+                        f"target: beta posterior {stat} of {target} by {col} (n_min={t.n_min}, {t.scheme}"
+                        + (f", K={t.folds}" if t.scheme == "oof" else "")
+                        + ")",
+                    )
+        del fit_rows
+        rec.done("target")
+
+    feature_cols = [
+        *cats,
+        *binary,
+        *nums,
+        *date_cols,
+        *cross_cols,
+        *[c for c in rec.recipes if c.startswith(("cnt_", "g_", "te_"))],
+    ]
+    label_cols = [*profile.labels, LIKE]
+    manifest_cols: list[dict[str, str]] = []
+    with atomic_dir(out) as tmp:
+        for split in days:
+            frame = base_lf.filter(pl.col(SPLIT) == split)
+            for join in joins:
+                frame = join(frame, split)
+            keep = [id_col, day, *feature_cols] + (label_cols if split != "test" else [])
+            frame.select(keep).sink_parquet(tmp / f"{split}.parquet", compression="lz4", statistics=False)
+            progress(f"features: wrote {split}.parquet ({rows[split]:,} rows)")
+        schema = pl.read_parquet_schema(tmp / "fit.parquet")
+        categorical = {*cats, *binary, *cross_cols, *[c for c in date_cols if not c.endswith(("sin", "cos"))]}
+        for name, dtype in schema.items():
+            family, recipe = rec.recipes.get(name, ("meta", name))
+            role = (
+                "id"
+                if name == id_col
+                else "day"
+                if name == day
+                else "label"
+                if name in label_cols
+                else "categorical"
+                if name in categorical
+                else "numeric"
+            )
+            manifest_cols.append(
+                {"name": name, "dtype": str(dtype), "role": role, "family": family, "recipe": recipe}
+            )
+        rec.done("write")
+        total = round(time.perf_counter() - start, 3)
+        write_json(
+            tmp / "manifest.json",
+            {
+                "version": FEATURE_VERSION,
+                "feature_set": feature_set,
+                "plan": plan,
+                "profile": profile.name,
+                "config_hash": config_hash,
+                "raw_fingerprint": fingerprint,
+                "spec": asdict(spec),
+                "splits": {s: {"days": list(d), "rows": rows[s]} for s, d in days.items()},
+                "rows": rows,
+                "columns": manifest_cols,
+                "build_seconds": rec.seconds,
+                "total_seconds": total,
+            },
+        )
+    return BuildResult(out, True, rows, len(manifest_cols), total, rec.seconds)
+
+
+def read_manifest(plan_dir: Path, build_hint: str) -> dict:
+    """The manifest of a built plan, or a UserError that says which command builds it."""
+    path = Path(plan_dir) / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{plan_dir}: no feature tables (build them with `{build_hint}`)")
+    return json.loads(path.read_text())

@@ -1,0 +1,214 @@
+"""Feature-set declaration: the `[features]` TOML as frozen dataclasses, checked against the profile."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gbmcvr.data.profile import Profile
+from gbmcvr.errors import UserError
+from gbmcvr.tomlfile import check_keys, read_toml
+
+FAMILIES = ("clean", "date", "cross", "count", "group", "target")
+GROUP_STATS = (
+    "mean",
+    "median",
+    "std",
+    "min",
+    "max",
+    "ratio_mean",
+    "ratio_median",
+    "diff_mean",
+    "zscore",
+    "median_minus_mean",
+    "abs_median_minus_mean",
+    "median_over_mean",
+    "std_over_mean",
+)
+BETA_STATS = ("mean", "mode", "median", "var", "skew", "kurt")
+TARGETS = ("is_installed", "is_like", "install_given_like")
+DAY_CYCLE_COLUMN = "day_mod_7"
+
+
+@dataclass(frozen=True)
+class CleanSpec:
+    fill_missing: float | str = 0.0
+    divide_by_base: bool = True
+
+
+@dataclass(frozen=True)
+class DateSpec:
+    cycle: int = 7
+    sin_cos: bool = False
+
+
+@dataclass(frozen=True)
+class CrossSpec:
+    pairs: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class CountSpec:
+    columns: tuple[str, ...] = ()
+    window: str = "plan"
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    pairs: tuple[tuple[str, str], ...] = ()
+    stats: tuple[str, ...] = GROUP_STATS
+    scope: str = "plan"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    columns: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ("is_installed", "is_like")
+    stats: tuple[str, ...] = BETA_STATS
+    n_min: float = 100.0
+    folds: int = 5
+    scheme: str = "oof"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A whole feature set; a family left out of the TOML is off (cleaning is always on)."""
+
+    clean: CleanSpec = field(default_factory=CleanSpec)
+    date: DateSpec | None = None
+    cross: CrossSpec | None = None
+    count: CountSpec | None = None
+    group: GroupSpec | None = None
+    target: TargetSpec | None = None
+
+    def digest(self) -> str:
+        """Hash of the spec: same spec, same hash (the cache key of the feature tables)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cross_name(columns: tuple[str, ...]) -> str:
+    return "x_" + "_".join(columns)
+
+
+def _tuple(value: Any, where: str, key: str) -> tuple:
+    if not isinstance(value, list | tuple):
+        raise UserError(f"{where}: '{key}' must be a list")
+    return tuple(tuple(v) if isinstance(v, list | tuple) else v for v in value)
+
+
+def _choice(value: str, allowed: tuple[str, ...], where: str, key: str) -> str:
+    if value not in allowed:
+        raise UserError(f"{where}: {key} '{value}' is not one of {', '.join(allowed)}")
+    return value
+
+
+def feature_spec(raw: dict[str, Any], profile: Profile, where: str) -> FeatureSpec:
+    """Parse and validate a `[features]` table against the profile's columns."""
+    for key in raw:
+        if key not in FAMILIES:
+            raise UserError(f"{where}: unknown feature family '{key}' (families: {', '.join(FAMILIES)})")
+    parts: dict[str, Any] = {}
+    for name, cls in (
+        ("clean", CleanSpec),
+        ("date", DateSpec),
+        ("cross", CrossSpec),
+        ("count", CountSpec),
+        ("group", GroupSpec),
+        ("target", TargetSpec),
+    ):
+        if name not in raw:
+            continue
+        table = raw[name]
+        check_keys(table, cls.__dataclass_fields__, f"{where} [{name}]")
+        kwargs = {
+            k: _tuple(v, f"{where} [{name}]", k) if isinstance(v, list) else v for k, v in table.items()
+        }
+        parts[name] = cls(**kwargs)
+    spec = FeatureSpec(**parts)
+    _validate(spec, profile, where)
+    return spec
+
+
+def _validate(spec: FeatureSpec, profile: Profile, where: str) -> None:
+    kept = set(profile.kept(profile.feature_columns))
+    categorical = set(profile.kept(profile.categorical)) | set(profile.kept(profile.binary))
+    numerical = set(profile.kept(profile.numerical))
+
+    def need(col: str, allowed: set[str], family: str, what: str) -> None:
+        if col in allowed:
+            return
+        if col in numerical and what != "numerical":
+            raise UserError(f"{where} [{family}]: '{col}' is numerical and cannot be used as a {what} key")
+        if profile.role(col) and col not in kept:
+            raise UserError(f"{where} [{family}]: column '{col}' is in the profile's drop list")
+        raise UserError(
+            f"{where} [{family}]: column '{col}' is not a {what} column of profile '{profile.name}'"
+        )
+
+    if isinstance(spec.clean.fill_missing, str) and spec.clean.fill_missing != "keep":
+        raise UserError(f'{where} [clean]: fill_missing must be a number or "keep"')
+    if spec.date is not None and spec.date.cycle < 2:
+        raise UserError(f"{where} [date]: cycle must be at least 2")
+    keys = set(categorical)
+    if spec.date is not None:
+        keys.add(DAY_CYCLE_COLUMN)
+    if spec.cross is not None:
+        for pair in spec.cross.pairs:
+            if len(pair) < 2:
+                raise UserError(f"{where} [cross]: a cross needs at least two columns, got {list(pair)}")
+            for col in pair:
+                need(col, keys, "cross", "categorical")
+        keys |= {cross_name(p) for p in spec.cross.pairs}
+    if spec.count is not None:
+        _choice(spec.count.window, ("plan", "fit", "day"), f"{where} [count]", "window")
+        for col in spec.count.columns:
+            need(col, keys, "count", "categorical")
+    if spec.group is not None:
+        _choice(spec.group.scope, ("plan", "fit"), f"{where} [group]", "scope")
+        for stat in spec.group.stats:
+            _choice(stat, GROUP_STATS, f"{where} [group]", "statistic")
+        for pair in spec.group.pairs:
+            if len(pair) != 2:
+                raise UserError(f"{where} [group]: pairs are [categorical, numerical], got {list(pair)}")
+            need(pair[0], keys, "group", "categorical")
+            need(pair[1], numerical, "group", "numerical")
+    if spec.target is not None:
+        t = spec.target
+        for stat in t.stats:
+            _choice(stat, BETA_STATS, f"{where} [target]", "statistic")
+        for target in t.targets:
+            _choice(target, TARGETS, f"{where} [target]", "target")
+        _choice(t.scheme, ("oof", "past_days"), f"{where} [target]", "scheme")
+        if t.n_min < 1:
+            raise UserError(f"{where} [target]: n_min must be at least 1, got {t.n_min}")
+        if t.folds < 2:
+            raise UserError(f"{where} [target]: folds must be at least 2, got {t.folds}")
+        for col in t.columns:
+            need(col, keys, "target", "categorical")
+
+
+def default_toml_text() -> str:
+    return (resources.files("gbmcvr.defaults") / "features_default.toml").read_text()
+
+
+def default_spec(profile: Profile) -> FeatureSpec:
+    """The built-in default set; for profiles other than ShareChat, only what fits their columns."""
+    raw = read_toml(Path(str(resources.files("gbmcvr.defaults") / "features_default.toml")))
+    if profile.name != "sharechat2023":
+        raw = generic_default(profile)
+    return feature_spec(raw, profile, "built-in default features")
+
+
+def generic_default(profile: Profile) -> dict[str, Any]:
+    """A default for any profile: cleaning, date cycle, counts and target encoding of its first categoricals."""
+    cats = list(profile.kept(profile.categorical))[:6]
+    return {
+        "clean": {},
+        "date": {},
+        "count": {"columns": cats},
+        "target": {"columns": cats, "targets": list(TARGETS), "n_min": 100, "folds": 5},
+    }

@@ -1,0 +1,1 @@
+"""LightGBM models: end-to-end and two-step (like -> install given like), and Optuna tuning."""

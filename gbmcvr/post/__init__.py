@@ -1,0 +1,1 @@
+"""Calibration, ensembling, submission files and reports."""

@@ -1,0 +1,47 @@
+"""Run directories (models/<run-id>/): the prediction table every model kind writes, and run metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from gbmcvr.errors import UserError
+
+PREDS = "preds.parquet"
+
+
+def prediction_table(ids: dict[str, np.ndarray], columns: dict[str, dict[str, np.ndarray]]) -> pl.DataFrame:
+    """`row_id, split, p[, components]` for the valid and test splits (the post stage's only input)."""
+    parts = []
+    for split in ("valid", "test"):
+        if split not in ids:
+            continue
+        cols = {
+            "row_id": pl.Series(ids[split], dtype=pl.Int64),
+            "split": pl.Series([split] * len(ids[split])),
+        }
+        cols.update({k: pl.Series(v, dtype=pl.Float64) for k, v in columns[split].items()})
+        parts.append(pl.DataFrame(cols))
+    return pl.concat(parts, how="diagonal")
+
+
+def check_new_run(run_dir: Path, overwrite: bool) -> None:
+    if run_dir.exists() and not overwrite:
+        raise UserError(f"{run_dir}: run exists (choose another --run-id or pass --overwrite)")
+
+
+def read_run_meta(run_dir: Path) -> dict:
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a run directory (no run.json; train one with `gbmcvr train`)")
+    return json.loads(path.read_text())
+
+
+def read_preds(run_dir: Path) -> pl.DataFrame:
+    path = Path(run_dir) / PREDS
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no {PREDS} (train the run again)")
+    return pl.read_parquet(path)

@@ -1,0 +1,62 @@
+"""Feature tables as the model stages see them: frames per split plus column roles from the manifest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from gbmcvr.errors import UserError
+from gbmcvr.fe.pipeline import LIKE, read_manifest
+
+
+@dataclass
+class FeatureTables:
+    """One plan's tables: `splits` maps fit/valid/test to frames; columns by role from the manifest."""
+
+    plan_dir: Path
+    manifest: dict
+    splits: dict[str, pl.DataFrame]
+
+    @property
+    def id_column(self) -> str:
+        return next(c["name"] for c in self.manifest["columns"] if c["role"] == "id")
+
+    @property
+    def install_label(self) -> str:
+        labels = [c["name"] for c in self.manifest["columns"] if c["role"] == "label" and c["name"] != LIKE]
+        return labels[-1]
+
+    def columns(self, role: str) -> list[str]:
+        return [c["name"] for c in self.manifest["columns"] if c["role"] == role]
+
+    def features(self, exclude_prefixes: tuple[str, ...] = ()) -> list[str]:
+        """Model inputs: categorical and numeric columns, minus any whose name starts with an excluded prefix."""
+        return [
+            c["name"]
+            for c in self.manifest["columns"]
+            if c["role"] in ("categorical", "numeric") and not c["name"].startswith(exclude_prefixes)
+        ]
+
+    def base_rate(self) -> float:
+        """Install rate of the fit window: the default NCE base rate."""
+        return float(self.splits["fit"][self.install_label].mean())
+
+
+def load_tables(
+    features_root: Path, feature_set: str, plan: str, splits: tuple[str, ...] = ("fit", "valid", "test")
+) -> FeatureTables:
+    """Read a plan's tables; a missing plan is a UserError that names the command which builds it."""
+    plan_dir = Path(features_root) / feature_set / plan
+    hint = f"gbmcvr features --set {feature_set} --plan {plan}"
+    manifest = read_manifest(plan_dir, hint)
+    frames = {}
+    for split in splits:
+        if split not in manifest["splits"]:
+            continue
+        path = plan_dir / f"{split}.parquet"
+        if not path.is_file():
+            raise UserError(f"{path}: missing feature table (rebuild with `{hint} --force`)")
+        frames[split] = pl.read_parquet(path)
+    return FeatureTables(plan_dir, manifest, frames)
