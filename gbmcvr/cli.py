@@ -23,9 +23,7 @@ app = typer.Typer(
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
-WorkdirOpt = Annotated[
-    Path, typer.Option("--workdir", help="Work directory (features/, models/, submissions/).")
-]
+WorkdirOpt = Annotated[Path, typer.Option("--workdir", help="Work directory (features/, models/, submissions/).")]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="Pipeline config TOML (default: WORKDIR/gbmcvr.toml).")
 ]
@@ -77,9 +75,7 @@ def synth(
 @app.command()
 def ingest(
     data_dir: Annotated[Path, typer.Argument(metavar="DATA_DIR")],
-    profile: Annotated[
-        str, typer.Option(help="Built-in profile name or a profile TOML file.")
-    ] = "sharechat2023",
+    profile: Annotated[str, typer.Option(help="Built-in profile name or a profile TOML file.")] = "sharechat2023",
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Raw store folder (default WORKDIR/features/raw).")
     ] = None,
@@ -98,9 +94,7 @@ def ingest(
 @app.command()
 def validate(
     submission: Annotated[Path, typer.Argument(metavar="SUBMISSION")],
-    data: Annotated[
-        Path, typer.Option("--data", help="Raw dataset folder whose test ids the file must cover.")
-    ],
+    data: Annotated[Path, typer.Option("--data", help="Raw dataset folder whose test ids the file must cover.")],
     profile: str = "sharechat2023",
 ) -> None:
     """Check a submission file against the test ids of a dataset."""
@@ -130,9 +124,7 @@ def validate(
 @app.command()
 def score(
     submission: Annotated[Path, typer.Argument(metavar="SUBMISSION")],
-    truth: Annotated[
-        Path, typer.Option("--truth", help="Dataset folder with truth/test_truth.parquet, or the file.")
-    ],
+    truth: Annotated[Path, typer.Option("--truth", help="Dataset folder with truth/test_truth.parquet, or the file.")],
     base_rate: Annotated[
         float | None, typer.Option(help="Base rate for NCE (default: the train install rate).")
     ] = None,
@@ -147,13 +139,9 @@ def score(
 @app.command()
 def features(
     config: ConfigOpt = None,
-    feature_set: Annotated[
-        str | None, typer.Option("--set", help="Feature set name (default from config).")
-    ] = None,
+    feature_set: Annotated[str | None, typer.Option("--set", help="Feature set name (default from config).")] = None,
     plan: Annotated[str, typer.Option(help="validate | full | both")] = "validate",
-    show_default: Annotated[
-        bool, typer.Option("--show-default", help="Print the default feature set TOML.")
-    ] = False,
+    show_default: Annotated[bool, typer.Option("--show-default", help="Print the default feature set TOML.")] = False,
     force: bool = False,
     workdir: WorkdirOpt = Path("."),
 ) -> None:
@@ -169,22 +157,16 @@ def features(
     for p in plans:
         result = build_features(Workdir(workdir), cfg, p, feature_set, force, progress)
         verb = "built" if result.rebuilt else "up to date:"
-        out.print(
-            f"{verb} {result.out} ({result.columns} columns, rows {result.rows}, {result.seconds:.1f}s)"
-        )
+        out.print(f"{verb} {result.out} ({result.columns} columns, rows {result.rows}, {result.seconds:.1f}s)")
 
 
 @app.command()
 def train(
     kind: Annotated[str, typer.Argument(metavar="MODEL", help="e2e | ts | mtdm")],
     config: ConfigOpt = None,
-    feature_set: Annotated[
-        str | None, typer.Option("--features", help="Feature set (default from config).")
-    ] = None,
+    feature_set: Annotated[str | None, typer.Option("--features", help="Feature set (default from config).")] = None,
     params: Annotated[str | None, typer.Option("--params", help="JSON params file, or 'tuned'.")] = None,
-    refit: Annotated[
-        bool, typer.Option("--refit", help="Also retrain on the full plan for test predictions.")
-    ] = False,
+    refit: Annotated[bool, typer.Option("--refit", help="Also retrain on the full plan for test predictions.")] = False,
     run_id: Annotated[
         str | None, typer.Option("--run-id", help="Run directory name (default: the model name).")
     ] = None,
@@ -198,9 +180,7 @@ def train(
     cfg = _config(workdir, config)
     wd = Workdir(workdir)
     if kind in ("e2e", "ts"):
-        run = stages.train_gbm_stage(
-            wd, cfg, kind, run_id or kind, params, refit, overwrite, feature_set, progress
-        )
+        run = stages.train_gbm_stage(wd, cfg, kind, run_id or kind, params, refit, overwrite, feature_set, progress)
         m = run.metrics["valid"]["p"]
     elif kind == "mtdm":
         run = stages.train_mtdm_stage(wd, cfg, run_id or kind, device, overwrite, feature_set, progress)
@@ -212,6 +192,73 @@ def train(
         f"fit-window install rate), AUC {m['auc']:.5f}, calibration {m['calibration_ratio']:.3f} "
         f"-> {wd.run(run_id or kind)}"
     )
+
+
+@app.command()
+def submit(
+    runs: Annotated[list[str], typer.Option("--runs", help="Run ids to ensemble (repeat or space-separate).")],
+    calibration: Annotated[str | None, typer.Option(help="none | scaling | scaling-fit | isotonic | platt")] = None,
+    weights: Annotated[str | None, typer.Option(help="auto, or comma-separated weights (one per run)")] = None,
+    space: Annotated[str | None, typer.Option(help="probability | logit averaging")] = None,
+    name: Annotated[str | None, typer.Option(help="Submission name (submissions/<name>.tsv)")] = None,
+    truth: Annotated[Path | None, typer.Option(help="Dataset folder with a truth file: adds test-day columns.")] = None,
+    config: ConfigOpt = None,
+    overwrite: bool = False,
+    workdir: WorkdirOpt = Path("."),
+) -> None:
+    """Calibrate and ensemble runs, write submissions/<name>.tsv with a Table-5-like report."""
+    from dataclasses import replace
+
+    from gbmcvr import stages
+    from gbmcvr.post.options import submit_options
+
+    cfg = _config(workdir, config)
+    opts = submit_options(cfg.submit, f"{cfg.source} [submit]")
+    changes = {
+        k: v for k, v in {"calibration": calibration, "weights": weights, "space": space, "name": name}.items() if v
+    }
+    opts = submit_options({**vars(replace(opts, **changes))}, "command line")
+    run_ids = [r for item in runs for r in item.split()]
+    tsv, _ = stages.submit_stage(Workdir(workdir), cfg, run_ids, opts, overwrite, truth, progress)
+    out.print((tsv.with_suffix(".md")).read_text(), markup=False)
+    out.print(f"wrote {tsv}")
+
+
+@app.command("run")
+def run_cmd(
+    config: ConfigOpt = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Raw dataset folder (default from config).")] = None,
+    truth: Annotated[Path | None, typer.Option(help="Dataset folder with a truth file: adds test-day columns.")] = None,
+    workdir: WorkdirOpt = Path("."),
+) -> None:
+    """Whole pipeline from one config: ingest -> features -> train -> submit (current steps are skipped)."""
+    from gbmcvr.pipeline import run_pipeline
+
+    cfg = _config(workdir, config)
+    result = run_pipeline(Workdir(workdir), cfg, data, truth, progress)
+    for step, state in result["steps"].items():
+        out.print(f"  {step:<22} {state}")
+    out.print(result["submission"].with_suffix(".md").read_text(), markup=False)
+
+
+@app.command()
+def demo(
+    scale: Annotated[float, typer.Option(help="Data scale (0.03 ~ 100k train rows).")] = 0.03,
+    seed: int = 0,
+    workdir: WorkdirOpt = Path("gbmcvr-demo"),
+) -> None:
+    """Generate ~100k rows, run the whole pipeline (e2e, ts, MTDM), score against the truth."""
+    from gbmcvr.pipeline import demo as run_demo
+    from gbmcvr.post.scoring import format_score
+
+    start = time.perf_counter()
+    wd = Workdir(workdir)
+    wd.root.mkdir(parents=True, exist_ok=True)
+    result = run_demo(wd, scale, seed, progress)
+    out.print(result["submission"].with_suffix(".md").read_text(), markup=False)
+    out.print("Submission scored against the generated truth (gbmcvr score):")
+    out.print(format_score(result["score"]), markup=False)
+    out.print(f"demo finished in {time.perf_counter() - start:.0f}s; outputs under {wd.root}")
 
 
 def main() -> None:

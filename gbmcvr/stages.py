@@ -54,9 +54,7 @@ def resolve_gbm_params(wd: Workdir, cfg: PipelineConfig, kind: str, params: str 
                 overrides.update({stage: read_params_file(path, (stage,))[stage]})
         if not overrides:
             names = ", ".join(f"models/tuned/{s.replace('_', '-')}.json" for s in stages)
-            raise UserError(
-                f"no tuned parameters ({names}); run `gbmcvr tune {stages[0].replace('_', '-')}` first"
-            )
+            raise UserError(f"no tuned parameters ({names}); run `gbmcvr tune {stages[0].replace('_', '-')}` first")
     elif params is not None:
         overrides = read_params_file(Path(params), stages)
     return {s: gcfg.params(s, cfg.seed, overrides.get(s)) for s in stages}
@@ -68,6 +66,33 @@ def input_key(*parts: object) -> str:
     import json
 
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def gbm_input_key(manifest: dict, kind: str, params: dict, refit: bool, gcfg) -> str:
+    return input_key(
+        kind,
+        manifest["config_hash"],
+        manifest["raw_fingerprint"],
+        params,
+        refit,
+        gcfg.num_boost_round,
+        gcfg.early_stopping_rounds,
+        gcfg.max_cat_cardinality,
+        gcfg.numeric_categoricals,
+    )
+
+
+def model_input_key(wd: Workdir, cfg: PipelineConfig, kind: str) -> str:
+    """The input key a fresh run of `kind` would record: equal keys mean the run is current."""
+    from gbmcvr.fe.pipeline import read_manifest
+    from gbmcvr.gbm.params import gbm_config
+
+    plan = wd.feature_plan(cfg.feature_set, "validate")
+    manifest = read_manifest(plan, f"gbmcvr features --set {cfg.feature_set}")
+    if kind == "mtdm":
+        return mtdm_input_key(manifest, cfg)
+    gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
+    return gbm_input_key(manifest, kind, resolve_gbm_params(wd, cfg, kind, None), gcfg.refit, gcfg)
 
 
 def train_gbm_stage(
@@ -105,4 +130,99 @@ def train_gbm_stage(
         gcfg.early_stopping_rounds,
     )
     write_gbm_run(run_dir, run, {"feature_set": fs, "input_key": key, "seed": cfg.seed})
+    return run
+
+
+def submit_stage(
+    wd: Workdir,
+    cfg: PipelineConfig,
+    runs: list[str],
+    opts,
+    overwrite: bool = False,
+    truth: Path | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> tuple[Path, object]:
+    """Calibrate and ensemble the runs' predictions; write submissions/<name>.* (validated first)."""
+    import json
+
+    import polars as pl
+
+    from gbmcvr.errors import UserError
+    from gbmcvr.post.scoring import read_truth
+    from gbmcvr.post.submit import align, make_submission, write_submission
+    from gbmcvr.runs import read_preds, read_run_meta
+
+    if not runs:
+        raise UserError("no runs given (pass --runs RUN [RUN ...])")
+    profile = cfg.load_profile()
+    preds = {}
+    for run in runs:
+        read_run_meta(wd.run(run))
+        preds[run] = read_preds(wd.run(run))
+    aligned = align(preds)
+    id_col = profile.id_column
+    labels = (
+        pl.scan_parquet(wd.raw / "train.parquet")
+        .select(id_col, profile.install_label)
+        .filter(pl.col(id_col).is_in(aligned.valid_ids.tolist()))
+        .collect()
+    )
+    valid = pl.DataFrame({id_col: aligned.valid_ids}).join(labels, on=id_col, how="left", maintain_order="left")
+    if valid[profile.install_label].null_count():
+        raise UserError(f"{valid[profile.install_label].null_count():,} valid rows of the runs are not in {wd.raw}")
+    y_valid = valid[profile.install_label].to_numpy()
+    run_metrics = json.loads((wd.run(runs[0]) / "metrics.json").read_text())
+    base_rate = float(run_metrics["base_rate"])
+    truth_table = read_truth(truth) if truth is not None else None
+    result = make_submission(aligned, y_valid, base_rate, opts, cfg.seed, truth_table)
+    truth_ll = None
+    if truth_table is not None and "p_install" in truth_table.columns:
+        from gbmcvr.metrics import log_loss
+
+        truth_ll = log_loss(truth_table["is_installed"].to_numpy(), truth_table["p_install"].to_numpy())
+    test_ids = pl.read_parquet(wd.raw / "test.parquet", columns=[id_col])[id_col]
+    tsv = write_submission(wd.submissions, opts.name, result, opts, test_ids, {"runs": runs}, truth_ll, overwrite)
+    progress(f"wrote {tsv}")
+    return tsv, result
+
+
+def mtdm_input_key(manifest: dict, cfg: PipelineConfig) -> str:
+    from dataclasses import asdict
+
+    from gbmcvr.deep.params import mtdm_config
+
+    mcfg = mtdm_config(cfg.mtdm, f"{cfg.source} [mtdm]")
+    return input_key("mtdm", manifest["config_hash"], manifest["raw_fingerprint"], asdict(mcfg), cfg.seed)
+
+
+def train_mtdm_stage(
+    wd: Workdir,
+    cfg: PipelineConfig,
+    run_id: str,
+    device: str = "auto",
+    overwrite: bool = False,
+    feature_set: str | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+):
+    """Load feature tables, train the MTDM and write models/<run-id>/."""
+    from gbmcvr.deep.params import mtdm_config
+    from gbmcvr.deep.run import train_mtdm_run, write_mtdm_run
+    from gbmcvr.deep.train import resolve_device
+    from gbmcvr.runs import check_new_run, read_run_meta
+    from gbmcvr.tables import load_tables
+
+    run_dir = wd.run(run_id)
+    check_new_run(run_dir, overwrite)
+    resolve_device(device)
+    mcfg = mtdm_config(cfg.mtdm, f"{cfg.source} [mtdm]")
+    fs = feature_set or cfg.feature_set
+    teacher = None
+    if mcfg.distill_run:
+        teacher = wd.run(mcfg.distill_run)
+        read_run_meta(teacher)
+    tables = load_tables(wd.features, fs, "validate")
+    run = train_mtdm_run(tables, mcfg, cfg.seed, device, teacher, progress)
+    write_mtdm_run(
+        run_dir, run, mcfg, {"feature_set": fs, "input_key": mtdm_input_key(tables.manifest, cfg), "seed": cfg.seed}
+    )
     return run

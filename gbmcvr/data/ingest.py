@@ -127,15 +127,11 @@ def _read_file(path: Path, profile: Profile, is_test: bool) -> pl.DataFrame:
         if len(bad):
             row = int(bad[0])
             col = next(c for c in profile.binary if frame[c][row] not in (0, 1))
-            raise UserError(
-                f"{path}: line {row + 2}, column '{col}': binary value {frame[col][row]} is not 0 or 1"
-            )
+            raise UserError(f"{path}: line {row + 2}, column '{col}': binary value {frame[col][row]} is not 0 or 1")
     return frame
 
 
-def _read_split(
-    files: list[Path], profile: Profile, is_test: bool, progress: Callable[[str], None]
-) -> pl.DataFrame:
+def _read_split(files: list[Path], profile: Profile, is_test: bool, progress: Callable[[str], None]) -> pl.DataFrame:
     frames = []
     for i, path in enumerate(files):
         frames.append(_read_file(path, profile, is_test))

@@ -167,18 +167,14 @@ class _World:
         self.ad_adv = np.concatenate([self.ad_adv, rng.integers(0, n_adv, size=n_new)])
         for c in AD_CATEGORICAL:
             self.ad_cat[c] = np.concatenate([self.ad_cat[c], self.ad_cat[c][rng.integers(0, n_ads, n_new)]])
-        self.ad_click = np.concatenate(
-            [self.ad_click, adv_click[self.ad_adv[n_ads:]] + rng.normal(0, 0.4, n_new)]
-        )
+        self.ad_click = np.concatenate([self.ad_click, adv_click[self.ad_adv[n_ads:]] + rng.normal(0, 0.4, n_new)])
         self.ad_install = np.concatenate(
             [self.ad_install, adv_install[self.ad_adv[n_ads:]] + rng.normal(0, 0.5, n_new)]
         )
         self.ad_weight = np.concatenate([self.ad_weight, rng.lognormal(0, 1.0, n_new)])
         self.ad_codes = _hashed_codes(rng, n_ads + n_new)
         # a user-segment x ad-category affinity: what categorical crosses can find
-        self.affinity = rng.normal(
-            0, 0.35, (_card(USER_CATEGORICAL[13], scale), _card(AD_CATEGORICAL[2], scale))
-        )
+        self.affinity = rng.normal(0, 0.35, (_card(USER_CATEGORICAL[13], scale), _card(AD_CATEGORICAL[2], scale)))
         self.dow_effect = rng.normal(0, 0.1, 7)
         self.hour_effect = rng.normal(0, 0.15, 24)
         self.f9_codes = _hashed_codes(rng, 2)
@@ -229,11 +225,7 @@ class _World:
         # interaction counts: noisy views of the user's propensities and activity (base-value multiples)
         base = SHARECHAT.base_values
         for j, c in enumerate(INTERACTION_NUMERICAL):
-            signal = (
-                0.6 * act
-                + 0.35 * (u_click if j % 3 == 0 else u_inst if j % 3 == 1 else a_click)
-                + 0.2 * np.sin(j)
-            )
+            signal = 0.6 * act + 0.35 * (u_click if j % 3 == 0 else u_inst if j % 3 == 1 else a_click) + 0.2 * np.sin(j)
             k = rng.poisson(np.exp(np.clip(signal + 0.3 * rng.normal(size=n), -6, 4)) * (1 + j % 4))
             col = f"f_{c}"
             cols[col] = np.round(k * base.get(col, 1.0), 8)
@@ -272,9 +264,7 @@ class _World:
         return cols
 
 
-def _draw_labels(
-    rng: np.random.Generator, p_like: np.ndarray, p_igl: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _draw_labels(rng: np.random.Generator, p_like: np.ndarray, p_igl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     like = rng.random(len(p_like)) < p_like
     installed = like & (rng.random(len(p_like)) < p_igl)
     clicked = like & (~installed | (rng.random(len(p_like)) < CLICK_GIVEN_INSTALL))

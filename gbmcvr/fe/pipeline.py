@@ -112,9 +112,7 @@ class _Recorder:
         self.recipes[name] = (family, recipe)
 
 
-def _base_frame(
-    raw_dir: Path, profile: Profile, plan: str
-) -> tuple[pl.LazyFrame, dict[str, tuple[int, ...]]]:
+def _base_frame(raw_dir: Path, profile: Profile, plan: str) -> tuple[pl.LazyFrame, dict[str, tuple[int, ...]]]:
     days = plan_days(profile, plan)
     day = profile.day_column
     parts = []
@@ -195,12 +193,8 @@ def build(
             name = cross_name(pair)
             table = vocab[name]
             # crosses are defined on raw codes: map dense codes back through each column's vocabulary
-            lookup = base.select(
-                [vocab[c][c].gather(base[c]).alias(c) if c in cats else pl.col(c) for c in pair]
-            )
-            raw_codes[name] = (
-                crosses.encode(lookup.lazy(), table, tuple(pair), name).collect()[name].cast(pl.Int32)
-            )
+            lookup = base.select([vocab[c][c].gather(base[c]).alias(c) if c in cats else pl.col(c) for c in pair])
+            raw_codes[name] = crosses.encode(lookup.lazy(), table, tuple(pair), name).collect()[name].cast(pl.Int32)
             rec.add(name, "cross", f"cross: code of ({', '.join(pair)}) in vocab/{name}.parquet")
             cross_cols.append(name)
         base = base.with_columns(**raw_codes)
@@ -224,9 +218,7 @@ def build(
             prefix = f"g_{key}_{value}"
             table = groupstats.group_table(scope_lf, key, value, prefix)
             joins.append(
-                lambda f, _s, t=table, k=key, v=value, p=prefix: groupstats.apply_group(
-                    f, t, k, v, p, spec.group.stats
-                )
+                lambda f, _s, t=table, k=key, v=value, p=prefix: groupstats.apply_group(f, t, k, v, p, spec.group.stats)
             )
             for stat in spec.group.stats:
                 rec.add(
@@ -292,9 +284,7 @@ def build(
                 if name in categorical
                 else "numeric"
             )
-            manifest_cols.append(
-                {"name": name, "dtype": str(dtype), "role": role, "family": family, "recipe": recipe}
-            )
+            manifest_cols.append({"name": name, "dtype": str(dtype), "role": role, "family": family, "recipe": recipe})
         rec.done("write")
         total = round(time.perf_counter() - start, 3)
         write_json(

@@ -124,9 +124,7 @@ def feature_spec(raw: dict[str, Any], profile: Profile, where: str) -> FeatureSp
             continue
         table = raw[name]
         check_keys(table, cls.__dataclass_fields__, f"{where} [{name}]")
-        kwargs = {
-            k: _tuple(v, f"{where} [{name}]", k) if isinstance(v, list) else v for k, v in table.items()
-        }
+        kwargs = {k: _tuple(v, f"{where} [{name}]", k) if isinstance(v, list) else v for k, v in table.items()}
         parts[name] = cls(**kwargs)
     spec = FeatureSpec(**parts)
     _validate(spec, profile, where)
@@ -145,9 +143,7 @@ def _validate(spec: FeatureSpec, profile: Profile, where: str) -> None:
             raise UserError(f"{where} [{family}]: '{col}' is numerical and cannot be used as a {what} key")
         if profile.role(col) and col not in kept:
             raise UserError(f"{where} [{family}]: column '{col}' is in the profile's drop list")
-        raise UserError(
-            f"{where} [{family}]: column '{col}' is not a {what} column of profile '{profile.name}'"
-        )
+        raise UserError(f"{where} [{family}]: column '{col}' is not a {what} column of profile '{profile.name}'")
 
     if isinstance(spec.clean.fill_missing, str) and spec.clean.fill_missing != "keep":
         raise UserError(f'{where} [clean]: fill_missing must be a number or "keep"')

@@ -63,9 +63,7 @@ def beta_stats(alpha: np.ndarray, beta: np.ndarray, stats: tuple[str, ...]) -> d
         elif stat == "var":
             value = np.where(point, 0.0, a_safe * b_safe / (s**2 * (s + 1)))
         elif stat == "skew":
-            value = np.where(
-                point, 0.0, 2 * (b_safe - a_safe) * np.sqrt(s + 1) / ((s + 2) * np.sqrt(a_safe * b_safe))
-            )
+            value = np.where(point, 0.0, 2 * (b_safe - a_safe) * np.sqrt(s + 1) / ((s + 2) * np.sqrt(a_safe * b_safe)))
         elif stat == "kurt":
             num = 6 * ((a_safe - b_safe) ** 2 * (s + 1) - a_safe * b_safe * (s + 2))
             value = np.where(point, 0.0, num / (a_safe * b_safe * (s + 2) * (s + 3)))
@@ -119,9 +117,7 @@ class BetaTargetEncoder:
             raise UserError(
                 f"target encoding of '{self.column}': target '{target}' is constant ({self.prior_mean_}) in the fit window"
             )
-        self.counts_ = (
-            frame.group_by(self.column).agg(N=pl.len().cast(pl.Float64), n=y.sum()).sort(self.column)
-        )
+        self.counts_ = frame.group_by(self.column).agg(N=pl.len().cast(pl.Float64), n=y.sum()).sort(self.column)
         key = FOLD if self.scheme == "oof" else self.day
         self.window_counts_ = frame.group_by(self.column, key).agg(N=pl.len().cast(pl.Float64), n=y.sum())
         self.window_totals_ = frame.group_by(key).agg(N=pl.len().cast(pl.Float64), n=y.sum()).sort(key)
@@ -130,9 +126,7 @@ class BetaTargetEncoder:
     def _table(self, keys: pl.DataFrame, N: np.ndarray, n: np.ndarray, mu: np.ndarray) -> pl.DataFrame:
         alpha, beta = posterior(N, n, mu, self.n_min)
         values = beta_stats(alpha, beta, self.stats)
-        return keys.with_columns(
-            [pl.Series(f"{self.prefix}_{s}", values[s], dtype=pl.Float32) for s in self.stats]
-        )
+        return keys.with_columns([pl.Series(f"{self.prefix}_{s}", values[s], dtype=pl.Float32) for s in self.stats])
 
     def prior_values(self, mu: float | None = None) -> dict[str, float]:
         """Statistics of an unseen category: the prior Beta(mu n_min, (1 - mu) n_min)."""
@@ -152,9 +146,7 @@ class BetaTargetEncoder:
         if self.scheme == "oof":
             t = self.window_counts_.join(self.counts_, on=self.column, suffix="_all", nulls_equal=True)
             totals = self.window_totals_
-            t = t.join(
-                totals.select(FOLD, mu=(pl.sum("n") - pl.col("n")) / (pl.sum("N") - pl.col("N"))), on=FOLD
-            )
+            t = t.join(totals.select(FOLD, mu=(pl.sum("n") - pl.col("n")) / (pl.sum("N") - pl.col("N"))), on=FOLD)
             N = (t["N_all"] - t["N"]).to_numpy()
             n = (t["n_all"] - t["n"]).to_numpy()
             return self._table(t.select(self.column, FOLD), N, n, t["mu"].to_numpy())
@@ -185,6 +177,6 @@ class BetaTargetEncoder:
 
     def _join(self, frame: pl.LazyFrame, table: pl.DataFrame, on: list[str]) -> pl.LazyFrame:
         prior = self.prior_values()
-        return frame.join(
-            table.lazy(), on=on, how="left", nulls_equal=True, maintain_order="left"
-        ).with_columns([pl.col(c).fill_null(pl.lit(v, dtype=pl.Float32)) for c, v in prior.items()])
+        return frame.join(table.lazy(), on=on, how="left", nulls_equal=True, maintain_order="left").with_columns(
+            [pl.col(c).fill_null(pl.lit(v, dtype=pl.Float32)) for c, v in prior.items()]
+        )

@@ -18,14 +18,10 @@ class _Progress:
     def __call__(self, env: lgb.callback.CallbackEnv) -> None:
         it = env.iteration + 1
         if self.every > 0 and (it % self.every == 0 or it == env.end_iteration):
-            scores = ", ".join(
-                f"{data} {name} {value:.5f}" for data, name, value, *_ in env.evaluation_result_list
-            )
+            scores = ", ".join(f"{data} {name} {value:.5f}" for data, name, value, *_ in env.evaluation_result_list)
             self.report(f"{self.label}: round {it}/{env.end_iteration} {scores}")
 
 
-def progress(
-    every: int, label: str, report: Callable[[str], None]
-) -> Callable[[lgb.callback.CallbackEnv], None]:
+def progress(every: int, label: str, report: Callable[[str], None]) -> Callable[[lgb.callback.CallbackEnv], None]:
     """A callback printing the round and validation scores every `every` rounds."""
     return _Progress(every, label, report)

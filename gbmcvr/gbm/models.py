@@ -79,9 +79,7 @@ def _check_label(y: np.ndarray, stage: Stage, split: str) -> None:
     if len(y) == 0:
         raise UserError(f"stage {stage.name}: no {split} rows to train on")
     if y.min() == y.max():
-        raise UserError(
-            f"stage {stage.name}: the {stage.target} label is constant ({y[0]}) in the {split} rows"
-        )
+        raise UserError(f"stage {stage.name}: the {stage.target} label is constant ({y[0]}) in the {split} rows")
 
 
 def train_stage(
@@ -123,9 +121,7 @@ def train_stage(
         valid_names=names,
         callbacks=cbs,
     )
-    best = (
-        booster.best_iteration if valid_sets and booster.best_iteration > 0 else booster.current_iteration()
-    )
+    best = booster.best_iteration if valid_sets and booster.best_iteration > 0 else booster.current_iteration()
     return StageModel(stage, booster, features, int(best), fit.height)
 
 

@@ -71,6 +71,7 @@ class GbmConfig:
     max_cat_cardinality: int = 20000
     numeric_categoricals: tuple[str, ...] = ()
     stage_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refit: bool = False
 
     def params(self, stage: str, seed: int, override: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults, then the config's stage section, then an override (tuned or file), then the seed."""
@@ -96,6 +97,7 @@ def gbm_config(raw: dict[str, Any], where: str) -> GbmConfig:
             "log_every",
             "max_cat_cardinality",
             "numeric_categoricals",
+            "refit",
             *stages,
         ],
         where,
@@ -108,6 +110,7 @@ def gbm_config(raw: dict[str, Any], where: str) -> GbmConfig:
         max_cat_cardinality=int(raw.get("max_cat_cardinality", 20000)),
         numeric_categoricals=tuple(raw.get("numeric_categoricals", ())),
         stage_params=stage_params,
+        refit=bool(raw.get("refit", False)),
     )
     if cfg.num_boost_round < 1 or cfg.early_stopping_rounds < 1:
         raise UserError(f"{where}: num_boost_round and early_stopping_rounds must be positive")

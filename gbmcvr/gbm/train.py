@@ -50,9 +50,7 @@ def valid_metrics(kind: str, tables: FeatureTables, pred: dict[str, np.ndarray])
         mask = like == 1
         fit = tables.splits["fit"]
         igl_rate = float(fit.filter(pl.col(LIKE) == 1)[tables.install_label].mean())
-        out["valid"]["p_install_given_like"] = metrics.report(
-            y[mask], pred["p_install_given_like"][mask], igl_rate
-        )
+        out["valid"]["p_install_given_like"] = metrics.report(y[mask], pred["p_install_given_like"][mask], igl_rate)
     return out
 
 
@@ -92,11 +90,7 @@ def train_gbm(
             "params": params[s],
             "best_iteration": models[s].best_iteration,
             "fit_rows": models[s].fit_rows,
-            **(
-                {"refit_iterations": refit[s].best_iteration, "refit_rows": refit[s].fit_rows}
-                if refit
-                else {}
-            ),
+            **({"refit_iterations": refit[s].best_iteration, "refit_rows": refit[s].fit_rows} if refit else {}),
         }
         for s in KIND_STAGES[kind]
     }
@@ -116,9 +110,7 @@ def importance_table(models: dict[str, StageModel]) -> pl.DataFrame:
     for name, m in models.items():
         gain = m.booster.feature_importance("gain", iteration=m.best_iteration)
         split = m.booster.feature_importance("split", iteration=m.best_iteration)
-        rows.append(
-            pl.DataFrame({"stage": name, "feature": m.booster.feature_name(), "gain": gain, "split": split})
-        )
+        rows.append(pl.DataFrame({"stage": name, "feature": m.booster.feature_name(), "gain": gain, "split": split}))
     return pl.concat(rows).sort(["stage", "gain"], descending=[False, True])
 
 

@@ -1,0 +1,131 @@
+"""MTDM run directories: inputs from feature tables, training, state_dict + JSON config, prediction table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from gbmcvr import metrics
+from gbmcvr.atomic import atomic_dir, write_json
+from gbmcvr.deep.batches import InputSpec, fit_inputs, to_tensors
+from gbmcvr.deep.model import MTDM
+from gbmcvr.deep.params import MtdmConfig, mtdm_config
+from gbmcvr.deep.train import MtdmResult, ensemble_predict, resolve_device, task_metrics, train_mtdm
+from gbmcvr.fe.pipeline import LIKE
+from gbmcvr.runs import PREDS, prediction_table, read_run_meta
+from gbmcvr.tables import FeatureTables
+
+
+def input_columns(tables: FeatureTables, cfg: MtdmConfig) -> tuple[list[str], list[str]]:
+    """Categorical fields (codes, crosses, day cycle) and numericals (cleaned; optionally target encodings)."""
+    families = {"clean", "target"} if cfg.use_target_encoding else {"clean"}
+    cats = tables.columns("categorical")
+    nums = [c["name"] for c in tables.manifest["columns"] if c["role"] == "numeric" and c["family"] in families]
+    return cats, nums
+
+
+@dataclass
+class MtdmRun:
+    result: MtdmResult
+    spec: InputSpec
+    preds: pl.DataFrame
+    metrics: dict[str, Any]
+
+
+def teacher_predictions(run_dir: Path, frame: pl.DataFrame) -> np.ndarray:
+    """A LightGBM teacher run's install probabilities for the given rows (for distillation)."""
+    from gbmcvr.gbm.train import load_run
+
+    return load_run(run_dir).predict(frame)["p"]
+
+
+def train_mtdm_run(
+    tables: FeatureTables,
+    cfg: MtdmConfig,
+    seed: int,
+    device_name: str,
+    teacher_dir: Path | None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> MtdmRun:
+    device = resolve_device(device_name)
+    progress(f"mtdm: device {device}")
+    cats, nums = input_columns(tables, cfg)
+    fit = tables.splits["fit"]
+    spec = fit_inputs(fit, cats, nums, cfg.numeric_transform)
+    install = tables.install_label
+    data = {s: to_tensors(f, spec, LIKE, install) for s, f in tables.splits.items()}
+    if teacher_dir is not None:
+        data["fit"].teacher = torch.from_numpy(teacher_predictions(teacher_dir, fit).astype(np.float32))
+    result = train_mtdm(data["fit"], data.get("valid"), spec, cfg, seed, device, progress)
+    ids, cols = {}, {}
+    for split in ("valid", "test"):
+        if split in tables.splits:
+            ids[split] = tables.splits[split][tables.id_column].to_numpy()
+            cols[split] = ensemble_predict(result.models, data[split], device)
+    valid = tables.splits["valid"]
+    y, like = valid[install].to_numpy(), valid[LIKE].to_numpy()
+    rate = tables.base_rate()
+    out_metrics = {
+        "base_rate": rate,
+        "base_rate_source": "install rate of the fit window",
+        "valid": {
+            "p": metrics.report(y, cols["valid"]["p"], rate),
+            "p_product": metrics.report(y, cols["valid"]["p_product"], rate),
+            "tasks": task_metrics(cols["valid"], like, y),
+        },
+        "best_epoch": result.best_epoch,
+        "samples_per_s": result.samples_per_s,
+        "train_seconds": result.seconds,
+        "device": str(device),
+        "history": result.history,
+    }
+    return MtdmRun(result, spec, prediction_table(ids, cols), out_metrics)
+
+
+def write_mtdm_run(run_dir: Path, run: MtdmRun, cfg: MtdmConfig, meta: dict[str, Any]) -> None:
+    with atomic_dir(run_dir) as tmp:
+        for i, m in enumerate(run.result.models):
+            torch.save(m.state_dict(), tmp / ("model.pt" if i == 0 else "model_peer.pt"))
+        write_json(
+            tmp / "config.json", {"mtdm": asdict(cfg), "inputs": run.spec.to_json(), "models": len(run.result.models)}
+        )
+        write_json(tmp / "params.json", {"mtdm": asdict(cfg), "best_epoch": run.result.best_epoch})
+        write_json(tmp / "metrics.json", run.metrics)
+        run.preds.write_parquet(tmp / PREDS)
+        write_json(tmp / "run.json", {**meta, "kind": "mtdm", "stages": ["mtdm"], "refit": False})
+
+
+@dataclass
+class LoadedMtdm:
+    models: list[MTDM]
+    spec: InputSpec
+    cfg: MtdmConfig
+
+    def predict(self, frame: pl.DataFrame, device: str = "cpu") -> dict[str, np.ndarray]:
+        data = to_tensors(frame, self.spec, None, None)
+        return ensemble_predict(self.models, data, resolve_device(device))
+
+
+def load_mtdm_run(run_dir: Path) -> LoadedMtdm:
+    """Load state_dicts with weights_only=True and the JSON config; no pickle."""
+    run_dir = Path(run_dir)
+    read_run_meta(run_dir)
+    conf = json.loads((run_dir / "config.json").read_text())
+    raw_cfg = {k: v for k, v in conf["mtdm"].items()}
+    cfg = mtdm_config(raw_cfg, f"{run_dir}/config.json")
+    spec = InputSpec.from_json(conf["inputs"])
+    models = []
+    for i in range(conf["models"]):
+        bottom = (cfg.mutual_bottom or cfg.bottom) if i == 1 else None
+        m = MTDM(spec.embedding_rows, len(spec.categorical), len(spec.numerical), cfg, bottom=bottom)
+        state = torch.load(run_dir / ("model.pt" if i == 0 else "model_peer.pt"), weights_only=True, map_location="cpu")
+        m.load_state_dict(state)
+        models.append(m)
+    return LoadedMtdm(models, spec, cfg)
