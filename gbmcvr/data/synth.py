@@ -275,7 +275,9 @@ def _frame(cols: dict[str, np.ndarray], columns: list[str]) -> pl.DataFrame:
     integer = {SHARECHAT.row_id, SHARECHAT.day, *SHARECHAT.categorical, *SHARECHAT.binary, *SHARECHAT.labels}
     return pl.DataFrame(
         [
-            pl.Series(c, cols[c], nan_to_null=True).cast(pl.Int64) if c in integer else pl.Series(c, cols[c])
+            pl.Series(c, cols[c]).fill_nan(None).cast(pl.Int64)
+            if c in integer
+            else pl.Series(c, cols[c]).fill_nan(None)
             for c in columns
         ]
     )

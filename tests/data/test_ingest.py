@@ -1,0 +1,127 @@
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+
+from gbmcvr.data.synth import write_synth
+from tests.factories import run_cli
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    data = tmp_path_factory.mktemp("ing") / "data"
+    write_synth(data, 0.002, 2)
+    return data
+
+
+@pytest.fixture
+def data(pristine, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(pristine, copy)
+    return copy
+
+
+def test_round_trip_exact(data, tmp_path, capsys):
+    code, out, _ = run_cli(["ingest", data, "--workdir", tmp_path], capsys)
+    assert code == 0, out
+    raw = tmp_path / "features" / "raw"
+    train = pl.read_parquet(raw / "train.parquet")
+    assert train["f_2"].dtype == pl.Int64 and train["f_33"].dtype == pl.Int8 and train["f_42"].dtype == pl.Float64
+    text = (data / "train" / "000000000003.csv").read_text().splitlines()
+    header = text[0].split("\t")
+    for line in text[1:40]:
+        fields = dict(zip(header, line.split("\t"), strict=True))
+        row = train.filter(pl.col("f_0") == int(fields["f_0"])).row(0, named=True)
+        for col in ("f_2", "f_30", "f_42", "f_51", "f_64", "f_79", "is_installed"):
+            expected = None if fields[col] == "" else float(fields[col])
+            assert row[col] == expected, (col, fields[col], row[col])
+    n_lines = sum(len(f.read_text().strip().splitlines()) - 1 for f in (data / "train").iterdir())
+    assert train.height == n_lines
+
+
+def _expect_error(capsys, tmp_path, data, message):
+    code, out, err = run_cli(["ingest", data, "--workdir", tmp_path], capsys)
+    assert code == 2
+    assert message in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0]
+    assert not (tmp_path / "features" / "raw").exists()
+    leftovers = list((tmp_path / "features").glob(".*")) if (tmp_path / "features").exists() else []
+    assert leftovers == []
+
+
+def _edit(path, fn):
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(fn(lines)) + "\n")
+
+
+def test_missing_folder(tmp_path, capsys):
+    _expect_error(capsys, tmp_path, tmp_path / "nope", "data folder not found")
+
+
+def test_missing_test_files(data, tmp_path, capsys):
+    shutil.rmtree(data / "test")
+    _expect_error(capsys, tmp_path, data, "no test files matching test/*.csv")
+
+
+def test_missing_column(data, tmp_path, capsys):
+    _edit(data / "train" / "000000000004.csv", lambda ls: ["\t".join(x.split("\t")[:-1]) for x in ls])
+    _expect_error(capsys, tmp_path, data, "000000000004.csv: missing column 'is_installed'")
+
+
+def test_unexpected_column(data, tmp_path, capsys):
+    _edit(data / "train" / "000000000001.csv", lambda ls: [ls[0] + "\tbonus"] + [x + "\t1" for x in ls[1:]])
+    _expect_error(capsys, tmp_path, data, "000000000001.csv: unexpected column 'bonus'")
+
+
+def test_non_numeric_value(data, tmp_path, capsys):
+    def corrupt(lines):
+        fields = lines[5].split("\t")
+        fields[44] = "abc"  # f_44
+        lines[5] = "\t".join(fields)
+        return lines
+
+    _edit(data / "train" / "000000000002.csv", corrupt)
+    _expect_error(capsys, tmp_path, data, "000000000002.csv: line 6, column 'f_44': 'abc' is not a number")
+
+
+def test_duplicate_row_id(data, tmp_path, capsys):
+    _edit(data / "train" / "000000000000.csv", lambda ls: ls + [ls[1]])
+    _expect_error(capsys, tmp_path, data, "duplicate row id")
+
+
+def test_labels_in_test_file(data, tmp_path, capsys):
+    _edit(data / "test" / "000000000000.csv", lambda ls: [ls[0] + "\tis_installed"] + [x + "\t0" for x in ls[1:]])
+    _expect_error(capsys, tmp_path, data, "label column 'is_installed' in the test file")
+
+
+def test_test_day_in_train(data, tmp_path, capsys):
+    def move_day(lines):
+        fields = lines[1].split("\t")
+        fields[1] = "67"
+        lines[1] = "\t".join(fields)
+        return lines
+
+    _edit(data / "train" / "000000000007.csv", move_day)
+    _expect_error(capsys, tmp_path, data, "test day 67 also appears in the train files")
+
+
+def test_empty_file(data, tmp_path, capsys):
+    (data / "train" / "000000000009.csv").write_text("")
+    _expect_error(capsys, tmp_path, data, "000000000009.csv: empty file")
+
+
+def test_header_only_file(data, tmp_path, capsys):
+    _edit(data / "train" / "000000000009.csv", lambda ls: ls[:1])
+    _expect_error(capsys, tmp_path, data, "000000000009.csv: empty file (header only")
+
+
+def test_failed_ingest_keeps_previous_store(data, tmp_path, capsys):
+    assert run_cli(["ingest", data, "--workdir", tmp_path], capsys)[0] == 0
+    before = (tmp_path / "features" / "raw" / "train.parquet").read_bytes()
+    (data / "train" / "000000000009.csv").write_text("")
+    code, _, _ = run_cli(["ingest", data, "--workdir", tmp_path], capsys)
+    assert code == 2
+    assert (tmp_path / "features" / "raw" / "train.parquet").read_bytes() == before
+    assert np.isfinite(pl.read_parquet(tmp_path / "features" / "raw" / "train.parquet")["f_0"].to_numpy()).all()

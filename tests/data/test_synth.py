@@ -1,0 +1,91 @@
+import hashlib
+
+import numpy as np
+import polars as pl
+import pytest
+
+from gbmcvr.data.synth import CONFLICTING, DUPLICATES, generate, write_synth
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return generate(0.02, 3)
+
+
+def test_layout(tmp_path):
+    write_synth(tmp_path / "d", 0.003, 1)
+    train = sorted((tmp_path / "d" / "train").iterdir())
+    assert [f.name for f in train] == [f"{i:012d}.csv" for i in range(30)]
+    assert [f.name for f in (tmp_path / "d" / "test").iterdir()] == ["000000000000.csv"]
+    header = train[0].read_text().splitlines()[0].split("\t")
+    assert header == [f"f_{i}" for i in range(80)] + ["is_clicked", "is_installed"]
+    test_header = (tmp_path / "d" / "test" / "000000000000.csv").read_text().splitlines()[0].split("\t")
+    assert test_header == [f"f_{i}" for i in range(80)]
+    # missing values are empty fields
+    assert any("\t\t" in line for line in train[0].read_text().splitlines()[1:50])
+    truth = pl.read_parquet(tmp_path / "d" / "truth" / "test_truth.parquet")
+    assert truth.columns[:4] == ["row_id", "is_clicked", "is_installed", "p_install"]
+
+
+def test_rates_and_quirks(frames):
+    train, test, truth = frames
+    assert abs(train["is_installed"].mean() - 0.174) < 0.01
+    assert abs(train["is_clicked"].mean() - 0.2198) < 0.01
+    installed_not_clicked = train.filter((pl.col("is_installed") == 1) & (pl.col("is_clicked") == 0)).height
+    assert installed_not_clicked > 0
+    assert sorted(train["f_1"].unique().to_list()) == list(range(45, 67))
+    assert test["f_1"].unique().to_list() == [67]
+    assert abs(train["f_30"].is_null().mean() - 0.478) < 0.02
+    assert abs(test["f_30"].is_null().mean() - 0.273) < 0.03
+    assert set(train["f_30"].drop_nulls().unique().to_list()) <= {0, 1}
+    block = ["f_43", "f_51", "f_58", "f_59", *[f"f_{i}" for i in range(64, 71)]]
+    nulls = train.select(pl.col(block).is_null()).to_numpy()
+    assert (nulls.all(axis=1) == nulls.any(axis=1)).all()
+    assert abs(nulls[:, 0].mean() - 0.052) < 0.01
+    assert train["f_7"].n_unique() == 1
+    f9 = train.group_by("f_1").agg(pl.col("f_9").n_unique())["f_9"]
+    assert (f9 == 1).all() and train["f_9"].n_unique() == 2
+    f23_value = train.filter(pl.col("f_23") != 0)["f_23"].unique()
+    assert len(f23_value) == 1 and abs((train["f_23"] != 0).mean() - 0.068) < 0.01
+    assert not test["f_23"].is_in(f23_value.implode()).any()
+    assert all(train[f"f_{c}"].n_unique() == 2 for c in (26, 27, 28, 29))
+    assert train.group_by("f_6").agg(pl.col("f_4").n_unique())["f_4"].max() == 1
+    base = 0.03856407
+    ratio = train["f_42"].drop_nulls().to_numpy() / base
+    assert np.allclose(ratio, np.round(ratio), atol=1e-5)
+    new_ads = 1 - np.isin(test["f_6"].unique().to_numpy(), train["f_6"].unique().to_numpy()).mean()
+    assert 0.2 < new_ads < 0.4
+
+
+def test_duplicates_with_conflicts(frames):
+    train = frames[0]
+    features = [f"f_{i}" for i in range(1, 80)]
+    dup = train.filter(train.select(features).is_duplicated())
+    assert dup.height >= 2 * DUPLICATES * 0.02 * 0.9
+    conflicts = dup.group_by(features).agg(pl.col("is_installed").n_unique().alias("k")).filter(pl.col("k") > 1)
+    assert abs(conflicts.height - CONFLICTING * 0.02) <= 5
+
+
+def test_truth_reproduces_label_mean(frames):
+    truth = frames[2]
+    p = truth["p_install"].to_numpy()
+    y = truth["is_installed"].to_numpy()
+    assert abs(p.mean() - y.mean()) < 3 * np.sqrt(p.mean() * (1 - p.mean()) / len(p)) + 0.005
+    assert ((p > 0) & (p < 1)).all()
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_same_bytes(tmp_path):
+    write_synth(tmp_path / "a", 0.002, 5)
+    write_synth(tmp_path / "b", 0.002, 5)
+    write_synth(tmp_path / "c", 0.002, 6)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
