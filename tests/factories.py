@@ -104,5 +104,5 @@ def tiny_raw(root: Path, rows_per_day: int = 60, seed: int = 1) -> tuple[Path, P
     raw.mkdir(parents=True)
     frame.filter(pl.col("day") < 5).write_parquet(raw / "train.parquet")
     frame.filter(pl.col("day") == 5).drop("click", "install").write_parquet(raw / "test.parquet")
-    (raw / "manifest.json").write_text('{"fingerprint": "tiny-%d"}' % seed)
+    (raw / "manifest.json").write_text(f'{{"fingerprint": "tiny-{seed}"}}')
     return raw, profile

@@ -1,0 +1,185 @@
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from gbmcvr.errors import UserError
+from gbmcvr.fe.pipeline import build
+from gbmcvr.fe.spec import feature_spec
+from tests.factories import run_cli, tiny_profile, tiny_raw
+
+SPEC = {
+    "clean": {"fill_missing": 0.0},
+    "date": {"cycle": 7},
+    "cross": {"pairs": [["a", "b"], ["day_mod_7", "c"]]},
+    "count": {"columns": ["a", "x_a_b"], "window": "plan"},
+    "group": {"pairs": [["c", "x"]], "stats": ["mean", "zscore"], "scope": "plan"},
+    "target": {
+        "columns": ["a", "x_a_b"],
+        "targets": ["is_installed", "is_like", "install_given_like"],
+        "stats": ["mean", "var"],
+        "n_min": 20,
+        "folds": 3,
+    },
+}
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    raw, profile = tiny_raw(tmp_path)
+    return tmp_path, raw, profile
+
+
+def _build(root, raw, profile, spec=SPEC, plan="validate", **kw):
+    return build(raw, profile, feature_spec(spec, profile, "test"), "t", plan, root / "features", **kw)
+
+
+def _read(root, plan, split):
+    return pl.read_parquet(root / "features" / "t" / plan / f"{split}.parquet")
+
+
+def test_hand_computed_families(tiny):
+    root, raw, profile = tiny
+    _build(root, raw, profile)
+    train = pl.read_parquet(raw / "train.parquet")
+    fit, valid = _read(root, "validate", "fit"), _read(root, "validate", "valid")
+    assert fit.height == train.filter(pl.col("day") <= 3).height and valid["day"].unique().to_list() == [4]
+    row = fit.row(0, named=True)
+    src = train.filter(pl.col("id") == row["id"]).row(0, named=True)
+    assert row["x"] == round(src["x"] / 0.5)  # base value 0.5
+    assert row["day_mod_7"] == src["day"] % 7
+    codes = sorted(train["a"].unique().to_list())
+    assert row["a"] == codes.index(src["a"])  # dense code in the sorted vocabulary
+    every = pl.concat([train.drop("click", "install"), pl.read_parquet(raw / "test.parquet")])
+    assert row["cnt_a"] == every.filter(pl.col("a") == src["a"]).height
+    group = every.filter(pl.col("c") == src["c"])["x"].to_numpy() / 0.5
+    assert np.isclose(row["g_c_x_mean"], group.mean(), rtol=1e-6)
+    assert np.isclose(row["g_c_x_zscore"], (row["x"] - group.mean()) / group.std(ddof=1), rtol=1e-5)
+    # valid rows are encoded from the whole fit window
+    vrow = valid.row(0, named=True)
+    vsrc = train.filter(pl.col("id") == vrow["id"]).row(0, named=True)
+    window = train.filter(pl.col("day") <= 3)
+    same = window.filter(pl.col("a") == vsrc["a"])
+    mu = window["install"].mean()
+    k = max(20 - same.height, 0)
+    expect = (mu * k + same["install"].sum()) / (k + same.height)
+    assert np.isclose(vrow["te_a_inst_mean"], expect, rtol=1e-5)
+    like = window.filter((pl.col("click") == 1) | (pl.col("install") == 1))
+    same_like = like.filter(pl.col("a") == vsrc["a"])
+    mu_igl = like["install"].mean()
+    k = max(20 - same_like.height, 0)
+    assert np.isclose(
+        vrow["te_a_igl_mean"], (mu_igl * k + same_like["install"].sum()) / (k + same_like.height), rtol=1e-5
+    )
+    manifest = json.loads((root / "features" / "t" / "validate" / "manifest.json").read_text())
+    roles = {c["name"]: c["role"] for c in manifest["columns"]}
+    assert roles["a"] == "categorical" and roles["x_a_b"] == "categorical" and roles["te_a_inst_mean"] == "numeric"
+    assert roles["install"] == "label" and "recipe" in manifest["columns"][0]
+    assert set(manifest["build_seconds"]) >= {"clean+date", "cross", "count", "group", "target", "write"}
+
+
+def test_missing_filled_and_drop_list(tmp_path):
+    raw, profile = tiny_raw(tmp_path)
+    train = pl.read_parquet(raw / "train.parquet").with_columns(
+        pl.when(pl.col("id") == 100).then(None).otherwise(pl.col("y")).alias("y")
+    )
+    train.write_parquet(raw / "train.parquet")
+    from dataclasses import replace
+
+    profile = replace(profile, drop=("d",))
+    build(raw, profile, feature_spec({"clean": {}}, profile, "t"), "t", "validate", tmp_path / "features")
+    fit = _read(tmp_path, "validate", "fit")
+    assert fit.filter(pl.col("id") == 100)["y"][0] == 0.0
+    assert "d" not in fit.columns
+
+
+def test_leakage_permuting_valid_and_test_labels(tiny):
+    root, raw, profile = tiny
+    _build(root, raw, profile)
+    before = {s: _read(root, "validate", s) for s in ("fit", "valid", "test")}
+    train = pl.read_parquet(raw / "train.parquet")
+    rng = np.random.default_rng(9)
+    is_valid = (train["day"] == 4).to_numpy()
+    for col in ("click", "install"):
+        values = train[col].to_numpy().copy()
+        values[is_valid] = rng.permutation(values[is_valid])
+        values[is_valid] = 1 - values[is_valid]
+        train = train.with_columns(pl.Series(col, values))
+    train.write_parquet(raw / "train.parquet")
+    (raw / "manifest.json").write_text('{"fingerprint": "permuted"}')
+    _build(root, raw, profile)
+    features = [c for c in before["valid"].columns if c not in ("click", "install", "is_like")]
+    for split in ("fit", "valid", "test"):
+        after = _read(root, "validate", split)
+        assert after.select(features).equals(before[split].select(features)), split
+
+
+def test_crosses_decode_consistently_between_plans(tiny):
+    root, raw, profile = tiny
+    _build(root, raw, profile, plan="validate")
+    _build(root, raw, profile, plan="full")
+    vocab = pl.read_parquet(root / "features" / "t" / "vocab" / "x_a_b.parquet").rename(
+        {"a": "a_vocab", "b": "b_vocab"}
+    )
+    raw_test = pl.read_parquet(raw / "test.parquet").select("id", a_raw="a", b_raw="b")
+    for plan in ("validate", "full"):
+        decoded = _read(root, plan, "test").join(raw_test, on="id").join(vocab, on="x_a_b", how="left")
+        assert (decoded["a_vocab"] == decoded["a_raw"]).all() and (decoded["b_vocab"] == decoded["b_raw"]).all()
+    joined = (
+        _read(root, "validate", "fit")
+        .select("id", "x_a_b")
+        .join(_read(root, "full", "fit").select("id", "x_a_b"), on="id")
+    )
+    assert joined.height > 0 and (joined["x_a_b"] == joined["x_a_b_right"]).all()
+
+
+def test_cache_hit_and_miss(tiny):
+    root, raw, profile = tiny
+    assert _build(root, raw, profile).rebuilt
+    assert not _build(root, raw, profile).rebuilt
+    changed = {**SPEC, "count": {"columns": ["a"], "window": "day"}}
+    result = _build(root, raw, profile, spec=changed)
+    assert result.rebuilt
+    assert "cnt_a_day" in _read(root, "validate", "fit").columns
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"count": {"columns": ["zz"]}}, "column 'zz' is not a categorical column"),
+        ({"group": {"pairs": [["x", "y"]]}}, "'x' is numerical and cannot be used as a categorical key"),
+        ({"group": {"pairs": [["a", "x"]], "stats": ["mean", "mode"]}}, "statistic 'mode' is not one of"),
+        ({"target": {"columns": ["a"], "stats": ["entropy"]}}, "statistic 'entropy'"),
+        ({"colour": {}}, "unknown feature family 'colour'"),
+        ({"target": {"columns": ["a"], "n_min": 0}}, "n_min must be at least 1"),
+        ({"target": {"columns": ["a"], "folds": 1}}, "folds must be at least 2"),
+        ({"count": {"columns": ["a"], "colour": 1}}, "unknown key 'colour'"),
+    ],
+)
+def test_bad_feature_config(spec, message):
+    with pytest.raises(UserError, match=message):
+        feature_spec(spec, tiny_profile(), "cfg")
+
+
+def test_empty_split_keeps_previous_tables(tiny):
+    root, raw, profile = tiny
+    _build(root, raw, profile)
+    before = _read(root, "validate", "valid")
+    from dataclasses import replace
+
+    with pytest.raises(UserError, match="the valid split \\(days 9\\) has no rows"):
+        _build(root, raw, replace(profile, valid_day=9), spec={**SPEC, "date": {"cycle": 5}})
+    assert _read(root, "validate", "valid").equals(before)
+
+
+def test_cli_bad_config_exit_code(tmp_path, capsys):
+    (tmp_path / "gbmcvr.toml").write_text('[features.count]\ncolumns = ["f_999"]\n')
+    code, _, err = run_cli(["features", "--workdir", tmp_path], capsys)
+    assert code == 2
+    assert "column 'f_999' is not a categorical column of profile 'sharechat2023'" in err
+
+
+def test_show_default(capsys):
+    code, out, _ = run_cli(["features", "--show-default"], capsys)
+    assert code == 0 and "[target]" in out and 'scheme = "oof"' in out
