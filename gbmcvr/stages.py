@@ -120,15 +120,7 @@ def train_gbm_stage(
     full = load_tables(wd.features, fs, "full", ("fit", "test")) if refit else None
     gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
     run = train_gbm(kind, tables, gcfg, resolved, progress, full)
-    key = input_key(
-        kind,
-        tables.manifest["config_hash"],
-        tables.manifest["raw_fingerprint"],
-        resolved,
-        refit,
-        gcfg.num_boost_round,
-        gcfg.early_stopping_rounds,
-    )
+    key = gbm_input_key(tables.manifest, kind, resolved, refit, gcfg)
     write_gbm_run(run_dir, run, {"feature_set": fs, "input_key": key, "seed": cfg.seed})
     return run
 
@@ -226,3 +218,125 @@ def train_mtdm_stage(
         run_dir, run, mcfg, {"feature_set": fs, "input_key": mtdm_input_key(tables.manifest, cfg), "seed": cfg.seed}
     )
     return run
+
+
+def _lgbm_objective(tables, stage: str, gcfg, seed: int, space):
+    import optuna
+    from optuna_integration import LightGBMPruningCallback
+
+    from gbmcvr.gbm.models import STAGES, train_stage
+
+    def fn(trial: optuna.Trial) -> tuple[float, dict]:
+        suggested = {d.name: d.suggest(trial) for d in space}
+        params = gcfg.params(stage, seed, suggested)
+        pruning = LightGBMPruningCallback(trial, "binary_logloss", valid_name="valid", report_interval=5)
+        model = train_stage(tables, STAGES[stage], params, gcfg, lambda _: None, extra_callbacks=[pruning])
+        value = float(model.booster.best_score["valid"]["binary_logloss"])
+        return value, {
+            "params": {k: v for k, v in params.items() if k != "seed"},
+            "best_iteration": model.best_iteration,
+        }
+
+    return fn
+
+
+def _mtdm_objective(tables, mcfg, seed: int, space, device: str):
+    import optuna
+
+    from gbmcvr.deep.params import check_mtdm
+    from gbmcvr.deep.run import train_mtdm_run
+
+    def fn(trial: optuna.Trial) -> tuple[float, dict]:
+        suggested = {d.name: d.suggest(trial) for d in space}
+        trial_cfg = mcfg.with_overrides(**suggested)
+        check_mtdm(trial_cfg, "search space")
+
+        def report(epoch: int, value: float) -> None:
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        run = train_mtdm_run(tables, trial_cfg, seed, device, None, lambda _: None, report)
+        return float(run.metrics["valid"]["p"]["logloss"]), {
+            "params": suggested,
+            "best_iteration": run.result.best_epoch,
+        }
+
+    return fn
+
+
+def tune_stage(
+    wd: Workdir,
+    cfg: PipelineConfig,
+    model: str,
+    trials: int,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    workers: int = 1,
+    seed: int | None = None,
+    pruner: str | None = None,
+    worker: bool = False,
+    device: str = "cpu",
+    progress: Callable[[str], None] = lambda _: None,
+):
+    """Tune one model; returns the study (None in a worker process that only runs trials)."""
+    from gbmcvr import tune
+    from gbmcvr.errors import UserError
+    from gbmcvr.space import check_model, model_space
+    from gbmcvr.tables import load_tables
+
+    check_model(model)
+    if trials < 1 or workers < 1:
+        raise UserError("--trials and --workers must be at least 1")
+    tune_cfg = dict(cfg.tune)
+    pruner = pruner or tune_cfg.get("pruner", "median")
+    tune.make_pruner(pruner)
+    space = model_space(model, tune_cfg.get(model), cfg.source)
+    seed = cfg.seed if seed is None else seed
+    if storage is None:
+        storage = (
+            f"journal:{wd.models / 'optuna-journal.log'}" if workers > 1 else f"sqlite:///{wd.models / 'optuna.db'}"
+        )
+    setup = tune.TuneSetup(
+        model, study or f"{model}-{cfg.feature_set}", storage, trials, timeout, seed, pruner, space, wd.models / "tuned"
+    )
+    the_study = tune.load_study(setup, cfg.feature_set)
+    if not worker and storage.startswith("journal:"):
+        n = tune.fail_running(the_study)
+        if n:
+            progress(f"marked {n} trial(s) left running by a dead process as failed")
+    if workers > 1:
+        args = [
+            model,
+            "--trials",
+            str(trials),
+            "--storage",
+            storage,
+            "--study",
+            setup.study_name,
+            "--pruner",
+            pruner,
+            "--workdir",
+            str(wd.root),
+        ]
+        if timeout:
+            args += ["--timeout", str(timeout)]
+        progress(f"starting {workers} workers on {storage}, study '{setup.study_name}'")
+        tune.spawn_workers(args, workers, seed)
+        return the_study, True
+    tables = load_tables(wd.features, cfg.feature_set, "validate")
+    if model == "mtdm":
+        from gbmcvr.deep.params import mtdm_config
+
+        objective = _mtdm_objective(tables, mtdm_config(cfg.mtdm, f"{cfg.source} [mtdm]"), seed, space, device)
+    else:
+        from gbmcvr.gbm.params import gbm_config
+
+        gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
+        objective = _lgbm_objective(tables, tune.STAGE_OF[model], gcfg, seed, space)
+    progress(
+        f"tuning {model}: study '{setup.study_name}' on {storage}, {tune.finished(the_study)} of {trials} trials done"
+    )
+    completed = tune.run_trials(the_study, setup, tune.timed(objective), progress)
+    return the_study, completed

@@ -53,6 +53,7 @@ def train_mtdm_run(
     device_name: str,
     teacher_dir: Path | None,
     progress: Callable[[str], None] = lambda _: None,
+    epoch_callback: Callable[[int, float], None] | None = None,
 ) -> MtdmRun:
     device = resolve_device(device_name)
     progress(f"mtdm: device {device}")
@@ -63,7 +64,7 @@ def train_mtdm_run(
     data = {s: to_tensors(f, spec, LIKE, install) for s, f in tables.splits.items()}
     if teacher_dir is not None:
         data["fit"].teacher = torch.from_numpy(teacher_predictions(teacher_dir, fit).astype(np.float32))
-    result = train_mtdm(data["fit"], data.get("valid"), spec, cfg, seed, device, progress)
+    result = train_mtdm(data["fit"], data.get("valid"), spec, cfg, seed, device, progress, epoch_callback)
     ids, cols = {}, {}
     for split in ("valid", "test"):
         if split in tables.splits:

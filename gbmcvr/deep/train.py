@@ -123,8 +123,12 @@ def train_mtdm(
     seed: int,
     device: torch.device,
     progress: Callable[[str], None] = lambda _: None,
+    epoch_callback: Callable[[int, float], None] | None = None,
 ) -> MtdmResult:
-    """Train (one model, or two with mutual learning) with early stopping on valid install log loss."""
+    """Train (one model, or two with mutual learning) with early stopping on valid install log loss.
+
+    `epoch_callback(epoch, valid_logloss)` runs after each epoch (Optuna reports and prunes through it).
+    """
     if fit.like is None or fit.install is None:
         raise UserError("MTDM training needs like and install labels in the fit rows")
     for name, y in (("like", fit.like), ("install", fit.install)):
@@ -177,6 +181,8 @@ def train_mtdm(
             line += f" | valid install log loss {score:.5f}, " + ", ".join(
                 f"{t} ll {v['logloss']:.4f} auc {v['auc']:.4f}" for t, v in tm.items() if v
             )
+            if epoch_callback is not None:
+                epoch_callback(epoch, score)
             if score < best - 1e-6:
                 best, best_epoch, stale = score, epoch, 0
                 best_states = [copy.deepcopy(m.state_dict()) for m in models]

@@ -1,0 +1,57 @@
+from gbmcvr.config import load_config
+from gbmcvr.data.synth import write_synth
+from gbmcvr.pipeline import run_pipeline
+from gbmcvr.workdir import Workdir
+from tests.factories import run_cli
+
+CONFIG = """
+data = "{data}"
+models = ["e2e", "ts"]
+[gbm]
+num_boost_round = 60
+early_stopping_rounds = 10
+log_every = 0
+[gbm.e2e]
+learning_rate = {lr}
+[submit]
+weights = "0.5,0.5"
+name = "sub"
+"""
+
+
+def test_run_skips_current_steps(tmp_path):
+    data = tmp_path / "data"
+    write_synth(data, 0.004, 1)
+    wd = Workdir(tmp_path / "w")
+    wd.root.mkdir()
+    wd.config_file.write_text(CONFIG.format(data=data, lr=0.1))
+    first = run_pipeline(wd, load_config(None, wd.config_file))
+    assert set(first["steps"].values()) == {"done"}
+    assert (wd.submissions / "sub.tsv").is_file()
+    second = run_pipeline(wd, load_config(None, wd.config_file))
+    assert second["steps"]["ingest"] == "current" and second["steps"]["features/validate"] == "current"
+    assert second["steps"]["train e2e"] == "current" and second["steps"]["train ts"] == "current"
+    wd.config_file.write_text(CONFIG.format(data=data, lr=0.2))
+    third = run_pipeline(wd, load_config(None, wd.config_file))
+    assert third["steps"]["train e2e"] == "done" and third["steps"]["train ts"] == "current"
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    code, out, err = run_cli(["demo", "--scale", "0.004", "--workdir", tmp_path / "demo"], capsys)
+    assert code == 0, err
+    assert "| ensemble |" in out and "truth log loss" in out and "| mtdm |" in out
+    assert (tmp_path / "demo" / "submissions" / "demo.tsv").is_file()
+
+
+def test_init_writes_loadable_config(tmp_path, capsys):
+    assert run_cli(["init", "--workdir", tmp_path], capsys)[0] == 0
+    cfg = load_config(None, tmp_path / "gbmcvr.toml")
+    assert cfg.profile == "sharechat2023" and cfg.models == ("e2e", "ts")
+    code, _, err = run_cli(["init", "--workdir", tmp_path], capsys)
+    assert code == 2 and "exists" in err
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    (tmp_path / "gbmcvr.toml").write_text("sed = 3\n")
+    code, _, err = run_cli(["features", "--workdir", tmp_path], capsys)
+    assert code == 2 and "unknown key 'sed'" in err
