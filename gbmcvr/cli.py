@@ -261,6 +261,64 @@ def demo(
     out.print(f"demo finished in {time.perf_counter() - start:.0f}s; outputs under {wd.root}")
 
 
+@app.command()
+def tune(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="e2e | ts-like | ts-install | mtdm")],
+    trials: Annotated[int, typer.Option(help="Total finished trials wanted in the study.")] = 30,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")] = None,
+    storage: Annotated[str | None, typer.Option(help="RDB URL or journal:PATH (default models/optuna.db).")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default MODEL-FEATURESET).")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes sharing a JournalStorage file.")] = 1,
+    seed: Annotated[int | None, typer.Option(help="Sampler seed (default: the config seed).")] = None,
+    pruner: Annotated[str | None, typer.Option(help="median | hyperband | none")] = None,
+    show_space: Annotated[bool, typer.Option("--show-space", help="Print the search space and exit.")] = False,
+    device: Annotated[str, typer.Option(help="MTDM only: auto | cpu | cuda.")] = "auto",
+    worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
+    config: ConfigOpt = None,
+    workdir: WorkdirOpt = Path("."),
+) -> None:
+    """Tune a model's parameters with Optuna against its validation log loss (resumable, prunable)."""
+    from rich.table import Table
+
+    from gbmcvr import stages
+    from gbmcvr import tune as tuning
+    from gbmcvr.space import check_model, model_space, space_toml
+
+    cfg = _config(workdir, config)
+    check_model(model)
+    if show_space:
+        out.print(space_toml(model, model_space(model, cfg.tune.get(model), cfg.source)), markup=False)
+        return
+    the_study, completed = stages.tune_stage(
+        Workdir(workdir), cfg, model, trials, timeout, storage, study, workers, seed, pruner, worker, device, progress
+    )
+    if worker:
+        return
+    rows = tuning.summary_rows(the_study)
+    if not rows:
+        out.print("no completed trials yet")
+        return
+    table = Table(title=f"top trials of study '{the_study.study_name}'")
+    for col in ("trial", "valid log loss", "best iteration", "seconds", "parameters"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(row.items())[4:])
+        table.add_row(
+            str(row["trial"]), f"{row['value']:.5f}", str(row["best_iteration"]), f"{row['seconds']:.1f}", params
+        )
+    out.print(table)
+    imp = tuning.importances(the_study)
+    if imp:
+        out.print("parameter importances: " + ", ".join(f"{k} {v:.3f}" for k, v in imp.items()))
+    best = the_study.best_trial
+    out.print(
+        f"best: trial {best.number}, valid log loss {best.value:.5f} -> models/tuned/{model}.json "
+        f"(train with --params tuned); browse with `optuna-dashboard <storage URL>`"
+    )
+    if not completed:
+        raise typer.Exit(130)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:

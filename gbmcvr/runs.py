@@ -28,7 +28,12 @@ def prediction_table(ids: dict[str, np.ndarray], columns: dict[str, dict[str, np
     return pl.concat(parts, how="diagonal")
 
 
+RESERVED = ("tuned",)
+
+
 def check_new_run(run_dir: Path, overwrite: bool) -> None:
+    if run_dir.name in RESERVED or run_dir.name.startswith("optuna"):
+        raise UserError(f"run id '{run_dir.name}' is reserved for tuning outputs; choose another --run-id")
     if run_dir.exists() and not overwrite:
         raise UserError(f"{run_dir}: run exists (choose another --run-id or pass --overwrite)")
 

@@ -1,0 +1,151 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from gbmcvr.config import load_config
+from gbmcvr.stages import tune_stage
+from gbmcvr.workdir import Workdir
+from tests.factories import run_cli
+
+CONFIG = """
+[gbm]
+num_boost_round = 40
+early_stopping_rounds = 10
+log_every = 0
+[tune]
+pruner = "median"
+"""
+
+
+@pytest.fixture
+def work(small_work, tmp_path):
+    wd, _, _ = small_work
+    own = Workdir(tmp_path / "w")
+    own.root.mkdir()
+    (own.root / "features").symlink_to(wd.features)
+    own.config_file.write_text(CONFIG)
+    return own, load_config(None, own.config_file)
+
+
+def _study(url, name="e2e-default"):
+    if url.startswith("journal:"):
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url[8:]))
+    else:
+        storage = url
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_resume_to_requested_total(work):
+    wd, cfg = work
+    study, _ = tune_stage(wd, cfg, "e2e", trials=2)
+    url = f"sqlite:///{wd.models / 'optuna.db'}"
+    assert len(_study(url).get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
+    tune_stage(wd, cfg, "e2e", trials=3)
+    trials = _study(url).get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(trials) == 3
+    t = trials[0]
+    assert {"params", "best_iteration", "valid_logloss", "seconds"} <= set(t.user_attrs)
+    tuned = json.loads((wd.models / "tuned" / "e2e.json").read_text())
+    best = _study(url).best_trial
+    assert tuned["trial"] == best.number and tuned["value"] == best.value and tuned["study"] == "e2e-default"
+
+
+def test_exported_params_reproduce_best_score(work, capsys):
+    wd, cfg = work
+    tune_stage(wd, cfg, "e2e", trials=2)
+    best = _study(f"sqlite:///{wd.models / 'optuna.db'}").best_trial
+    code, out, err = run_cli(["train", "e2e", "--params", "tuned", "--run-id", "best", "--workdir", wd.root], capsys)
+    assert code == 0, err
+    metrics = json.loads((wd.run("best") / "metrics.json").read_text())
+    assert abs(metrics["valid"]["p"]["logloss"] - best.value) < 1e-9
+
+
+def test_two_workers_share_a_journal(work):
+    wd, cfg = work
+    tune_stage(wd, cfg, "e2e", trials=4, workers=2)
+    trials = _study(f"journal:{wd.models / 'optuna-journal.log'}").get_trials()
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert 4 <= len(done) <= 5
+
+
+def test_killed_process_keeps_trials_and_fails_the_running_one(work):
+    wd, cfg = work
+    url = f"journal:{wd.models / 'kill.log'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gbmcvr", "tune", "e2e", "--trials", "50", "--storage", url, "--workdir", str(wd.root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    completed = 0
+    while time.time() < deadline and completed < 2:
+        time.sleep(0.5)
+        try:
+            completed = len(_study(url).get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        except (KeyError, FileNotFoundError, ValueError):
+            completed = 0
+    # kill it while a trial is running
+    while time.time() < deadline and not _study(url).get_trials(states=(TrialState.RUNNING,)):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    study = _study(url)
+    kept = len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    assert kept >= 2
+    running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
+    tune_stage(wd, cfg, "e2e", trials=kept + 1, storage=url)
+    study = _study(url)
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == kept + 1
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    for number in running:
+        assert study.trials[number].state == TrialState.FAIL
+
+
+@pytest.mark.parametrize(
+    ("extra", "args", "message"),
+    [
+        ("", ["tune", "xgb"], "unknown model 'xgb' to tune"),
+        (
+            '[tune.e2e]\nnum_leaves = {type = "int", low = 50, high = 10}\n',
+            ["tune", "e2e"],
+            "low 50 is greater than high 10",
+        ),
+        (
+            '[tune.e2e]\nlearning_rate = {type = "float", low = 0.0, high = 0.1, log = true}\n',
+            ["tune", "e2e"],
+            "a log range must be positive",
+        ),
+        (
+            "",
+            ["tune", "e2e", "--storage", "mysql://nobody@127.0.0.1:1/none"],
+            "storage mysql://nobody@127.0.0.1:1/none",
+        ),
+    ],
+)
+def test_bad_input(work, capsys, extra, args, message):
+    wd, _ = work
+    wd.config_file.write_text(CONFIG + extra)
+    code, _, err = run_cli([*args, "--trials", "1", "--workdir", wd.root], capsys)
+    assert code == 2, err
+    assert message in err
+
+
+def test_changed_space_refused(work, capsys):
+    wd, cfg = work
+    tune_stage(wd, cfg, "e2e", trials=1)
+    wd.config_file.write_text(CONFIG + '[tune.e2e]\nnum_leaves = {type = "int", low = 4, high = 8}\n')
+    code, _, err = run_cli(["tune", "e2e", "--trials", "2", "--workdir", wd.root], capsys)
+    assert code == 2 and "different space" in err and "--study e2e-default-2" in err
+
+
+def test_show_space(capsys):
+    code, out, _ = run_cli(["tune", "e2e", "--show-space"], capsys)
+    assert code == 0 and "[tune.e2e]" in out and "num_leaves" in out
