@@ -183,7 +183,7 @@ def train(
         run = stages.train_gbm_stage(wd, cfg, kind, run_id or kind, params, refit, overwrite, feature_set, progress)
         m = run.metrics["valid"]["p"]
     elif kind == "mtdm":
-        run = stages.train_mtdm_stage(wd, cfg, run_id or kind, device, overwrite, feature_set, progress)
+        run = stages.train_mtdm_stage(wd, cfg, run_id or kind, device, overwrite, feature_set, progress, params)
         m = run.metrics["valid"]["p"]
     else:
         raise UserError(f"unknown model '{kind}' (choose e2e, ts or mtdm)")
@@ -317,6 +317,28 @@ def tune(
     )
     if not completed:
         raise typer.Exit(130)
+
+
+@app.command()
+def aliexpress(
+    train_csv: Annotated[Path, typer.Argument(metavar="TRAIN_CSV")],
+    test_csv: Annotated[Path, typer.Argument(metavar="TEST_CSV")],
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default from [mtdm]).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    config: ConfigOpt = None,
+    workdir: WorkdirOpt = Path("."),
+) -> None:
+    """Train the MTDM on AliExpress-format files; print test AUCs beside the published MMoE results."""
+    from gbmcvr.deep import aliexpress as ax
+    from gbmcvr.deep.params import mtdm_config
+
+    cfg = _config(workdir, config)
+    mcfg = mtdm_config({**cfg.mtdm, **({"epochs": epochs} if epochs else {})}, "[mtdm]")
+    result = ax.evaluate(train_csv, test_csv, mcfg, cfg.seed, device, progress)
+    out.print(f"AliExpress test rows: {result['test_rows']:,}")
+    out.print(f"{'task':<8}{'ours (AUC)':>12}{'MMoE, published (NL)':>24}")
+    for task in ("ctr", "cvr", "ctcvr"):
+        out.print(f"{task:<8}{result[task + '_auc']:>12.4f}{ax.PUBLISHED_MMOE_NL[task + '_auc']:>24.4f}")
 
 
 def main() -> None:

@@ -195,6 +195,7 @@ def train_mtdm_stage(
     overwrite: bool = False,
     feature_set: str | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    params: str | None = None,
 ):
     """Load feature tables, train the MTDM and write models/<run-id>/."""
     from gbmcvr.deep.params import mtdm_config
@@ -207,6 +208,8 @@ def train_mtdm_stage(
     check_new_run(run_dir, overwrite)
     resolve_device(device)
     mcfg = mtdm_config(cfg.mtdm, f"{cfg.source} [mtdm]")
+    if params is not None:
+        mcfg = mtdm_config({**cfg.mtdm, **_mtdm_params(wd, params)}, f"{params} (MTDM parameters)")
     fs = feature_set or cfg.feature_set
     teacher = None
     if mcfg.distill_run:
@@ -340,3 +343,17 @@ def tune_stage(
     )
     completed = tune.run_trials(the_study, setup, tune.timed(objective), progress)
     return the_study, completed
+
+
+def _mtdm_params(wd: Workdir, params: str) -> dict:
+    """MTDM overrides from `tuned` (models/tuned/mtdm.json) or a JSON file ({"params": {...}} or flat)."""
+    import json
+
+    from gbmcvr.errors import UserError
+
+    path = wd.models / "tuned" / "mtdm.json" if params == "tuned" else Path(params)
+    if not path.is_file():
+        hint = "run `gbmcvr tune mtdm` first" if params == "tuned" else "file not found"
+        raise UserError(f"{path}: no MTDM parameters ({hint})")
+    raw = json.loads(path.read_text())
+    return dict(raw.get("params", raw))
