@@ -6,7 +6,7 @@ from gbmcvr.data.ingest import ingest
 from gbmcvr.data.profile import SHARECHAT, load_profile
 from gbmcvr.errors import UserError
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def test_sharechat_facts():

@@ -18,7 +18,7 @@ from gbmcvr.tables import load_tables
 from gbmcvr.workdir import Workdir
 from tests.factories import run_cli
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SMALL = MtdmConfig(epochs=3, batch_size=256, embedding_dim=4, experts=2, expert_hidden=(16,), tower_hidden=(8,))
 
 
