@@ -1,0 +1,76 @@
+"""Benchmark: Optuna tuning of e2e — default vs tuned log loss, wall time with/without pruning and 2 workers.
+
+Usage: python bench/bench_tune.py --root DIR [--scale 0.2] [--trials 30]; prints JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import polars as pl
+
+from gbmcvr import metrics
+from gbmcvr.config import PipelineConfig
+from gbmcvr.data.ingest import ingest
+from gbmcvr.data.profile import SHARECHAT
+from gbmcvr.data.synth import write_synth
+from gbmcvr.post.scoring import read_truth
+from gbmcvr.stages import build_features, train_gbm_stage, tune_stage
+from gbmcvr.workdir import Workdir
+
+
+def test_logloss(wd: Workdir, run_id: str, truth: pl.DataFrame) -> float:
+    preds = pl.read_parquet(wd.run(run_id) / "preds.parquet").filter(pl.col("split") == "test")
+    joined = truth.join(preds, on="row_id")
+    return metrics.log_loss(joined["is_installed"].to_numpy(), joined["p"].to_numpy())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--scale", type=float, default=0.2)
+    parser.add_argument("--trials", type=int, default=30)
+    args = parser.parse_args()
+    data, wd = args.root / "data", Workdir(args.root / "work")
+    if not (data / "truth").exists():
+        write_synth(data, args.scale, 0)
+    if not (wd.raw / "manifest.json").exists():
+        ingest(data, SHARECHAT, wd.raw)
+    cfg = PipelineConfig(data=str(data), gbm={"log_every": 0})
+    build_features(wd, cfg, "validate")
+    truth = read_truth(data).select("row_id", "is_installed")
+    for mode, pruner, workers in (("pruned", "median", 1), ("unpruned", "none", 1), ("pruned-2-workers", "median", 2)):
+        shutil.rmtree(wd.models, ignore_errors=True)
+        start = time.perf_counter()
+        study, _ = tune_stage(wd, replace(cfg, tune={"pruner": pruner}), "e2e", args.trials, workers=workers)
+        seconds = time.perf_counter() - start
+        if workers > 1:
+            study = optuna.load_study(study_name=study.study_name, storage=study._storage)
+        states = [t.state.name for t in study.trials]
+        row = {
+            "bench": "tune",
+            "mode": mode,
+            "trials": args.trials,
+            "seconds": round(seconds, 1),
+            "complete": states.count("COMPLETE"),
+            "pruned": states.count("PRUNED"),
+            "best_valid_logloss": round(study.best_value, 5),
+        }
+        if mode == "pruned":
+            train_gbm_stage(wd, cfg, "e2e", "default", overwrite=True)
+            train_gbm_stage(wd, cfg, "e2e", "tuned-best", params="tuned", overwrite=True)
+            for run_id in ("default", "tuned-best"):
+                m = json.loads((wd.run(run_id) / "metrics.json").read_text())
+                row[f"{run_id}_valid_logloss"] = round(m["valid"]["p"]["logloss"], 5)
+                row[f"{run_id}_test_logloss"] = round(test_logloss(wd, run_id, truth), 5)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
