@@ -45,3 +45,25 @@ def test_validator_catches_defects(mutate, message, tmp_path):
     with pytest.raises(UserError):
         sub.write(tmp_path / "bad.tsv", mutate(good()), IDS)
     assert not (tmp_path / "bad.tsv").exists()
+
+
+def test_validate_and_score_commands(tmp_path, capsys):
+    from gbmcvr.data.synth import write_synth
+    from tests.factories import run_cli
+
+    data = tmp_path / "data"
+    write_synth(data, 0.002, 4)
+    truth = pl.read_parquet(data / "truth" / "test_truth.parquet")
+    frame = sub.build(truth["row_id"].to_numpy(), truth["p_like"].to_numpy(), truth["p_install"].to_numpy())
+    sub.write(tmp_path / "s.tsv", frame, truth["row_id"])
+    code, out, _ = run_cli(["validate", tmp_path / "s.tsv", "--data", data], capsys)
+    assert code == 0 and "valid" in out
+    code, out, _ = run_cli(["score", tmp_path / "s.tsv", "--truth", data], capsys)
+    assert code == 0 and "truth log loss" in out and "train install rate" in out
+    lines = out.splitlines()
+    ours = float(next(line for line in lines if line.startswith("log loss")).split()[2])
+    floor = float(next(line for line in lines if line.startswith("truth log loss")).split()[3])
+    assert ours == pytest.approx(floor, abs=1e-6)  # the truth's own probabilities score the floor
+    (tmp_path / "s.tsv").write_text("\n".join((tmp_path / "s.tsv").read_text().splitlines()[:-1]) + "\n")
+    code, _, err = run_cli(["validate", tmp_path / "s.tsv", "--data", data], capsys)
+    assert code == 2 and "rows, but the test set has" in err
