@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.data.profile import Profile
@@ -22,14 +21,12 @@ from gbmcvr.data.split import plan_days
 from gbmcvr.errors import UserError
 from gbmcvr.fe import clean, counts, crosses, groupstats
 from gbmcvr.fe.dates import date_exprs
-from gbmcvr.fe.lookup import Lookup
 from gbmcvr.fe.spec import FeatureSpec, cross_name
 from gbmcvr.fe.target import FOLD, BetaTargetEncoder, fold_expr
 
 SPLIT = "_split"
 LIKE = "is_like"
-FEATURE_VERSION = 2
-CHUNK_ROWS = 500_000
+FEATURE_VERSION = 3
 TARGET_SHORT = {"is_installed": "inst", "is_like": "like", "install_given_like": "igl"}
 
 
@@ -205,39 +202,35 @@ def build(
     base_lf = base.lazy()
     fit_lf = base_lf.filter(pl.col(SPLIT) == "fit")
 
-    # per split: (lookup, columns it adds); group statistics add derived columns after their lookup
-    lookups: dict[str, list[Lookup]] = {s: [] for s in days}
-    derived: list[tuple[str, str, str]] = []
-
-    def add(lookup: Lookup, splits: tuple[str, ...] = tuple(days)) -> None:
-        for s in splits:
-            lookups[s].append(lookup)
-
+    joins: list[Callable[[pl.LazyFrame, str], pl.LazyFrame]] = []
     if spec.count:
         window = spec.count.window
         for col in spec.count.columns:
             name = f"cnt_{col}" + ("_day" if window == "day" else "")
             keys = [col, day] if window == "day" else [col]
             table = counts.count_table(fit_lf if window == "fit" else base_lf, col, keys, name)
-            add(Lookup(table, keys, {name: 0}))
+            joins.append(lambda f, _s, t=table, k=keys, n=name: counts.apply_counts(f, t, k, n))
             rec.add(name, "count", f"count: rows per {col} over the {window} window")
         rec.done("count")
     if spec.group:
         scope_lf = fit_lf if spec.group.scope == "fit" else base_lf
         for key, value in spec.group.pairs:
             prefix = f"g_{key}_{value}"
-            add(Lookup(groupstats.group_table(scope_lf, key, value, prefix), [key], {}))
-            derived.append((key, value, prefix))
+            table = groupstats.group_table(scope_lf, key, value, prefix)
+            joins.append(
+                lambda f, _s, t=table, k=key, v=value, p=prefix: groupstats.apply_group(f, t, k, v, p, spec.group.stats)
+            )
             for stat in spec.group.stats:
                 rec.add(
-                    f"{prefix}_{stat}", "group", f"group: {stat} of {value} within {key} ({spec.group.scope} scope)"
+                    f"{prefix}_{stat}",
+                    "group",
+                    f"group: {stat} of {value} within {key} ({spec.group.scope} scope)",
                 )
         rec.done("group")
     if spec.target:
         t = spec.target
         fit_rows = base.filter(pl.col(SPLIT) == "fit")
         install = profile.install_label
-        window_key = FOLD if t.scheme == "oof" else day
         for target in t.targets:
             window = fit_rows.filter(pl.col(LIKE) == 1) if target == "install_given_like" else fit_rows
             label = LIKE if target == "is_like" else install
@@ -246,9 +239,7 @@ def build(
                 enc = BetaTargetEncoder(col, prefix, t.n_min, t.stats, t.scheme, day).fit(
                     window.select(col, label, FOLD, day), label
                 )
-                prior = enc.prior_values()
-                add(Lookup(enc.window_table(), [col, window_key], prior), ("fit",))
-                add(Lookup(enc.table(), [col], prior), tuple(s for s in days if s != "fit"))
+                joins.append(lambda f, s, e=enc: e.transform_window(f) if s == "fit" else e.transform(f))
                 for stat in t.stats:
                     rec.add(
                         f"{prefix}_{stat}",
@@ -272,10 +263,11 @@ def build(
     manifest_cols: list[dict[str, str]] = []
     with atomic_dir(out) as tmp:
         for split in days:
+            frame = base_lf.filter(pl.col(SPLIT) == split)
+            for join in joins:
+                frame = join(frame, split)
             keep = [id_col, day, *feature_cols] + (label_cols if split != "test" else [])
-            part = base.filter(pl.col(SPLIT) == split)
-            _write_split(part, lookups[split], derived, spec, keep, tmp / f"{split}.parquet")
-            del part
+            frame.select(keep).sink_parquet(tmp / f"{split}.parquet", compression="lz4", statistics=False)
             progress(f"features: wrote {split}.parquet ({rows[split]:,} rows)")
         schema = pl.read_parquet_schema(tmp / "fit.parquet")
         categorical = {*cats, *binary, *cross_cols, *[c for c in date_cols if not c.endswith(("sin", "cos"))]}
@@ -313,38 +305,6 @@ def build(
             },
         )
     return BuildResult(out, True, rows, len(manifest_cols), total, rec.seconds)
-
-
-def _write_split(
-    frame: pl.DataFrame,
-    lookups: list[Lookup],
-    derived: list[tuple[str, str, str]],
-    spec: FeatureSpec,
-    keep: list[str],
-    path: Path,
-    chunk_rows: int = CHUNK_ROWS,
-) -> None:
-    """Apply every lookup to row chunks and append them to one Parquet file (bounded memory)."""
-    writer = None
-    try:
-        for start in range(0, max(frame.height, 1), chunk_rows):
-            chunk = frame.slice(start, chunk_rows)
-            chunk = chunk.with_columns([s for lookup in lookups for s in lookup.apply(chunk)])
-            for _key, value, prefix in derived:
-                chunk = chunk.with_columns(
-                    [
-                        e.cast(pl.Float32).alias(f"{prefix}_{s}")
-                        for s, e in groupstats.derived_exprs(value, prefix).items()
-                        if s in spec.group.stats
-                    ]
-                )
-            table = chunk.select(keep).to_arrow()
-            if writer is None:
-                writer = pq.ParquetWriter(path, table.schema, compression="lz4", write_statistics=False)
-            writer.write_table(table)
-    finally:
-        if writer is not None:
-            writer.close()
 
 
 def read_manifest(plan_dir: Path, build_hint: str) -> dict:
