@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from gbmcvr import stages
@@ -84,9 +83,13 @@ def demo(wd: Workdir, scale: float, seed: int, progress: Callable[[str], None]) 
     progress(f"demo: generating data at scale {scale} into {data}")
     write_synth(data, scale, seed)
     cfg = PipelineConfig(
-        data=str(data), seed=seed, models=("e2e", "ts", "mtdm"), source="demo", gbm={"refit": False}, mtdm={"epochs": 4}
+        data=str(data),
+        seed=seed,
+        models=("e2e", "ts", "mtdm"),
+        source="demo",
+        mtdm={"epochs": 4},
+        submit={"name": "demo", "weights": "auto", "calibration": "scaling"},
     )
-    cfg = replace(cfg, submit={"name": "demo", "weights": "auto", "calibration": "scaling"})
     result = run_pipeline(wd, cfg, data, truth=data, progress=progress)
     result["score"] = score_submission(result["submission"], data, None)
     return result

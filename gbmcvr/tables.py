@@ -31,13 +31,9 @@ class FeatureTables:
     def columns(self, role: str) -> list[str]:
         return [c["name"] for c in self.manifest["columns"] if c["role"] == role]
 
-    def features(self, exclude_prefixes: tuple[str, ...] = ()) -> list[str]:
-        """Model inputs: categorical and numeric columns, minus any whose name starts with an excluded prefix."""
-        return [
-            c["name"]
-            for c in self.manifest["columns"]
-            if c["role"] in ("categorical", "numeric") and not c["name"].startswith(exclude_prefixes)
-        ]
+    def features(self) -> list[str]:
+        """Model inputs: the categorical and numeric columns."""
+        return [c["name"] for c in self.manifest["columns"] if c["role"] in ("categorical", "numeric")]
 
     def base_rate(self) -> float:
         """Install rate of the fit window: the default NCE base rate."""

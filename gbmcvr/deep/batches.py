@@ -59,10 +59,9 @@ def fit_inputs(fit: pl.DataFrame, categorical: list[str], numerical: list[str], 
     """Vocabulary sizes (max code + 1) and numeric transform statistics from the fit window."""
     check_finite(fit, numerical)
     sizes = [int((fit[c].max() or 0) + 1) for c in categorical]
-    for c, s in zip(categorical, sizes, strict=True):
+    for c in categorical:
         if fit[c].min() is not None and fit[c].min() < 0:
             raise UserError(f"categorical column '{c}' has negative codes; MTDM needs codes >= 0")
-        del s
     stats: dict[str, list[Any]] = {}
     if numerical:
         x = fit.select(numerical).to_numpy().astype(np.float64)

@@ -23,7 +23,7 @@ def read_truth(truth: Path) -> pl.DataFrame:
 
 
 def train_install_rate(truth: Path) -> float | None:
-    """The install rate of the dataset's train files, when a raw store manifest or train files are at hand."""
+    """The train install rate that `gbmcvr synth` records beside its truth file, if there is one."""
     meta = Path(truth) / "truth" / "train_rate.json"
     if meta.is_file():
         return float(json.loads(meta.read_text())["install_rate"])
