@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 
@@ -342,17 +342,15 @@ def aliexpress(
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    """Entry point: usage errors print usage on stderr and exit 2; user errors become one line on stderr, exit 2."""
+    if len(sys.argv) <= 1:
+        command = typer.main.get_command(app)
+        with contextlib.redirect_stdout(sys.stderr):
+            help_text = command.get_help(typer.Context(command, info_name="gbmcvr"))
+        print(help_text, file=sys.stderr)
+        sys.exit(2)
     try:
-        app(standalone_mode=False)
+        app()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        console.print("aborted")
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2)
