@@ -17,7 +17,7 @@ import polars as pl
 
 from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.data.profile import Profile
-from gbmcvr.data.split import plan_days
+from gbmcvr.data.split import TEST_LABELS, plan_days
 from gbmcvr.errors import UserError
 from gbmcvr.fe import clean, counts, crosses, groupstats
 from gbmcvr.fe.dates import date_exprs
@@ -117,7 +117,7 @@ def _base_frame(raw_dir: Path, profile: Profile, plan: str) -> tuple[pl.LazyFram
     day = profile.day_column
     parts = []
     for split, split_days in days.items():
-        source = "test.parquet" if split == "test" else "train.parquet"
+        source = "test.parquet" if profile.test_day in split_days else "train.parquet"
         lf = pl.scan_parquet(raw_dir / source).filter(pl.col(day).is_in(list(split_days)))
         parts.append(lf.with_columns(pl.lit(split).alias(SPLIT)))
     frame = pl.concat(parts, how="diagonal_relaxed")
@@ -268,6 +268,11 @@ def build(
                 frame = join(frame, split)
             keep = [id_col, day, *feature_cols] + (label_cols if split != "test" else [])
             frame.select(keep).sink_parquet(tmp / f"{split}.parquet", compression="lz4", statistics=False)
+            if split == "test" and profile.test_day not in days[split]:
+                # a rehearsal test day (backtest plan): its labels are kept aside, never in the feature table
+                base_lf.filter(pl.col(SPLIT) == split).select(id_col, day, *label_cols).sink_parquet(
+                    tmp / TEST_LABELS, compression="lz4"
+                )
             progress(f"features: wrote {split}.parquet ({rows[split]:,} rows)")
         schema = pl.read_parquet_schema(tmp / "fit.parquet")
         categorical = {*cats, *binary, *cross_cols, *[c for c in date_cols if not c.endswith(("sin", "cos"))]}
