@@ -140,7 +140,7 @@ def score(
 def features(
     config: ConfigOpt = None,
     feature_set: Annotated[str | None, typer.Option("--set", help="Feature set name (default from config).")] = None,
-    plan: Annotated[str, typer.Option(help="validate | full | both")] = "validate",
+    plan: Annotated[str, typer.Option(help="validate | full | backtest | both (validate and full)")] = "validate",
     show_default: Annotated[bool, typer.Option("--show-default", help="Print the default feature set TOML.")] = False,
     force: bool = False,
     workdir: WorkdirOpt = Path("."),
@@ -152,7 +152,11 @@ def features(
     if show_default:
         out.print(default_toml_text(), markup=False)
         return
+    from gbmcvr.fe.spec import config_feature_spec
+
     cfg = _config(workdir, config)
+    _, sources = config_feature_spec(cfg.features, cfg.load_profile(), cfg.source)
+    out.print("feature families: " + ", ".join(f"{family} ({where})" for family, where in sources.items()))
     plans = ["validate", "full"] if plan == "both" else [plan]
     for p in plans:
         result = build_features(Workdir(workdir), cfg, p, feature_set, force, progress)

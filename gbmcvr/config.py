@@ -7,8 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from gbmcvr.data.profile import Profile, load_profile
+from gbmcvr.deep.params import mtdm_config
 from gbmcvr.errors import UserError
-from gbmcvr.tomlfile import check_keys, read_toml
+from gbmcvr.fe.spec import config_feature_spec
+from gbmcvr.gbm.params import gbm_config
+from gbmcvr.post.options import submit_options
+from gbmcvr.space import check_tune
+from gbmcvr.tomlfile import check_keys, read_toml, typed_fields
 
 MODEL_KINDS = ("e2e", "ts", "mtdm")
 
@@ -33,39 +38,25 @@ class PipelineConfig:
         return load_profile(self.profile)
 
 
-_TOP = ("profile", "data", "seed", "feature_set", "models", "features", "gbm", "mtdm", "tune", "submit")
+_SECTIONS = ("features", "gbm", "mtdm", "tune", "submit")
+_TOP = ("profile", "data", "seed", "feature_set", "models", *_SECTIONS)
 
 
 def config_from_dict(raw: dict[str, Any], where: str) -> PipelineConfig:
     """Validate the top level and each stage's section (stages own their own keys)."""
-    from gbmcvr.deep.params import mtdm_config
-    from gbmcvr.fe.spec import feature_spec
-    from gbmcvr.gbm.params import gbm_config
-    from gbmcvr.post.options import submit_options
-
     check_keys(raw, _TOP, where)
-    models = tuple(raw.get("models", ("e2e", "ts")))
-    for m in models:
+    for section in ("features", "gbm", "mtdm", "tune", "submit"):
+        if section in raw and not isinstance(raw[section], dict):
+            raise UserError(f"{where}: [{section}] must be a table, got {raw[section]!r}")
+    values = typed_fields(PipelineConfig, {k: v for k, v in raw.items() if k not in _SECTIONS}, where)
+    for m in values.get("models", ()):
         if m not in MODEL_KINDS:
             raise UserError(f"{where}: unknown model '{m}' in models (choose from {', '.join(MODEL_KINDS)})")
-    cfg = PipelineConfig(
-        profile=str(raw.get("profile", "sharechat2023")),
-        data=str(raw.get("data", "data")),
-        seed=int(raw.get("seed", 42)),
-        feature_set=str(raw.get("feature_set", "default")),
-        models=models,
-        features=raw.get("features"),
-        gbm=dict(raw.get("gbm", {})),
-        mtdm=dict(raw.get("mtdm", {})),
-        tune=dict(raw.get("tune", {})),
-        submit=dict(raw.get("submit", {})),
-        source=where,
-    )
-    profile = cfg.load_profile()
-    if cfg.features is not None:
-        feature_spec(cfg.features, profile, f"{where} [features]")
+    cfg = PipelineConfig(**values, **{k: dict(raw[k]) for k in _SECTIONS if k in raw}, source=where)
+    config_feature_spec(cfg.features, cfg.load_profile(), f"{where} [features]")
     gbm_config(cfg.gbm, f"{where} [gbm]")
     mtdm_config(cfg.mtdm, f"{where} [mtdm]")
+    check_tune(cfg.tune, f"{where} [tune]")
     submit_options(cfg.submit, f"{where} [submit]")
     return cfg
 

@@ -96,6 +96,21 @@ def parse_space(raw: dict[str, dict[str, Any]], where: str) -> list[Dimension]:
     return dims
 
 
+PRUNERS = ("median", "hyperband", "none")
+
+
+def check_tune(raw: dict[str, Any], where: str) -> None:
+    """The `[tune]` section: `pruner` and one `[tune.<model>]` space table per model; anything else is an error."""
+    check_keys(raw, ["pruner", *MODELS], where)
+    if "pruner" in raw and raw["pruner"] not in PRUNERS:
+        raise UserError(f"{where}: pruner must be one of {', '.join(PRUNERS)}, got {raw['pruner']!r}")
+    for model in MODELS:
+        if model in raw:
+            if not isinstance(raw[model], dict):
+                raise UserError(f"{where}: [tune.{model}] must be a table of dimensions, got {raw[model]!r}")
+            model_space(model, raw[model], where.removesuffix(" [tune]"))
+
+
 def model_space(model: str, overrides: dict[str, Any] | None, where: str) -> list[Dimension]:
     """The built-in space of a model with `[tune.<model>]` entries replacing or adding dimensions."""
     raw = {**DEFAULT_SPACES[check_model(model)], **(overrides or {})}

@@ -7,15 +7,13 @@ from pathlib import Path
 
 from gbmcvr.config import PipelineConfig
 from gbmcvr.fe.pipeline import BuildResult, build
-from gbmcvr.fe.spec import default_spec, feature_spec
+from gbmcvr.fe.spec import FeatureSpec, config_feature_spec
 from gbmcvr.workdir import Workdir
 
 
-def feature_spec_of(cfg: PipelineConfig):
-    profile = cfg.load_profile()
-    if cfg.features is None:
-        return default_spec(profile)
-    return feature_spec(cfg.features, profile, f"{cfg.source} [features]")
+def feature_spec_of(cfg: PipelineConfig) -> FeatureSpec:
+    """The config's feature set: its `[features]` table over the default set."""
+    return config_feature_spec(cfg.features, cfg.load_profile(), f"{cfg.source} [features]")[0]
 
 
 def build_features(
@@ -90,7 +88,9 @@ def model_input_key(wd: Workdir, cfg: PipelineConfig, kind: str) -> str:
     plan = wd.feature_plan(cfg.feature_set, "validate")
     manifest = read_manifest(plan, f"gbmcvr features --set {cfg.feature_set}")
     if kind == "mtdm":
-        return mtdm_input_key(manifest, cfg)
+        from gbmcvr.deep.params import mtdm_config
+
+        return mtdm_input_key(manifest, mtdm_config(cfg.mtdm, f"{cfg.source} [mtdm]"), cfg.seed)
     gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
     return gbm_input_key(manifest, kind, resolve_gbm_params(wd, cfg, kind, None), gcfg.refit, gcfg)
 
@@ -178,13 +178,11 @@ def submit_stage(
     return tsv, result
 
 
-def mtdm_input_key(manifest: dict, cfg: PipelineConfig) -> str:
+def mtdm_input_key(manifest: dict, mcfg, seed: int) -> str:
+    """The MTDM's input key from its resolved config (tuned or file parameters included)."""
     from dataclasses import asdict
 
-    from gbmcvr.deep.params import mtdm_config
-
-    mcfg = mtdm_config(cfg.mtdm, f"{cfg.source} [mtdm]")
-    return input_key("mtdm", manifest["config_hash"], manifest["raw_fingerprint"], asdict(mcfg), cfg.seed)
+    return input_key("mtdm", manifest["config_hash"], manifest["raw_fingerprint"], asdict(mcfg), seed)
 
 
 def train_mtdm_stage(
@@ -218,7 +216,10 @@ def train_mtdm_stage(
     tables = load_tables(wd.features, fs, "validate")
     run = train_mtdm_run(tables, mcfg, cfg.seed, device, teacher, progress)
     write_mtdm_run(
-        run_dir, run, mcfg, {"feature_set": fs, "input_key": mtdm_input_key(tables.manifest, cfg), "seed": cfg.seed}
+        run_dir,
+        run,
+        mcfg,
+        {"feature_set": fs, "input_key": mtdm_input_key(tables.manifest, mcfg, cfg.seed), "seed": cfg.seed},
     )
     return run
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from gbmcvr.errors import UserError
 
@@ -27,3 +29,67 @@ def check_keys(table: Mapping[str, Any], allowed: Iterable[str], where: str) -> 
     for key in table:
         if key not in allowed:
             raise UserError(f"{where}: unknown key '{key}' (allowed: {', '.join(allowed)})")
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        return " or ".join(_type_name(a) for a in args if a is not type(None))
+    if origin is tuple:
+        if args and get_origin(args[0]) is tuple:
+            return "a list of lists"
+        return f"a list of {_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    if origin is dict or hint is dict:
+        return "a table"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(ok, value converted to the field's Python type) for one TOML value."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        for arg in args:
+            ok, converted = _coerce(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False, value
+        item_hint = args[0] if args else Any
+        items = []
+        for item in value:
+            ok, converted = _coerce(item, item_hint)
+            if not ok:
+                return False, value
+            items.append(converted)
+        return True, tuple(items)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict), value
+    return True, value
+
+
+def typed_fields(cls: type, table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Check a TOML table against a dataclass: unknown keys and values of the wrong type are errors naming
+    the key, the expected type and the value; lists become tuples."""
+    hints = get_type_hints(cls)
+    allowed = [f.name for f in fields(cls) if f.init]
+    check_keys(table, allowed, where)
+    out = {}
+    for key, value in table.items():
+        ok, converted = _coerce(value, hints[key])
+        if not ok:
+            raise UserError(f"{where}: '{key}' must be {_type_name(hints[key])}, got {value!r}")
+        out[key] = converted
+    return out

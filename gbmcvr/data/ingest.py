@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import hashlib
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.data.profile import Profile
 from gbmcvr.errors import UserError
-
-RAW_FILES = ("train.parquet", "test.parquet")
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,62 @@ def source_listing(files: list[Path]) -> list[dict[str, object]]:
     return [{"file": str(f), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files]
 
 
-def _header(path: Path, sep: str) -> list[str]:
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_EXACT_FLOAT = 2**53  # integral floats above this cannot be trusted to name one integer
+
+
+def _is_gzip(path: Path) -> bool:
     with path.open("rb") as fh:
-        line = fh.readline().decode("utf-8", errors="replace").rstrip("\r\n")
-        if not line:
-            raise UserError(f"{path}: empty file")
-        if not fh.readline().strip():
-            raise UserError(f"{path}: empty file (header only, no rows)")
+        return fh.read(2) == GZIP_MAGIC
+
+
+def _raw_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed when it is gzip (a `.csv` that was compressed is read as it is)."""
+    if _is_gzip(path):
+        try:
+            return gzip.decompress(path.read_bytes())
+        except (OSError, EOFError) as exc:
+            raise UserError(f"{path}: compressed file (gzip) that cannot be decompressed ({exc})") from None
+    return path.read_bytes()
+
+
+def _position(data: bytes, offset: int, sep: str) -> tuple[int, int]:
+    """(1-based line, 0-based field index) of a byte offset."""
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    return data.count(b"\n", 0, offset) + 1, data.count(sep.encode(), line_start, offset)
+
+
+def _check_text(path: Path, data: bytes, sep: str, header: list[str]) -> None:
+    """Refuse bytes that are not UTF-8 and rows with fewer or more fields than the header (columnar counts)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, field = _position(data, exc.start, sep)
+        col = f"column '{header[field]}'" if field < len(header) else f"field {field + 1}"
+        raise UserError(f"{path}: line {line}, {col}: bytes that are not UTF-8 (save the file as UTF-8)") from None
+    buf = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(buf == ord("\n"))
+    if len(newlines) == 0 or newlines[-1] != len(buf) - 1:
+        newlines = np.append(newlines, len(buf))
+    seps_before = np.searchsorted(np.flatnonzero(buf == ord(sep)), newlines)
+    fields = np.diff(seps_before, prepend=0) + 1
+    line_lengths = np.diff(newlines, prepend=-1) - 1
+    fields[line_lengths <= 0] = len(header)  # blank lines are skipped by the reader
+    bad = np.flatnonzero(fields != len(header))
+    if len(bad):
+        line = int(bad[0]) + 1
+        n = int(fields[bad[0]])
+        word = "fewer" if n < len(header) else "more"
+        raise UserError(f"{path}: line {line} has {n} fields, {word} than the header's {len(header)}")
+
+
+def _header(data: bytes, path: Path, sep: str) -> list[str]:
+    first, _, rest = data.partition(b"\n")
+    line = first.decode("utf-8", errors="replace").rstrip("\r")
+    if not line:
+        raise UserError(f"{path}: empty file")
+    if not rest.strip():
+        raise UserError(f"{path}: empty file (header only, no rows)")
     return line.split(sep)
 
 
@@ -93,42 +143,84 @@ def _check_columns(path: Path, header: list[str], profile: Profile, is_test: boo
     return with_labels
 
 
-def _locate_bad_value(path: Path, sep: str, dtypes: dict[str, pl.DataType]) -> str:
-    """Find the first value that does not parse as its column's type; a one-line description."""
-    text = pl.read_csv(path, separator=sep, infer_schema=False)
-    for col, dtype in dtypes.items():
-        raw = text[col]
-        parsed = raw.cast(dtype, strict=False)
-        bad = (raw.is_not_null() & parsed.is_null()).arg_true()
-        if len(bad):
-            row = int(bad[0])
-            kind = "an integer" if dtype.is_integer() else "a number"
-            return f"{path}: line {row + 2}, column '{col}': '{raw[row]}' is not {kind}"
-    return f"{path}: could not be parsed as the profile's types"
+def _first_bad(frame: pl.DataFrame, bad: pl.Expr) -> int | None:
+    rows = frame.select(bad.arg_true().first()).item()
+    return None if rows is None else int(rows)
+
+
+def _parse_text(path: Path, text: pl.DataFrame, dtypes: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Parse string columns to their dtypes: integers also from integral floats (`1.0`), anything else refused."""
+    exprs = []
+    for col in text.columns:
+        dtype, raw = dtypes[col], pl.col(col).str.strip_chars()
+        if dtype.is_integer():
+            as_float = raw.cast(pl.Float64, strict=False)
+            integral = as_float.is_finite() & (as_float == as_float.round()) & (as_float.abs() < MAX_EXACT_FLOAT)
+            value = pl.coalesce(raw.cast(pl.Int64, strict=False), pl.when(integral).then(as_float.cast(pl.Int64)))
+            kind = "an integer"
+        else:
+            value, kind = raw.cast(pl.Float64, strict=False), "a number"
+        row = _first_bad(text, pl.col(col).is_not_null() & value.is_null())
+        if row is not None:
+            raise UserError(f"{path}: line {row + 2}, column '{col}': '{text[col][row]}' is not {kind}")
+        exprs.append(value.cast(dtype, strict=False).alias(col))
+    return text.select(exprs)
 
 
 def _read_file(path: Path, profile: Profile, is_test: bool) -> pl.DataFrame:
-    header = _header(path, profile.separator)
+    data = _raw_bytes(path)
+    header = _header(data, path, profile.separator)
     with_labels = _check_columns(path, header, profile, is_test)
+    _check_text(path, data, profile.separator, header)
     dtypes = schema(profile, with_labels)
+    source = io.BytesIO(data)
     try:
-        frame = pl.read_csv(
-            path, separator=profile.separator, schema={c: dtypes[c] for c in header}, raise_if_empty=True
-        )
-    except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError, pl.exceptions.NoDataError):
-        raise UserError(_locate_bad_value(path, profile.separator, dtypes)) from None
+        frame = pl.read_csv(source, separator=profile.separator, schema={c: dtypes[c] for c in header})
+    except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
+        # slow path, only for files that need it: integral floats such as `0.0`, or a value to point at
+        text = pl.read_csv(source, separator=profile.separator, schema={c: pl.String() for c in header})
+        frame = _parse_text(path, text, dtypes)
+    del data
     if profile.day is None:
         day = next((d for g, d in profile.file_days.items() if fnmatch.fnmatch(path.name, g)), None)
         if day is None:
             raise UserError(f"{path}: no file_days entry of profile '{profile.name}' matches this file name")
         frame = frame.with_columns(pl.lit(day, dtype=pl.Int64).alias(profile.day_column))
-    if profile.binary:
-        bad = frame.select(pl.any_horizontal(~pl.col(profile.binary).is_in([0, 1]))).to_series().arg_true()
-        if len(bad):
-            row = int(bad[0])
-            col = next(c for c in profile.binary if frame[c][row] not in (0, 1))
-            raise UserError(f"{path}: line {row + 2}, column '{col}': binary value {frame[col][row]} is not 0 or 1")
+    _check_values(path, frame, profile, with_labels and not is_test, is_test)
     return frame
+
+
+def _check_values(path: Path, frame: pl.DataFrame, profile: Profile, labelled: bool, is_test: bool) -> None:
+    """Binary columns and labels are 0/1 (train labels never missing); every day belongs to a split."""
+    checks = [(c, pl.col(c).is_not_null() & ~pl.col(c).is_in([0, 1]), "is not 0 or 1") for c in profile.binary]
+    if labelled:
+        checks += [(c, pl.col(c).is_null() | ~pl.col(c).is_in([0, 1]), "is not 0 or 1") for c in profile.labels]
+    days = (profile.test_day,) if is_test else (*profile.fit_days, profile.valid_day)
+    what = "the test day" if is_test else "a fit or validation day"
+    checks.append(
+        (profile.day_column, pl.col(profile.day_column).is_null() | ~pl.col(profile.day_column).is_in(days), "")
+    )
+    for col, bad, message in checks:
+        row = _first_bad(frame, bad)
+        if row is None:
+            continue
+        value = frame[col][row]
+        if col == profile.day_column:
+            message = f"day {value} is not {what} of profile '{profile.name}' ({_day_range(days)})"
+            if profile.day is None:
+                raise UserError(f"{path}: {message}")
+        elif value is None:
+            message = "missing label (train labels must be 0 or 1)"
+        else:
+            message = f"value {value} {message}"
+        raise UserError(f"{path}: line {row + 2}, column '{col}': {message}")
+
+
+def _day_range(days: tuple[int, ...]) -> str:
+    ordered = sorted(days)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)) and len(ordered) > 1:
+        return f"days {ordered[0]}-{ordered[-1]}"
+    return "days " + ", ".join(map(str, ordered))
 
 
 def _read_split(files: list[Path], profile: Profile, is_test: bool, progress: Callable[[str], None]) -> pl.DataFrame:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gbmcvr.errors import UserError
-from gbmcvr.tomlfile import check_keys
+from gbmcvr.tomlfile import check_keys, typed_fields
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,12 @@ _CHOICES = {
 
 def mtdm_config(raw: dict[str, Any], where: str) -> MtdmConfig:
     """Parse and check the `[mtdm]` section."""
-    names = [f.name for f in fields(MtdmConfig)]
-    check_keys(raw, names, where)
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    kwargs = typed_fields(MtdmConfig, raw, where)
     if "loss_weights" in kwargs:
         check_keys(kwargs["loss_weights"], ["ctr", "cvr", "ctcvr"], f"{where}.loss_weights")
+        for task, weight in kwargs["loss_weights"].items():
+            if isinstance(weight, bool) or not isinstance(weight, int | float):
+                raise UserError(f"{where}.loss_weights: '{task}' must be a number, got {weight!r}")
         kwargs["loss_weights"] = {"ctr": 1.0, "cvr": 1.0, "ctcvr": 1.0, **kwargs["loss_weights"]}
     cfg = MtdmConfig(**kwargs)
     check_mtdm(cfg, where)

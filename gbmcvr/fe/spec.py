@@ -11,7 +11,7 @@ from typing import Any
 
 from gbmcvr.data.profile import Profile
 from gbmcvr.errors import UserError
-from gbmcvr.tomlfile import check_keys, read_toml
+from gbmcvr.tomlfile import read_toml, typed_fields
 
 FAMILIES = ("clean", "date", "cross", "count", "group", "target")
 GROUP_STATS = (
@@ -94,12 +94,6 @@ def cross_name(columns: tuple[str, ...]) -> str:
     return "x_" + "_".join(columns)
 
 
-def _tuple(value: Any, where: str, key: str) -> tuple:
-    if not isinstance(value, list | tuple):
-        raise UserError(f"{where}: '{key}' must be a list")
-    return tuple(tuple(v) if isinstance(v, list | tuple) else v for v in value)
-
-
 def _choice(value: str, allowed: tuple[str, ...], where: str, key: str) -> str:
     if value not in allowed:
         raise UserError(f"{where}: {key} '{value}' is not one of {', '.join(allowed)}")
@@ -123,9 +117,9 @@ def feature_spec(raw: dict[str, Any], profile: Profile, where: str) -> FeatureSp
         if name not in raw:
             continue
         table = raw[name]
-        check_keys(table, cls.__dataclass_fields__, f"{where} [{name}]")
-        kwargs = {k: _tuple(v, f"{where} [{name}]", k) if isinstance(v, list) else v for k, v in table.items()}
-        parts[name] = cls(**kwargs)
+        if not isinstance(table, dict):
+            raise UserError(f"{where}: [{name}] must be a table (or false to turn the family off), got {table!r}")
+        parts[name] = cls(**typed_fields(cls, table, f"{where} [{name}]"))
     spec = FeatureSpec(**parts)
     _validate(spec, profile, where)
     return spec
@@ -191,12 +185,50 @@ def default_toml_text() -> str:
     return (resources.files("gbmcvr.defaults") / "features_default.toml").read_text()
 
 
-def default_spec(profile: Profile) -> FeatureSpec:
-    """The built-in default set; for profiles other than ShareChat, only what fits their columns."""
-    raw = read_toml(Path(str(resources.files("gbmcvr.defaults") / "features_default.toml")))
+def default_raw(profile: Profile) -> dict[str, Any]:
+    """The built-in default `[features]` table; for profiles other than ShareChat, what fits their columns."""
     if profile.name != "sharechat2023":
-        raw = generic_default(profile)
-    return feature_spec(raw, profile, "built-in default features")
+        return generic_default(profile)
+    return read_toml(Path(str(resources.files("gbmcvr.defaults") / "features_default.toml")))
+
+
+def default_spec(profile: Profile) -> FeatureSpec:
+    """The built-in default set."""
+    return feature_spec(default_raw(profile), profile, "built-in default features")
+
+
+def merge_with_default(raw: dict[str, Any], profile: Profile, where: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """A config's `[features]` over the default set: a family not named keeps its default, a named family's
+    keys replace the default's keys, `false` removes the family. Returns the merged table and, per family,
+    where it comes from."""
+    default = default_raw(profile)
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key in raw:
+        if key not in FAMILIES:
+            raise UserError(f"{where}: unknown feature family '{key}' (families: {', '.join(FAMILIES)})")
+    for family in FAMILIES:
+        value = raw.get(family, True)
+        if value is False:
+            if family == "clean":
+                raise UserError(f"{where}: the clean family is always on (set its keys instead)")
+            sources[family] = f"off ({where})"
+        elif value is True:
+            if family in default or family == "clean":
+                merged[family] = default.get(family, {})
+                sources[family] = "default" if family not in raw else f"default ({where})"
+        elif isinstance(value, dict):
+            merged[family] = {**default.get(family, {}), **value}
+            sources[family] = where
+        else:
+            raise UserError(f"{where}: [{family}] must be a table or true/false, got {value!r}")
+    return merged, sources
+
+
+def config_feature_spec(raw: dict[str, Any] | None, profile: Profile, where: str) -> tuple[FeatureSpec, dict[str, str]]:
+    """The feature set of a config (`None`: the default set) and where each active family comes from."""
+    merged, sources = merge_with_default(raw or {}, profile, where)
+    return feature_spec(merged, profile, where), sources
 
 
 def generic_default(profile: Profile) -> dict[str, Any]:

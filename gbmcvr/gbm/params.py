@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gbmcvr.errors import UserError
-from gbmcvr.tomlfile import check_keys
+from gbmcvr.tomlfile import typed_fields
 
 # one entry per model stage; the two-step model has two
 STAGES = {"e2e": ("e2e",), "ts": ("ts_like", "ts_install")}
@@ -88,30 +88,18 @@ def check_params(params: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def gbm_config(raw: dict[str, Any], where: str) -> GbmConfig:
+    """Parse and check the `[gbm]` section; each stage's table holds LightGBM parameters."""
     stages = [s for stage_list in STAGES.values() for s in stage_list]
-    check_keys(
-        raw,
-        [
-            "num_boost_round",
-            "early_stopping_rounds",
-            "log_every",
-            "max_cat_cardinality",
-            "numeric_categoricals",
-            "refit",
-            *stages,
-        ],
-        where,
-    )
-    stage_params = {s: check_params(dict(raw[s]), f"{where}.{s}") for s in stages if s in raw}
-    cfg = GbmConfig(
-        num_boost_round=int(raw.get("num_boost_round", 3000)),
-        early_stopping_rounds=int(raw.get("early_stopping_rounds", 100)),
-        log_every=int(raw.get("log_every", 100)),
-        max_cat_cardinality=int(raw.get("max_cat_cardinality", 20000)),
-        numeric_categoricals=tuple(raw.get("numeric_categoricals", ())),
-        stage_params=stage_params,
-        refit=bool(raw.get("refit", False)),
-    )
+    stage_params = {}
+    for stage in stages:
+        if stage in raw:
+            if not isinstance(raw[stage], dict):
+                raise UserError(f"{where}: [{stage}] must be a table of LightGBM parameters, got {raw[stage]!r}")
+            stage_params[stage] = check_params(dict(raw[stage]), f"{where}.{stage}")
+    scalars = {k: v for k, v in raw.items() if k not in stages}
+    if "stage_params" in scalars:
+        raise UserError(f"{where}: unknown key 'stage_params' (give [gbm.<stage>] tables)")
+    cfg = GbmConfig(**typed_fields(GbmConfig, scalars, where), stage_params=stage_params)
     if cfg.num_boost_round < 1 or cfg.early_stopping_rounds < 1:
         raise UserError(f"{where}: num_boost_round and early_stopping_rounds must be positive")
     return cfg

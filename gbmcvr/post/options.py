@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gbmcvr.errors import UserError
-from gbmcvr.tomlfile import check_keys
+from gbmcvr.tomlfile import typed_fields
 
 CALIBRATIONS = ("none", "scaling", "scaling-fit", "isotonic", "platt")
 SPACES = ("probability", "logit")
@@ -38,8 +38,7 @@ def parse_weights(text: str, n_runs: int) -> list[float] | None:
 
 
 def submit_options(raw: dict[str, Any], where: str) -> SubmitOptions:
-    check_keys(raw, ["calibration", "weights", "space", "folds", "name"], where)
-    opts = SubmitOptions(**raw)
+    opts = SubmitOptions(**typed_fields(SubmitOptions, raw, where))
     check_calibration(opts.calibration)
     if opts.space not in SPACES:
         raise UserError(f"{where}: space must be one of {', '.join(SPACES)}, not '{opts.space}'")

@@ -104,7 +104,7 @@ def test_test_day_in_train(data, tmp_path, capsys):
         return lines
 
     _edit(data / "train" / "000000000007.csv", move_day)
-    _expect_error(capsys, tmp_path, data, "test day 67 also appears in the train files")
+    _expect_error(capsys, tmp_path, data, "day 67 is not a fit or validation day")
 
 
 def test_empty_file(data, tmp_path, capsys):
