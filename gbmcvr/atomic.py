@@ -1,10 +1,16 @@
-"""Atomic file and directory writes: build under a temporary name, rename when complete."""
+"""Atomic file and directory writes: build under a temporary name, rename when complete.
+
+Temporary names carry the writer's pid (`.NAME.<pid>.XXXX.tmp`), so the next writer of the same target removes
+what a killed process left behind. Files and folders get the permissions the umask gives (not mkstemp's 0600),
+and a folder that cannot be written (read-only, disk full) is a UserError naming the path."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -13,20 +19,71 @@ from typing import Any
 
 import polars as pl
 
+from gbmcvr.errors import UserError
+from gbmcvr.lock import pid_alive
+
+# errors that say "this place cannot be written": the user can fix them, they are not bugs
+WRITE_ERRNOS = {errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EPERM, errno.EFBIG}
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.(tmp|old)$")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(path: Path, is_dir: bool) -> None:
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
+
+
+def write_error(path: Path, exc: OSError) -> UserError:
+    """A one-line UserError for an OS error that stops a write (read-only folder, disk full, ...)."""
+    where = exc.filename or path
+    return UserError(f"{where}: cannot write ({exc.strerror or exc}); free space or choose a writable folder")
+
+
+def remove_leftovers(target: Path) -> list[Path]:
+    """Remove temporary siblings of `target` left by processes that are gone; return what was removed."""
+    target = Path(target)
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for path in target.parent.iterdir():
+        match = _LEFTOVER.match(path.name)
+        if match and match["name"] == target.name and not pid_alive(int(match["pid"])):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}."
+
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it over `target`, on failure remove it."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(target)
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
+        _apply_umask(tmp_path, is_dir=False)
         os.replace(tmp_path, target)
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise write_error(target, exc) from None
+        raise
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
@@ -34,19 +91,27 @@ def atomic_path(target: Path) -> Iterator[Path]:
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `target` (old contents removed)."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(target)
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent))
         yield tmp
+        for path in [tmp, *tmp.rglob("*")]:
+            _apply_umask(path, is_dir=path.is_dir())
         old = None
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".old", dir=target.parent))
             os.replace(target, old / "x")
         os.replace(tmp, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise write_error(target, exc) from None
+        raise
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 

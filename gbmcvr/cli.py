@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from gbmcvr.atomic import WRITE_ERRNOS, write_error
 from gbmcvr.errors import UserError
 from gbmcvr.workdir import Workdir
 
@@ -55,9 +56,12 @@ def init(workdir: WorkdirOpt = Path("."), overwrite: bool = False) -> None:
 
 @app.command()
 def synth(
-    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Folder to write (replaced if it exists).")],
+    out_dir: Annotated[
+        Path, typer.Argument(metavar="OUT", help="Folder to write (an earlier synth output is replaced).")
+    ],
     scale: Annotated[float, typer.Option(help="1.0 = real size (~3.5 M train rows).")] = 1.0,
     seed: int = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT even if it holds other files.")] = False,
 ) -> None:
     """Generate a dataset in the ShareChat challenge layout, with the test day's true probabilities."""
     from gbmcvr.data.synth import write_synth
@@ -65,7 +69,7 @@ def synth(
     if scale <= 0:
         raise UserError(f"--scale must be positive, got {scale}")
     progress(f"generating scale {scale} (seed {seed}) into {out_dir}")
-    result = write_synth(out_dir, scale, seed)
+    result = write_synth(out_dir, scale, seed, force)
     out.print(
         f"wrote {result.train_rows:,} train rows (30 files) and {result.test_rows:,} test rows to {out_dir}; "
         f"truth log loss on the test day = {result.truth_logloss:.5f}"
@@ -270,7 +274,10 @@ def tune(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="e2e | ts-like | ts-install | mtdm")],
     trials: Annotated[int, typer.Option(help="Total finished trials wanted in the study.")] = 30,
     timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")] = None,
-    storage: Annotated[str | None, typer.Option(help="RDB URL or journal:PATH (default models/optuna.db).")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="RDB URL or journal:PATH (default models/optuna.db).", envvar="GBMCVR_TUNE_STORAGE"),
+    ] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default MODEL-FEATURESET).")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes sharing a JournalStorage file.")] = 1,
     seed: Annotated[int | None, typer.Option(help="Sampler seed (default: the config seed).")] = None,
@@ -358,3 +365,8 @@ def main() -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        print(f"error: {write_error(Path(exc.filename or '.'), exc)}", file=sys.stderr)
+        sys.exit(2)

@@ -16,6 +16,7 @@ from gbmcvr.space import check_tune
 from gbmcvr.tomlfile import check_keys, read_toml, typed_fields
 
 MODEL_KINDS = ("e2e", "ts", "mtdm")
+BUILTIN_SOURCE = "built-in defaults"
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class PipelineConfig:
     mtdm: dict[str, Any] = field(default_factory=dict)
     tune: dict[str, Any] = field(default_factory=dict)
     submit: dict[str, Any] = field(default_factory=dict)
-    source: str = "built-in defaults"
+    source: str = BUILTIN_SOURCE
 
     def load_profile(self) -> Profile:
         return load_profile(self.profile)
@@ -67,7 +68,7 @@ def load_config(path: Path | None, workdir_config: Path) -> PipelineConfig:
         return config_from_dict(read_toml(Path(path)), str(path))
     if workdir_config.is_file():
         return config_from_dict(read_toml(workdir_config), str(workdir_config))
-    return config_from_dict({}, "built-in defaults")
+    return config_from_dict({}, BUILTIN_SOURCE)
 
 
 DEFAULT_TOML = """# gbmcvr pipeline config. Every key is optional; unknown keys are errors.

@@ -46,7 +46,22 @@ def read_run_meta(run_dir: Path) -> dict:
 
 
 def read_preds(run_dir: Path) -> pl.DataFrame:
+    """A run's prediction table; missing, NaN or out-of-[0, 1] probabilities are refused, never clipped."""
     path = Path(run_dir) / PREDS
     if not path.is_file():
         raise UserError(f"{run_dir}: no {PREDS} (train the run again)")
-    return pl.read_parquet(path)
+    preds = pl.read_parquet(path)
+    for col in [c for c in preds.columns if c == "p" or c.startswith("p_")]:
+        values = preds[col].cast(pl.Float64)
+        for split in ("valid", "test"):
+            part = values.filter(preds["split"] == split)
+            n_bad = int(part.is_null().sum() + part.is_nan().sum())
+            if n_bad:
+                raise UserError(f"{run_dir}: {n_bad:,} {split} predictions in column '{col}' are missing or NaN")
+            outside = part.filter((part < 0) | (part > 1))
+            if len(outside):
+                raise UserError(
+                    f"{run_dir}: {len(outside):,} {split} predictions in column '{col}' lie outside [0, 1] "
+                    f"(e.g. {outside[0]}); a probability is needed"
+                )
+    return preds

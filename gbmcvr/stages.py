@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from gbmcvr.config import PipelineConfig
+from gbmcvr.config import BUILTIN_SOURCE, PipelineConfig
 from gbmcvr.fe.pipeline import BuildResult, build
 from gbmcvr.fe.spec import FeatureSpec, config_feature_spec
+from gbmcvr.lock import exclusive
 from gbmcvr.workdir import Workdir
 
 
@@ -25,16 +26,9 @@ def build_features(
     progress: Callable[[str], None] = lambda _: None,
 ) -> BuildResult:
     """Build (or reuse) the feature tables of one plan for the config's feature set."""
-    return build(
-        wd.raw,
-        cfg.load_profile(),
-        feature_spec_of(cfg),
-        feature_set or cfg.feature_set,
-        plan,
-        wd.features,
-        progress,
-        force,
-    )
+    fs = feature_set or cfg.feature_set
+    with exclusive(wd.feature_plan(fs, plan), "feature plan"):
+        return build(wd.raw, cfg.load_profile(), feature_spec_of(cfg), fs, plan, wd.features, progress, force)
 
 
 def resolve_gbm_params(wd: Workdir, cfg: PipelineConfig, kind: str, params: str | None) -> dict[str, dict]:
@@ -107,13 +101,19 @@ def train_gbm_stage(
     progress: Callable[[str], None] = lambda _: None,
 ):
     """Load feature tables, train a LightGBM run and write models/<run-id>/."""
-    from gbmcvr.gbm.params import gbm_config
-    from gbmcvr.gbm.train import train_gbm, write_gbm_run
     from gbmcvr.runs import check_new_run
-    from gbmcvr.tables import load_tables
 
     run_dir = wd.run(run_id)
-    check_new_run(run_dir, overwrite)
+    with exclusive(run_dir, "run"):
+        check_new_run(run_dir, overwrite)
+        return _train_gbm(wd, cfg, kind, run_dir, params, refit, feature_set, progress)
+
+
+def _train_gbm(wd, cfg, kind, run_dir, params, refit, feature_set, progress):
+    from gbmcvr.gbm.params import gbm_config
+    from gbmcvr.gbm.train import train_gbm, write_gbm_run
+    from gbmcvr.tables import load_tables
+
     fs = feature_set or cfg.feature_set
     resolved = resolve_gbm_params(wd, cfg, kind, params)
     tables = load_tables(wd.features, fs, "validate")
@@ -196,14 +196,21 @@ def train_mtdm_stage(
     params: str | None = None,
 ):
     """Load feature tables, train the MTDM and write models/<run-id>/."""
+    from gbmcvr.runs import check_new_run
+
+    run_dir = wd.run(run_id)
+    with exclusive(run_dir, "run"):
+        check_new_run(run_dir, overwrite)
+        return _train_mtdm(wd, cfg, run_dir, device, feature_set, progress, params)
+
+
+def _train_mtdm(wd, cfg, run_dir, device, feature_set, progress, params):
     from gbmcvr.deep.params import mtdm_config
     from gbmcvr.deep.run import train_mtdm_run, write_mtdm_run
     from gbmcvr.deep.train import resolve_device
-    from gbmcvr.runs import check_new_run, read_run_meta
+    from gbmcvr.runs import read_run_meta
     from gbmcvr.tables import load_tables
 
-    run_dir = wd.run(run_id)
-    check_new_run(run_dir, overwrite)
     resolve_device(device)
     mcfg = mtdm_config(cfg.mtdm, f"{cfg.source} [mtdm]")
     if params is not None:
@@ -311,23 +318,14 @@ def tune_stage(
         if n:
             progress(f"marked {n} trial(s) left running by a dead process as failed")
     if workers > 1:
-        args = [
-            model,
-            "--trials",
-            str(trials),
-            "--storage",
-            storage,
-            "--study",
-            setup.study_name,
-            "--pruner",
-            pruner,
-            "--workdir",
-            str(wd.root),
-        ]
+        args = [model, "--trials", str(trials), "--study", setup.study_name, "--pruner", pruner]
+        args += ["--workdir", str(wd.root), "--device", device]
+        if cfg.source != BUILTIN_SOURCE:
+            args += ["--config", str(Path(cfg.source).resolve())]
         if timeout:
             args += ["--timeout", str(timeout)]
-        progress(f"starting {workers} workers on {storage}, study '{setup.study_name}'")
-        tune.spawn_workers(args, workers, seed)
+        progress(f"starting {workers} workers on {tune.redact(storage)}, study '{setup.study_name}'")
+        tune.spawn_workers(args, workers, seed, storage)
         return the_study, True
     tables = load_tables(wd.features, cfg.feature_set, "validate")
     if model == "mtdm":
@@ -340,7 +338,7 @@ def tune_stage(
         gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
         objective = _lgbm_objective(tables, tune.STAGE_OF[model], gcfg, seed, space)
     progress(
-        f"tuning {model}: study '{setup.study_name}' on {storage}, {tune.finished(the_study)} of {trials} trials done"
+        f"tuning {model}: study '{setup.study_name}' on {tune.redact(storage)}, {tune.finished(the_study)} of {trials} trials done"
     )
     completed = tune.run_trials(the_study, setup, tune.timed(objective), progress)
     return the_study, completed

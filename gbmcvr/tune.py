@@ -8,6 +8,7 @@ it has no heartbeats, so a new tune run marks trials left RUNNING by a dead run 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 from optuna.trial import TrialState
@@ -26,6 +28,7 @@ from gbmcvr.space import Dimension
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # gbmcvr prints its own line per trial
+STORAGE_ENV = "GBMCVR_TUNE_STORAGE"
 STAGE_OF = {"e2e": "e2e", "ts-like": "ts_like", "ts-install": "ts_install"}
 
 
@@ -58,7 +61,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=10, grace_period=30)
     except Exception as exc:  # sqlalchemy / driver errors: the message is what the user needs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"storage {url}: cannot open it ({first})") from None
+        raise UserError(f"storage {redact(url)}: cannot open it ({scrub(first, url)})") from None
 
 
 def space_json(space: list[Dimension]) -> str:
@@ -91,7 +94,10 @@ def load_study(setup: TuneSetup, feature_set: str) -> optuna.Study:
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"storage {setup.storage_url}: cannot open study ({str(exc).splitlines()[0]})") from None
+        first = str(exc).splitlines()[0]
+        raise UserError(
+            f"storage {redact(setup.storage_url)}: cannot open study ({scrub(first, setup.storage_url)})"
+        ) from None
     attrs = study.user_attrs
     current = {"model": setup.model, "feature_set": feature_set, "space": space_json(setup.space)}
     if not attrs:
@@ -188,12 +194,30 @@ def run_trials(
     return True
 
 
-def spawn_workers(args: list[str], workers: int, seed: int) -> None:
-    """Run K worker processes of the same tune command sharing one storage; wait for all."""
+def redact(url: str) -> str:
+    """The storage URL with its password replaced by `***` (for every message and log line)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def scrub(text: str, url: str) -> str:
+    """A message with the URL's password (if any) replaced by `***`."""
+    password = urlsplit(url).password
+    return text.replace(password, "***") if password else text
+
+
+def spawn_workers(args: list[str], workers: int, seed: int, storage: str) -> None:
+    """Run K worker processes of the same tune command sharing one storage; wait for all. The storage URL
+    (which may hold a password) reaches them through the environment, never their command line."""
+    env = {**os.environ, STORAGE_ENV: storage}
     procs = []
     for i in range(workers):
         cmd = [sys.executable, "-m", "gbmcvr", "tune", *args, "--seed", str(seed + i), "--worker"]
-        procs.append(subprocess.Popen(cmd))
+        procs.append(subprocess.Popen(cmd, env=env))
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import polars as pl
 from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.data.profile import Profile
 from gbmcvr.errors import UserError
+from gbmcvr.lock import exclusive
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,11 @@ def ingest(
     data_dir: Path, profile: Profile, out: Path, progress: Callable[[str], None] = lambda _: None
 ) -> IngestResult:
     """Validate and convert `data_dir` into `out/{train,test}.parquet` plus `manifest.json`, atomically."""
+    with exclusive(Path(out), "the raw store"):
+        return _ingest(data_dir, profile, Path(out), progress)
+
+
+def _ingest(data_dir: Path, profile: Profile, out: Path, progress: Callable[[str], None]) -> IngestResult:
     start = time.perf_counter()
     train_files, test_files = source_files(data_dir, profile)
     train = _read_split(train_files, profile, False, progress)

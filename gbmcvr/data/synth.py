@@ -19,6 +19,7 @@ import polars as pl
 
 from gbmcvr.atomic import atomic_dir
 from gbmcvr.data.profile import SHARECHAT
+from gbmcvr.errors import UserError
 
 TRAIN_ROWS = 3_485_852
 TEST_ROWS = 160_973
@@ -328,12 +329,30 @@ def generate(scale: float = 1.0, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFr
     return train_frame, test_frame, truth
 
 
-def write_synth(out: Path, scale: float = 1.0, seed: int = 0) -> SynthResult:
+SYNTH_MARKER = ".gbmcvr-synth"
+
+
+def check_synth_target(out: Path, force: bool) -> None:
+    """Refuse to replace a folder that is not an earlier synth output (unless forced), or the working folder."""
+    out = Path(out)
+    if out.resolve() == Path.cwd().resolve() or out.resolve() in Path.cwd().resolve().parents:
+        raise UserError(f"{out}: cannot replace the current folder or one above it; name a new folder, e.g. data")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / SYNTH_MARKER).is_file() and not force:
+        raise UserError(
+            f"{out}: folder is not empty and was not written by `gbmcvr synth` (pass --force to replace it)"
+        )
+
+
+def write_synth(out: Path, scale: float = 1.0, seed: int = 0, force: bool = False) -> SynthResult:
     """Write train/ (30 TSV files), test/ (one file) and truth/test_truth.parquet under `out`, atomically."""
     from gbmcvr.metrics import log_loss
 
+    check_synth_target(out, force)
     train, test, truth = generate(scale, seed)
     with atomic_dir(Path(out)) as tmp:
+        (tmp / SYNTH_MARKER).write_text(f"written by gbmcvr synth (scale {scale}, seed {seed})\n")
         (tmp / "train").mkdir()
         (tmp / "test").mkdir()
         (tmp / "truth").mkdir()
