@@ -170,18 +170,23 @@ def _parse_text(path: Path, text: pl.DataFrame, dtypes: dict[str, pl.DataType]) 
 
 def _read_file(path: Path, profile: Profile, is_test: bool) -> pl.DataFrame:
     data = _raw_bytes(path)
-    header = _header(data, path, profile.separator)
+    sep = profile.separator
+    header = _header(data, path, sep)
     with_labels = _check_columns(path, header, profile, is_test)
-    _check_text(path, data, profile.separator, header)
     dtypes = schema(profile, with_labels)
     source = io.BytesIO(data)
     try:
-        frame = pl.read_csv(source, separator=profile.separator, schema={c: dtypes[c] for c in header})
+        frame = pl.read_csv(source, separator=sep, schema={c: dtypes[c] for c in header})
     except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
+        frame = None
+    # the reader refuses long rows but fills short ones with nulls: equal separator counts rule both out
+    if frame is None or data.count(sep.encode()) != (frame.height + 1) * (len(header) - 1):
+        _check_text(path, data, sep, header)
+    if frame is None:
         # slow path, only for files that need it: integral floats such as `0.0`, or a value to point at
-        text = pl.read_csv(source, separator=profile.separator, schema={c: pl.String() for c in header})
+        text = pl.read_csv(source, separator=sep, schema={c: pl.String() for c in header})
         frame = _parse_text(path, text, dtypes)
-    del data
+    del data, source
     if profile.day is None:
         day = next((d for g, d in profile.file_days.items() if fnmatch.fnmatch(path.name, g)), None)
         if day is None:
