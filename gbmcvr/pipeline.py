@@ -13,8 +13,6 @@ from gbmcvr.errors import UserError
 from gbmcvr.post.options import submit_options
 from gbmcvr.workdir import Workdir
 
-DEMO_SCALE = 0.03
-
 
 def _raw_is_current(wd: Workdir, cfg: PipelineConfig, data: Path) -> bool:
     manifest = wd.raw / "manifest.json"

@@ -9,6 +9,7 @@ from gbmcvr.config import BUILTIN_SOURCE, PipelineConfig
 from gbmcvr.fe.pipeline import BuildResult, build
 from gbmcvr.fe.spec import FeatureSpec, config_feature_spec
 from gbmcvr.lock import exclusive
+from gbmcvr.schema import TRUTH_INSTALL, TRUTH_P_INSTALL
 from gbmcvr.workdir import Workdir
 
 
@@ -168,10 +169,10 @@ def submit_stage(
     truth_table = read_truth(truth) if truth is not None else None
     result = make_submission(aligned, y_valid, base_rate, opts, cfg.seed, truth_table)
     truth_ll = None
-    if truth_table is not None and "p_install" in truth_table.columns:
+    if truth_table is not None and TRUTH_P_INSTALL in truth_table.columns:
         from gbmcvr.metrics import log_loss
 
-        truth_ll = log_loss(truth_table["is_installed"].to_numpy(), truth_table["p_install"].to_numpy())
+        truth_ll = log_loss(truth_table[TRUTH_INSTALL].to_numpy(), truth_table[TRUTH_P_INSTALL].to_numpy())
     test_ids = pl.read_parquet(wd.raw / "test.parquet", columns=[id_col])[id_col]
     tsv = write_submission(wd.submissions, opts.name, result, opts, test_ids, {"runs": runs}, truth_ll, overwrite)
     progress(f"wrote {tsv}")

@@ -18,6 +18,7 @@ from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.data.profile import Profile
 from gbmcvr.errors import UserError
 from gbmcvr.lock import exclusive
+from gbmcvr.schema import TRUTH_CLICK, TRUTH_FILE, TRUTH_ID, TRUTH_INSTALL
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,12 @@ def _ingest(data_dir: Path, profile: Profile, out: Path, progress: Callable[[str
         raise UserError(f"{data_dir}: test day {min(overlap)} also appears in the train files")
     truth = None
     if profile.install_label in test.columns:
-        truth = test.select(id_col, *profile.labels)
+        # the truth table speaks the toolkit's names, whatever the profile calls its labels
+        truth = test.select(
+            pl.col(id_col).alias(TRUTH_ID),
+            pl.col(profile.click_label).alias(TRUTH_CLICK),
+            pl.col(profile.install_label).alias(TRUTH_INSTALL),
+        )
         test = test.drop(profile.labels)
     train = train.select(id_col, day_col, *profile.feature_columns, *profile.labels)
     test = test.select(id_col, day_col, *profile.feature_columns)
@@ -283,7 +289,7 @@ def _ingest(data_dir: Path, profile: Profile, out: Path, progress: Callable[[str
         test.write_parquet(tmp / "test.parquet")
         written = [tmp / "train.parquet", tmp / "test.parquet"]
         if truth is not None:
-            truth.write_parquet(tmp / "test_truth.parquet")
+            truth.write_parquet(tmp / TRUTH_FILE)
         write_json(
             tmp / "manifest.json",
             {

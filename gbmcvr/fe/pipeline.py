@@ -47,7 +47,7 @@ def raw_fingerprint(raw_dir: Path) -> str:
     return json.loads(manifest.read_text())["fingerprint"]
 
 
-def _scan_raw(raw_dir: Path, profile: Profile) -> pl.LazyFrame:
+def _scan_raw(raw_dir: Path) -> pl.LazyFrame:
     train = pl.scan_parquet(raw_dir / "train.parquet")
     test = pl.scan_parquet(raw_dir / "test.parquet")
     return pl.concat([train, test], how="diagonal_relaxed")
@@ -178,9 +178,7 @@ def build(
             )
     rec.done("clean+date")
 
-    vocab = _vocabularies(
-        _scan_raw(raw_dir, profile), profile, spec, Path(out_root) / feature_set / "vocab", fingerprint
-    )
+    vocab = _vocabularies(_scan_raw(raw_dir), profile, spec, Path(out_root) / feature_set / "vocab", fingerprint)
     base = _dense_codes(base, vocab, cats)
     for col in cats:
         rec.add(col, "categorical", f"categorical: index of {col} in the sorted vocabulary of all raw rows")

@@ -11,15 +11,22 @@ import polars as pl
 from gbmcvr import metrics
 from gbmcvr.errors import UserError
 from gbmcvr.post import submission as sub
+from gbmcvr.schema import TRUTH_FILE, TRUTH_ID, TRUTH_INSTALL, TRUTH_P_INSTALL
 
 
 def read_truth(truth: Path) -> pl.DataFrame:
-    """`truth/test_truth.parquet` under a dataset folder, or the file itself; columns row_id, is_installed."""
+    """The truth table (columns row_id, is_installed[, p_install]): the file itself, or `truth/test_truth.parquet`
+    under a generated dataset folder, or `test_truth.parquet` in a raw store (a labelled test split)."""
     truth = Path(truth)
-    path = truth / "truth" / "test_truth.parquet" if truth.is_dir() else truth
-    if not path.is_file():
-        raise UserError(f"{truth}: no truth file (expected {path})")
-    return pl.read_parquet(path)
+    candidates = [truth / "truth" / TRUTH_FILE, truth / TRUTH_FILE] if truth.is_dir() else [truth]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise UserError(f"{truth}: no truth file (expected {' or '.join(map(str, candidates))})")
+    table = pl.read_parquet(path)
+    for col in (TRUTH_ID, TRUTH_INSTALL):
+        if col not in table.columns:
+            raise UserError(f"{path}: truth table without column '{col}' (has {', '.join(table.columns)})")
+    return table
 
 
 def train_install_rate(truth: Path) -> float | None:
@@ -32,13 +39,13 @@ def train_install_rate(truth: Path) -> float | None:
 
 def score_frame(pred: pl.DataFrame, truth: pl.DataFrame, base_rate: float) -> dict[str, float]:
     """Metrics of a RowId/is_installed frame against truth rows (row_id, is_installed[, p_install])."""
-    joined = truth.join(pred.rename({"RowId": "row_id", "is_installed": "p"}), on="row_id", how="left")
+    joined = truth.join(pred.rename({"RowId": TRUTH_ID, "is_installed": "p"}), on=TRUTH_ID, how="left")
     if joined["p"].null_count():
         raise UserError(f"{joined['p'].null_count():,} truth rows have no prediction")
-    y = joined["is_installed"].to_numpy()
+    y = joined[TRUTH_INSTALL].to_numpy()
     result = metrics.report(y, joined["p"].to_numpy(), base_rate)
-    if "p_install" in joined.columns:
-        result["truth_logloss"] = metrics.log_loss(y, joined["p_install"].to_numpy())
+    if TRUTH_P_INSTALL in joined.columns:
+        result["truth_logloss"] = metrics.log_loss(y, joined[TRUTH_P_INSTALL].to_numpy())
         result["truth_nce"] = result["truth_logloss"] / metrics.entropy(base_rate)
     return result
 
@@ -47,12 +54,12 @@ def score_submission(path: Path, truth: Path, base_rate: float | None) -> dict[s
     """Read, validate against the truth's ids, and score a submission file."""
     table = read_truth(truth)
     frame = sub.read(path)
-    sub.validate(frame, table["row_id"], str(path))
+    sub.validate(frame, table[TRUTH_ID], str(path))
     rate = base_rate if base_rate is not None else train_install_rate(truth)
     source = "given" if base_rate is not None else "train install rate"
     if rate is None:
         rate, source = (
-            float(np.mean(table["is_installed"].to_numpy())),
+            float(np.mean(table[TRUTH_INSTALL].to_numpy())),
             "test install rate (no train rate found)",
         )
     result = score_frame(frame, table, rate)

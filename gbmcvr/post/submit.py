@@ -16,6 +16,7 @@ from gbmcvr.post import submission as sub
 from gbmcvr.post.calibrate import Calibrator
 from gbmcvr.post.ensemble import combine, cross_fit, fit_weights
 from gbmcvr.post.options import SubmitOptions, parse_weights
+from gbmcvr.schema import TRUTH_ID, TRUTH_INSTALL
 
 CLICK_COLUMNS = ("p_like", "p_ctr")
 
@@ -103,9 +104,9 @@ def make_submission(
 
     y_test = None
     if truth is not None:
-        t = pl.DataFrame({"row_id": aligned.test_ids}).join(truth, on="row_id", how="left", maintain_order="left")
-        if t["is_installed"].null_count() == 0:
-            y_test = t["is_installed"].to_numpy()
+        t = pl.DataFrame({TRUTH_ID: aligned.test_ids}).join(truth, on=TRUTH_ID, how="left", maintain_order="left")
+        if t[TRUTH_INSTALL].null_count() == 0:
+            y_test = t[TRUTH_INSTALL].to_numpy()
     table = []
     wnote = "fitted on valid" if weights_given is None else "fixed"
     rows = []

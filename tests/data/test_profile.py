@@ -83,6 +83,31 @@ def test_ali_ccp_profile_ingests_fixture(tmp_path):
     assert result.train_rows == rows["ali_ccp_train_sample.csv"] + rows["ali_ccp_val_sample.csv"]
     assert result.test_rows == rows["ali_ccp_test_sample.csv"]
     assert sorted(train["day"].unique().to_list()) == [1, 2]
-    assert truth.columns == ["row_id", "click", "purchase"]
+    assert truth.columns == ["row_id", "is_clicked", "is_installed"]
+    expected = pl.read_csv(data / "ali_ccp_test_sample.csv")["purchase"].to_list()
+    assert truth.sort("row_id")["is_installed"].to_list() == expected
     assert train["D109_14"].dtype == pl.Float64 and train["101"].dtype == pl.Int64
     assert train["row_id"].n_unique() == train.height
+
+
+def test_score_against_the_labelled_test_split_of_ali_ccp(tmp_path, capsys):
+    from tests.factories import run_cli
+
+    data = tmp_path / "ali"
+    data.mkdir()
+    for f in FIXTURES.glob("ali_ccp_*_sample.csv"):
+        (data / f.name).write_text(f.read_text())
+    raw = tmp_path / "features" / "raw"
+    ingest(data, load_profile("ali_ccp"), raw)
+    import math
+
+    import polars as pl
+
+    truth = pl.read_parquet(raw / "test_truth.parquet")
+    sub = tmp_path / "s.tsv"
+    pl.DataFrame({"RowId": truth["row_id"], "is_clicked": 0.5, "is_installed": 0.25}).write_csv(sub, separator="\t")
+    code, out, err = run_cli(["score", sub, "--truth", raw], capsys)
+    assert code == 0, err
+    rate = truth["is_installed"].mean()
+    expected = -(rate * math.log(0.25) + (1 - rate) * math.log(0.75))
+    assert f"log loss            {expected:.5f}" in out
