@@ -101,7 +101,10 @@ PRUNERS = ("median", "hyperband", "none")
 
 def check_tune(raw: dict[str, Any], where: str) -> None:
     """The `[tune]` section: `pruner` and one `[tune.<model>]` space table per model; anything else is an error."""
-    check_keys(raw, ["pruner", *MODELS], where)
+    check_keys(raw, ["pruner", "threads_per_worker", *MODELS], where)
+    threads = raw.get("threads_per_worker", 0)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise UserError(f"{where}: 'threads_per_worker' must be an integer >= 0 (0: cores / workers), got {threads!r}")
     if "pruner" in raw and raw["pruner"] not in PRUNERS:
         raise UserError(f"{where}: pruner must be one of {', '.join(PRUNERS)}, got {raw['pruner']!r}")
     for model in MODELS:

@@ -232,20 +232,31 @@ def _train_mtdm(wd, cfg, run_dir, device, feature_set, progress, params):
     return run
 
 
-def _lgbm_objective(tables, stage: str, gcfg, seed: int, space):
+def _lgbm_objective(tables, stage: str, gcfg, seed: int, space, threads: int | None):
+    import json
+
     import optuna
     from optuna_integration import LightGBMPruningCallback
 
-    from gbmcvr.gbm.models import STAGES, train_stage
+    from gbmcvr.gbm.models import STAGES, binning_of, stage_data, train_stage
+
+    shared: dict = {}  # Datasets by binning parameters: built once per binning, shared by the trials
 
     def fn(trial: optuna.Trial) -> tuple[float, dict]:
         suggested = {d.name: d.suggest(trial) for d in space}
-        params = gcfg.params(stage, seed, suggested)
+        # no feature pre-filter: one Dataset serves trials with any min_data_in_leaf (kept in the export)
+        params = {**gcfg.params(stage, seed, suggested), "feature_pre_filter": False}
+        if threads:
+            params["num_threads"] = threads
+        key = json.dumps(binning_of(params), sort_keys=True)
+        if key not in shared:
+            shared[key] = stage_data(tables, STAGES[stage], params, gcfg, reusable=True)
+        data = shared[key]
         pruning = LightGBMPruningCallback(trial, "binary_logloss", valid_name="valid", report_interval=5)
-        model = train_stage(tables, STAGES[stage], params, gcfg, lambda _: None, extra_callbacks=[pruning])
+        model = train_stage(tables, STAGES[stage], params, gcfg, lambda _: None, extra_callbacks=[pruning], data=data)
         value = float(model.booster.best_score["valid"]["binary_logloss"])
         return value, {
-            "params": {k: v for k, v in params.items() if k != "seed"},
+            "params": {k: v for k, v in params.items() if k not in ("seed", "num_threads")},
             "best_iteration": model.best_iteration,
         }
 
@@ -326,18 +337,23 @@ def tune_stage(
         if timeout:
             args += ["--timeout", str(timeout)]
         progress(f"starting {workers} workers on {tune.redact(storage)}, study '{setup.study_name}'")
-        tune.spawn_workers(args, workers, seed, storage)
+        tune.spawn_workers(args, workers, seed, storage, tune_cfg.get("threads_per_worker", 0))
         return the_study, True
+    threads = tune.worker_threads(tune_cfg.get("threads_per_worker", 0)) if worker else None
     tables = load_tables(wd.features, cfg.feature_set, "validate")
     if model == "mtdm":
         from gbmcvr.deep.params import mtdm_config
 
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         objective = _mtdm_objective(tables, mtdm_config(cfg.mtdm, f"{cfg.source} [mtdm]"), seed, space, device)
     else:
         from gbmcvr.gbm.params import gbm_config
 
         gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
-        objective = _lgbm_objective(tables, tune.STAGE_OF[model], gcfg, seed, space)
+        objective = _lgbm_objective(tables, tune.STAGE_OF[model], gcfg, seed, space, threads)
     progress(
         f"tuning {model}: study '{setup.study_name}' on {tune.redact(storage)}, {tune.finished(the_study)} of {trials} trials done"
     )

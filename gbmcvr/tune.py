@@ -29,6 +29,7 @@ from gbmcvr.space import Dimension
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # gbmcvr prints its own line per trial
 STORAGE_ENV = "GBMCVR_TUNE_STORAGE"
+WORKERS_ENV = "GBMCVR_TUNE_WORKERS"
 STAGE_OF = {"e2e": "e2e", "ts-like": "ts_like", "ts-install": "ts_install"}
 
 
@@ -210,10 +211,18 @@ def scrub(text: str, url: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-def spawn_workers(args: list[str], workers: int, seed: int, storage: str) -> None:
+def worker_threads(configured: int) -> int:
+    """Threads for one worker: the configured count, else this machine's cores shared among the workers."""
+    if configured > 0:
+        return configured
+    return max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get(WORKERS_ENV, "1"))))
+
+
+def spawn_workers(args: list[str], workers: int, seed: int, storage: str, threads_per_worker: int = 0) -> None:
     """Run K worker processes of the same tune command sharing one storage; wait for all. The storage URL
-    (which may hold a password) reaches them through the environment, never their command line."""
-    env = {**os.environ, STORAGE_ENV: storage}
+    (which may hold a password) reaches them through the environment, never their command line; each
+    worker takes cores / K threads unless `threads_per_worker` says otherwise."""
+    env = {**os.environ, STORAGE_ENV: storage, WORKERS_ENV: str(workers)}
     procs = []
     for i in range(workers):
         cmd = [sys.executable, "-m", "gbmcvr", "tune", *args, "--seed", str(seed + i), "--worker"]

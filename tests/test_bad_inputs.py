@@ -401,7 +401,7 @@ def test_tune_workers_get_the_same_config_and_device_and_no_password(
     other.write_text("seed = 7\n")
     seen = {}
 
-    def fake_spawn(args, workers, seed, storage):
+    def fake_spawn(args, workers, seed, storage, threads_per_worker=0):
         seen.update(args=args, workers=workers, seed=seed, storage=storage)
 
     monkeypatch.setattr(tune, "spawn_workers", fake_spawn)

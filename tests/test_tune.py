@@ -149,3 +149,37 @@ def test_changed_space_refused(work, capsys):
 def test_show_space(capsys):
     code, out, _ = run_cli(["tune", "e2e", "--show-space"], capsys)
     assert code == 0 and "[tune.e2e]" in out and "num_leaves" in out
+
+
+def test_trials_share_one_dataset_unless_the_binning_changes(work, monkeypatch):
+    from gbmcvr.gbm import models
+
+    wd, cfg = work
+    calls = []
+    original = models.stage_data
+
+    def counting(*args, **kwargs):
+        calls.append(args[2].get("max_bin"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(models, "stage_data", counting)
+    one_bin = '[tune.e2e]\nmax_bin = {type = "categorical", choices = [255]}\n'
+    wd.config_file.write_text(CONFIG + one_bin)
+    tune_stage(wd, load_config(None, wd.config_file), "e2e", trials=3)
+    assert calls == [255]
+    wd.config_file.write_text(CONFIG + one_bin.replace("[255]", "[15, 31]"))
+    calls.clear()
+    tune_stage(wd, load_config(None, wd.config_file), "e2e", trials=4, study="bins")
+    bins = [t.params["max_bin"] for t in _study(f"sqlite:///{wd.models / 'optuna.db'}", "bins").get_trials()]
+    assert sorted(calls) == sorted(set(bins))
+
+
+def test_worker_threads_share_the_cores(monkeypatch):
+    from gbmcvr import tune
+
+    monkeypatch.setattr(tune.os, "cpu_count", lambda: 16)
+    monkeypatch.setenv(tune.WORKERS_ENV, "4")
+    assert tune.worker_threads(0) == 4
+    assert tune.worker_threads(3) == 3
+    monkeypatch.setenv(tune.WORKERS_ENV, "32")
+    assert tune.worker_threads(0) == 1

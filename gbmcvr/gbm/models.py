@@ -82,6 +82,61 @@ def _check_label(y: np.ndarray, stage: Stage, split: str) -> None:
         raise UserError(f"stage {stage.name}: the {stage.target} label is constant ({y[0]}) in the {split} rows")
 
 
+# parameters fixed when a Dataset is constructed: a trial that changes one needs a new Dataset
+BINNING_PARAMS = ("max_bin", "min_data_in_bin", "bin_construct_sample_cnt", "max_cat_to_onehot")
+
+
+@dataclass
+class StageData:
+    """A stage's LightGBM Datasets (fit, and valid when there is one), with the binning they were built with."""
+
+    train: lgb.Dataset
+    valid: lgb.Dataset | None
+    features: list[str]
+    fit_rows: int
+    binning: dict[str, Any]
+
+
+def binning_of(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: params[k] for k in BINNING_PARAMS if k in params}
+
+
+def stage_data(
+    tables: FeatureTables,
+    stage: Stage,
+    params: dict[str, Any],
+    cfg: GbmConfig,
+    with_valid: bool = True,
+    reusable: bool = False,
+) -> StageData:
+    """The stage's Datasets. `reusable` constructs them now, without LightGBM's feature pre-filter, so that
+    trials with other tree parameters (min_data_in_leaf included) train on them without rebuilding."""
+    features = stage_features(tables, stage)
+    cats = categorical_features(tables, features, cfg)
+    install = tables.install_label
+    fit = stage_rows(tables.splits["fit"], stage)
+    y_fit = stage_label(fit, stage, install)
+    _check_label(y_fit, stage, "fit")
+    dataset_params = {"max_bin": params.get("max_bin", 255), "verbosity": -1}
+    if reusable:
+        dataset_params = {**params, **dataset_params, "feature_pre_filter": False}
+    # a reused Dataset keeps its raw frame: LightGBM re-applies the categorical settings for each new booster
+    dtrain = lgb.Dataset(
+        fit.select(features), label=y_fit, categorical_feature=cats, free_raw_data=not reusable, params=dataset_params
+    )
+    dvalid = None
+    if "valid" in tables.splits and with_valid:
+        valid = stage_rows(tables.splits["valid"], stage)
+        y_valid = stage_label(valid, stage, install)
+        _check_label(y_valid, stage, "valid")
+        dvalid = lgb.Dataset(valid.select(features), label=y_valid, reference=dtrain, free_raw_data=not reusable)
+    if reusable:
+        dtrain.construct()
+        if dvalid is not None:
+            dvalid.construct()
+    return StageData(dtrain, dvalid, features, fit.height, binning_of(params))
+
+
 def train_stage(
     tables: FeatureTables,
     stage: Stage,
@@ -90,39 +145,29 @@ def train_stage(
     progress: Callable[[str], None],
     rounds: int | None = None,
     extra_callbacks: list | None = None,
+    data: StageData | None = None,
 ) -> StageModel:
-    """Fit one stage on the fit split; early-stop on the valid split when there is one, else `rounds`."""
-    features = stage_features(tables, stage)
-    cats = categorical_features(tables, features, cfg)
-    install = tables.install_label
-    fit = stage_rows(tables.splits["fit"], stage)
-    y_fit = stage_label(fit, stage, install)
-    _check_label(y_fit, stage, "fit")
-    dtrain = lgb.Dataset(
-        fit.select(features),
-        label=y_fit,
-        categorical_feature=cats,
-        free_raw_data=True,
-        params={"max_bin": params.get("max_bin", 255), "verbosity": -1},
-    )
+    """Fit one stage on the fit split; early-stop on the valid split when there is one, else `rounds`.
+    `data` (from `stage_data(..., reusable=True)`) is reused when its binning parameters match."""
+    if data is None or data.binning != binning_of(params):
+        data = stage_data(tables, stage, params, cfg, with_valid=rounds is None)
+    elif "feature_pre_filter" not in params:
+        params = {**params, "feature_pre_filter": False}
     cbs = [callbacks.progress(cfg.log_every, stage.name, progress), *(extra_callbacks or [])]
     valid_sets, names = [], []
-    if "valid" in tables.splits and rounds is None:
-        valid = stage_rows(tables.splits["valid"], stage)
-        y_valid = stage_label(valid, stage, install)
-        _check_label(y_valid, stage, "valid")
-        valid_sets, names = [lgb.Dataset(valid.select(features), label=y_valid, reference=dtrain)], ["valid"]
+    if data.valid is not None and rounds is None:
+        valid_sets, names = [data.valid], ["valid"]
         cbs.append(lgb.early_stopping(cfg.early_stopping_rounds, first_metric_only=True, verbose=False))
     booster = lgb.train(
         params,
-        dtrain,
+        data.train,
         num_boost_round=rounds or cfg.num_boost_round,
         valid_sets=valid_sets,
         valid_names=names,
         callbacks=cbs,
     )
     best = booster.best_iteration if valid_sets and booster.best_iteration > 0 else booster.current_iteration()
-    return StageModel(stage, booster, features, int(best), fit.height)
+    return StageModel(stage, booster, data.features, int(best), data.fit_rows)
 
 
 def predict_stage(model: StageModel, frame: pl.DataFrame) -> np.ndarray:

@@ -58,6 +58,7 @@ KNOWN_PARAMS = {
     "bagging_seed",
     "feature_fraction_seed",
     "data_random_seed",
+    "feature_pre_filter",
 }
 
 
