@@ -88,7 +88,7 @@ def demo(wd: Workdir, scale: float, seed: int, progress: Callable[[str], None]) 
         models=("e2e", "ts", "mtdm"),
         source="demo",
         mtdm={"epochs": 4},
-        submit={"name": "demo", "weights": "auto", "calibration": "scaling"},
+        submit={"name": "demo", "weights": "simplex", "calibration": "scaling"},
     )
     result = run_pipeline(wd, cfg, data, truth=data, progress=progress)
     result["score"] = score_submission(result["submission"], data, None)
