@@ -82,17 +82,20 @@ def gbm_input_key(manifest: dict, kind: str, params: dict, refit: bool, gcfg) ->
     )
 
 
-def model_input_key(wd: Workdir, cfg: PipelineConfig, kind: str) -> str:
-    """The input key a fresh run of `kind` would record: equal keys mean the run is current."""
+def model_input_key(
+    wd: Workdir, cfg: PipelineConfig, kind: str, plan: str = "validate", refit: bool | None = None
+) -> str:
+    """The input key a fresh run of `kind` on `plan` would record: equal keys mean the run is current."""
     from gbmcvr.fe.pipeline import read_manifest
     from gbmcvr.gbm.params import gbm_config
 
-    plan = wd.feature_plan(cfg.feature_set, "validate")
-    manifest = read_manifest(plan, f"gbmcvr features --set {cfg.feature_set}")
+    plan_dir = wd.feature_plan(cfg.feature_set, plan)
+    manifest = read_manifest(plan_dir, f"gbmcvr features --set {cfg.feature_set} --plan {plan}")
     if kind == "mtdm":
         return mtdm_input_key(manifest, cfg)
     gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
-    return gbm_input_key(manifest, kind, resolve_gbm_params(wd, cfg, kind, None), gcfg.refit, gcfg)
+    refit = gcfg.refit if refit is None else refit
+    return gbm_input_key(manifest, kind, resolve_gbm_params(wd, cfg, kind, None), refit, gcfg)
 
 
 def train_gbm_stage(
@@ -232,7 +235,9 @@ def _aligned_runs(wd: Workdir, runs: list[str], plan: str):
     return align(preds)
 
 
-def backtest_choice(wd: Workdir, cfg: PipelineConfig, runs: list[str], opts, progress: Callable[[str], None]) -> dict:
+def backtest_choice(
+    wd: Workdir, cfg: PipelineConfig, runs: list[str], opts, progress: Callable[[str], None] = lambda _: None
+) -> dict:
     """Try every candidate method on the backtest runs; choose by day-66-style scores only."""
     import json
 
@@ -293,10 +298,12 @@ def submit_stage(
     overwrite: bool = False,
     truth: Path | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    refit_evidence: dict | None = None,
 ) -> tuple[Path, object]:
     """Calibrate and ensemble the runs' predictions; write submissions/<name>.* (validated first).
 
-    `auto` calibration or weights are chosen on the backtest runs (models/backtest/<run>) first.
+    `auto` calibration or weights are chosen on the backtest runs (models/backtest/<run>) first;
+    `refit_evidence` (per model: backtest test-day log loss with and without the refit) goes into the report.
     """
     import json
     from dataclasses import replace
@@ -323,6 +330,7 @@ def submit_stage(
     result = make_submission(
         aligned, y_valid, base_rate, opts, cfg.seed, truth_table, history, profile.test_day, backtest
     )
+    result.refit = refit_evidence
     truth_ll = None
     if truth_table is not None and "p_install" in truth_table.columns:
         from gbmcvr.metrics import log_loss

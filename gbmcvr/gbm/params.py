@@ -71,7 +71,7 @@ class GbmConfig:
     max_cat_cardinality: int = 20000
     numeric_categoricals: tuple[str, ...] = ()
     stage_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    refit: bool = False
+    refit: bool | str = False  # True, False, or "auto" (`gbmcvr run` follows the backtest's evidence)
 
     def params(self, stage: str, seed: int, override: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults, then the config's stage section, then an override (tuned or file), then the seed."""
@@ -110,7 +110,7 @@ def gbm_config(raw: dict[str, Any], where: str) -> GbmConfig:
         max_cat_cardinality=int(raw.get("max_cat_cardinality", 20000)),
         numeric_categoricals=tuple(raw.get("numeric_categoricals", ())),
         stage_params=stage_params,
-        refit=bool(raw.get("refit", False)),
+        refit="auto" if raw.get("refit") == "auto" else bool(raw.get("refit", False)),
     )
     if cfg.num_boost_round < 1 or cfg.early_stopping_rounds < 1:
         raise UserError(f"{where}: num_boost_round and early_stopping_rounds must be positive")

@@ -42,7 +42,7 @@ def em_prior(p: np.ndarray, source_prior: float, tol: float = 1e-10, max_iter: i
 
 
 def trend_rate(days: np.ndarray, rates: np.ndarray, target_day: int, k: int) -> float:
-    """Theil–Sen line through the last `k` (day, rate) points, evaluated at `target_day`, kept inside (0, 1)."""
+    """Theil–Sen line (intercept = median residual) through the last `k` (day, rate) points, at `target_day`."""
     days = np.asarray(days, dtype=np.float64)
     rates = np.asarray(rates, dtype=np.float64)
     if len(days) == 0:
@@ -50,7 +50,7 @@ def trend_rate(days: np.ndarray, rates: np.ndarray, target_day: int, k: int) -> 
     order = np.argsort(days)[-max(int(k), 1) :]
     if len(order) == 1:
         return float(rates[order[0]])
-    slope, intercept, _, _ = theilslopes(rates[order], days[order])
+    slope, intercept, _, _ = theilslopes(rates[order], days[order], method="joint")
     return float(np.clip(intercept + slope * target_day, 1e-6, 1 - 1e-6))
 
 

@@ -89,6 +89,7 @@ class SubmitResult:
     target_day: int | None = None
     trend_rate: float | None = None
     backtest: dict[str, Any] | None = None
+    refit: dict[str, Any] | None = None
 
 
 def make_submission(
@@ -217,7 +218,25 @@ def markdown(result: SubmitResult, opts: SubmitOptions, truth_logloss: float | N
     lines += _means_lines(result)
     if result.backtest is not None:
         lines += _backtest_lines(result.backtest)
+    if result.refit:
+        lines += _refit_lines(result.refit)
     return "\n".join(lines)
+
+
+def _refit_lines(evidence: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Refit on the full plan (backtest evidence)",
+        "",
+        "| model | test-day log loss with refit | without refit | refit used |",
+        "|---|---|---|---|",
+    ]
+    for kind, e in evidence.items():
+        if e is None:
+            lines.append(f"| {kind} | — | — | no (no evidence) |")
+            continue
+        used = "yes" if e["with_refit"] < e["without_refit"] else "no"
+        lines.append(f"| {kind} | {e['with_refit']:.5f} | {e['without_refit']:.5f} | {used} |")
+    return [*lines, ""]
 
 
 def _means_lines(result: SubmitResult) -> list[str]:
@@ -359,6 +378,7 @@ def write_submission(
             "means": result.means,
             "trend_rate": result.trend_rate,
             "backtest": result.backtest,
+            "refit_evidence": result.refit,
             "space": opts.space,
             "base_rate": result.base_rate,
             "base_rate_source": "install rate of the fit window",
