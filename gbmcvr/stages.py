@@ -198,7 +198,8 @@ def day_rates(wd: Workdir, cfg: PipelineConfig, plan: str):
     return DayRates(rates[profile.day_column].to_numpy(), rates["rate"].to_numpy().astype(np.float64))
 
 
-def _valid_labels(wd: Workdir, cfg: PipelineConfig, ids):
+def valid_labels(wd: Workdir, cfg: PipelineConfig, ids):
+    """Install labels of the given valid rows from the raw store, in their order."""
     import polars as pl
 
     from gbmcvr.errors import UserError
@@ -217,7 +218,8 @@ def _valid_labels(wd: Workdir, cfg: PipelineConfig, ids):
     return valid[profile.install_label].to_numpy()
 
 
-def _aligned_runs(wd: Workdir, runs: list[str], plan: str):
+def aligned_runs(wd: Workdir, runs: list[str], plan: str):
+    """The runs' prediction tables of one plan, aligned on the same rows."""
     from gbmcvr.errors import UserError
     from gbmcvr.post.submit import align
     from gbmcvr.runs import read_preds, read_run_meta
@@ -250,11 +252,11 @@ def backtest_choice(
     from gbmcvr.runs import read_run_meta
 
     profile = cfg.load_profile()
-    aligned = _aligned_runs(wd, runs, "backtest")
+    aligned = aligned_runs(wd, runs, "backtest")
     target_day = profile.valid_day
     inputs = bt.PostInputs(
         aligned.valid,
-        _valid_labels(wd, cfg, aligned.valid_ids),
+        valid_labels(wd, cfg, aligned.valid_ids),
         aligned.test,
         day_rates(wd, cfg, "backtest"),
         target_day,
@@ -317,12 +319,12 @@ def submit_stage(
     if not runs:
         raise UserError("no runs given (pass --runs RUN [RUN ...])")
     profile = cfg.load_profile()
-    aligned = _aligned_runs(wd, runs, "validate")
+    aligned = aligned_runs(wd, runs, "validate")
     backtest = None
     if "auto" in (opts.calibration, opts.weights):
         backtest = backtest_choice(wd, cfg, runs, opts, progress)
         opts = replace(opts, calibration=backtest["calibration"], weights=backtest["weights"])
-    y_valid = _valid_labels(wd, cfg, aligned.valid_ids)
+    y_valid = valid_labels(wd, cfg, aligned.valid_ids)
     run_metrics = json.loads((wd.run(runs[0]) / "metrics.json").read_text())
     base_rate = float(run_metrics["base_rate"])
     truth_table = read_truth(truth) if truth is not None else None
