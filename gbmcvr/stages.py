@@ -143,10 +143,23 @@ def train_gbm_stage(
             ids = {"test": tables.splits["test"][tables.id_column].to_numpy()}
             first = prediction_table(ids, {"test": predict_kind(kind, run.models, tables.splits["test"])})
         run.metrics["backtest"] = _backtest_metrics(tables, run.preds, first)
+        if first is not None:
+            run.preds = _with_unrefit_column(run.preds, first)
         _report_backtest(run_id, run.metrics["backtest"], progress)
     key = gbm_input_key(tables.manifest, kind, resolved, refit, gcfg)
     write_gbm_run(run_dir, run, {"feature_set": fs, "input_key": key, "seed": cfg.seed, "plan": plan})
     return run
+
+
+UNREFIT = "p_without_refit"
+
+
+def _with_unrefit_column(preds, first):
+    """Keep the backtest's test-day predictions before the refit beside the refit's (`p_without_refit`)."""
+    import polars as pl
+
+    unrefit = first.select("row_id", "split", pl.col("p").alias(UNREFIT))
+    return preds.join(unrefit, on=["row_id", "split"], how="left", maintain_order="left")
 
 
 def _backtest_metrics(tables, preds, without_refit=None) -> dict:
@@ -218,8 +231,14 @@ def valid_labels(wd: Workdir, cfg: PipelineConfig, ids):
     return valid[profile.install_label].to_numpy()
 
 
-def aligned_runs(wd: Workdir, runs: list[str], plan: str):
-    """The runs' prediction tables of one plan, aligned on the same rows."""
+def aligned_runs(wd: Workdir, runs: list[str], plan: str, refit: dict[str, bool] | None = None):
+    """The runs' prediction tables of one plan, aligned on the same rows.
+
+    A backtest run trained with the refit also holds its test-day predictions without it; `refit` says,
+    per run, which of the two stands in for the submission's run (the refit's, by default).
+    """
+    import polars as pl
+
     from gbmcvr.errors import UserError
     from gbmcvr.post.submit import align
     from gbmcvr.runs import read_preds, read_run_meta
@@ -234,13 +253,23 @@ def aligned_runs(wd: Workdir, runs: list[str], plan: str):
             )
         read_run_meta(run_dir)
         preds[run] = read_preds(run_dir)
+        if refit is not None and not refit.get(run, True) and UNREFIT in preds[run].columns:
+            frame = preds[run]
+            preds[run] = frame.with_columns(
+                pl.when(pl.col("split") == "test").then(pl.col(UNREFIT)).otherwise(pl.col("p")).alias("p")
+            )
     return align(preds)
 
 
 def backtest_choice(
-    wd: Workdir, cfg: PipelineConfig, runs: list[str], opts, progress: Callable[[str], None] = lambda _: None
+    wd: Workdir,
+    cfg: PipelineConfig,
+    runs: list[str],
+    opts,
+    progress: Callable[[str], None] = lambda _: None,
+    refit: dict[str, bool] | None = None,
 ) -> dict:
-    """Try every candidate method on the backtest runs; choose by day-66-style scores only."""
+    """Try every candidate method on the backtest runs; choose by their test-day scores only."""
     import json
 
     import numpy as np
@@ -252,7 +281,7 @@ def backtest_choice(
     from gbmcvr.runs import read_run_meta
 
     profile = cfg.load_profile()
-    aligned = aligned_runs(wd, runs, "backtest")
+    aligned = aligned_runs(wd, runs, "backtest", refit)
     target_day = profile.valid_day
     inputs = bt.PostInputs(
         aligned.valid,
@@ -315,6 +344,7 @@ def submit_stage(
     from gbmcvr.errors import UserError
     from gbmcvr.post.scoring import read_truth
     from gbmcvr.post.submit import make_submission, write_submission
+    from gbmcvr.runs import read_run_meta
 
     if not runs:
         raise UserError("no runs given (pass --runs RUN [RUN ...])")
@@ -322,7 +352,8 @@ def submit_stage(
     aligned = aligned_runs(wd, runs, "validate")
     backtest = None
     if "auto" in (opts.calibration, opts.weights):
-        backtest = backtest_choice(wd, cfg, runs, opts, progress)
+        refit = {r: read_run_meta(wd.run(r)).get("refit", False) for r in runs}
+        backtest = backtest_choice(wd, cfg, runs, opts, progress, refit)
         opts = replace(opts, calibration=backtest["calibration"], weights=backtest["weights"])
     y_valid = valid_labels(wd, cfg, aligned.valid_ids)
     run_metrics = json.loads((wd.run(runs[0]) / "metrics.json").read_text())

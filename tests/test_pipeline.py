@@ -1,5 +1,7 @@
 import json
 
+import polars as pl
+
 from gbmcvr.config import load_config
 from gbmcvr.data.synth import write_synth
 from gbmcvr.pipeline import run_pipeline
@@ -83,7 +85,7 @@ def test_run_chooses_on_the_backtest(tmp_path):
     result = run_pipeline(wd, load_config(None, wd.config_file), truth=data)
     steps = result["steps"]
     assert steps["train e2e (backtest)"] == "done" and steps["refit e2e"] in ("yes", "no")
-    assert (wd.run("e2e", "backtest") / "preds.parquet").is_file()
+    assert "p_without_refit" in pl.read_parquet(wd.run("e2e", "backtest") / "preds.parquet").columns
     report = json.loads((wd.submissions / "auto.json").read_text())
     rows = report["backtest"]["rows"]
     chosen = next(r for r in rows if r["calibration"] == report["calibration"])

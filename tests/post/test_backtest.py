@@ -159,3 +159,14 @@ def test_ensembles_fit_and_the_stacker_is_out_of_fold():
     stack = bt.post_process(inputs, "none", "stacker")
     in_sample = log_loss(inputs.y_valid, stack.ensemble.apply(stack.members_valid))
     assert log_loss(inputs.y_valid, stack.valid) > in_sample
+
+
+def test_backtest_stands_in_the_unrefit_predictions_for_a_run_without_refit(tmp_path):
+    wd = _fake_workdir(tmp_path)
+    path = wd.run("a", "backtest") / "preds.parquet"
+    preds = pl.read_parquet(path)
+    preds.with_columns(pl.when(pl.col("split") == "test").then(0.5).alias("p_without_refit")).write_parquet(path)
+    refit = stages.aligned_runs(wd, ["a", "b"], "backtest", {"a": True, "b": False})
+    unrefit = stages.aligned_runs(wd, ["a", "b"], "backtest", {"a": False, "b": False})
+    assert not np.all(refit.test[0] == 0.5) and np.all(unrefit.test[0] == 0.5)
+    assert np.array_equal(refit.valid[0], unrefit.valid[0]) and np.array_equal(refit.test[1], unrefit.test[1])
