@@ -150,10 +150,15 @@ def candidate_predictions(
 def score_candidates(
     preds: dict[tuple[str, str], np.ndarray], y_target: np.ndarray, base_rate: float
 ) -> list[dict[str, Any]]:
-    """Backtest table: each candidate's target-day log loss, NCE, calibration ratio and mean prediction."""
+    """Backtest table: each candidate's target-day log loss, NCE, calibration ratio and mean prediction, and
+    its log-loss gap to the best candidate with the gap's paired standard error over the rows."""
+    y = np.asarray(y_target, dtype=np.float64)
+    losses = {}
     rows = []
     for (calibration, weights), p in preds.items():
-        r = metrics.report(y_target, p, base_rate)
+        q = np.clip(np.asarray(p, dtype=np.float64), metrics.EPS, 1 - metrics.EPS)
+        losses[calibration, weights] = -(y * np.log(q) + (1 - y) * np.log1p(-q))
+        r = metrics.report(y, p, base_rate)
         rows.append(
             {
                 "calibration": calibration,
@@ -164,6 +169,11 @@ def score_candidates(
                 "mean_p": float(np.mean(p)),
             }
         )
+    best = losses[choose(rows)]
+    for row in rows:
+        gap = losses[row["calibration"], row["weights"]] - best
+        row["gap"] = float(gap.mean())
+        row["gap_se"] = float(gap.std(ddof=1) / np.sqrt(len(gap))) if len(gap) > 1 else float("nan")
     return rows
 
 

@@ -261,20 +261,30 @@ def _backtest_lines(bt: dict[str, Any]) -> list[str]:
     rows = sorted(bt["rows"], key=lambda r: r["logloss"])
     chosen = (bt["calibration"], bt["weights"])
     day = bt["target_day"]
+    why = (
+        f"it has the lowest day-{day} log loss of {len(rows)} candidates (day {day} install rate {bt['test_rate']:.4f})"
+    )
+    if len(rows) > 1 and "gap" in rows[1]:
+        runner = rows[1]
+        noise = "within noise" if runner["gap"] < 2 * runner["gap_se"] else "more than 2 standard errors"
+        why += (
+            f"; the runner-up ({runner['calibration']}, {runner['weights']}) is {runner['gap']:.6f} behind "
+            f"(paired standard error {runner['gap_se']:.6f}: {noise})"
+        )
     lines = [
         f"## Backtest (fitted without day {day}'s labels, scored on them)",
         "",
         f"Asked for calibration `{bt['asked']['calibration']}`, weights `{bt['asked']['weights']}`; "
-        f"chosen: calibration `{chosen[0]}`, weights `{chosen[1]}`, because it has the lowest day-{day} log loss "
-        f"of {len(rows)} candidates (day {day} install rate {bt['test_rate']:.4f}).",
+        f"chosen: calibration `{chosen[0]}`, weights `{chosen[1]}`, because {why}.",
         "",
-        f"| calibration | weights | day-{day} log loss | NCE | calibration ratio | mean prediction |",
-        "|---|---|---|---|---|---|",
+        f"| calibration | weights | day-{day} log loss | gap to best (± SE) | NCE | calibration ratio | mean prediction |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mark = " **chosen**" if (r["calibration"], r["weights"]) == chosen else ""
+        gap = f"{r['gap']:.6f} ± {r['gap_se']:.6f}" if "gap" in r else "—"
         lines.append(
-            f"| {r['calibration']}{mark} | {r['weights']} | {r['logloss']:.5f} | {r['nce']:.5f} | "
+            f"| {r['calibration']}{mark} | {r['weights']} | {r['logloss']:.5f} | {gap} | {r['nce']:.5f} | "
             f"{r['calibration_ratio']:.3f} | {r['mean_p']:.4f} |"
         )
     return [*lines, ""]

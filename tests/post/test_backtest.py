@@ -170,3 +170,15 @@ def test_backtest_stands_in_the_unrefit_predictions_for_a_run_without_refit(tmp_
     unrefit = stages.aligned_runs(wd, ["a", "b"], "backtest", {"a": False, "b": False})
     assert not np.all(refit.test[0] == 0.5) and np.all(unrefit.test[0] == 0.5)
     assert np.array_equal(refit.valid[0], unrefit.valid[0]) and np.array_equal(refit.test[1], unrefit.test[1])
+
+
+def test_scores_carry_the_gap_to_the_best_by_hand():
+    y = np.array([1, 0])
+    rows = bt.score_candidates(
+        {("none", "equal"): np.array([0.5, 0.5]), ("platt", "equal"): np.array([0.9, 0.1])}, y, 0.5
+    )
+    by = {r["calibration"]: r for r in rows}
+    assert by["none"]["logloss"] == pytest.approx(np.log(2)) and by["platt"]["logloss"] == pytest.approx(-np.log(0.9))
+    assert by["platt"]["gap"] == 0 and by["none"]["gap"] == pytest.approx(np.log(2) + np.log(0.9))
+    assert by["none"]["gap_se"] == pytest.approx(0, abs=1e-12)
+    assert bt.choose(rows) == ("platt", "equal")
