@@ -88,6 +88,7 @@ class SubmitResult:
     history: DayRates | None = None
     target_day: int | None = None
     trend_rate: float | None = None
+    trend_days: int = 7
     backtest: dict[str, Any] | None = None
     refit: dict[str, Any] | None = None
 
@@ -177,6 +178,7 @@ def make_submission(
         history,
         target_day,
         trend,
+        opts.trend_days,
         backtest,
     )
 
@@ -302,8 +304,14 @@ def rate_plot(result: SubmitResult, path: Path) -> None:
     if hist is not None and len(hist.days):
         ax.plot(hist.days[:-1], hist.rates[:-1], marker="o", color="tab:blue", label="fit days")
         ax.plot(hist.days[-1:], hist.rates[-1:], marker="s", color="tab:green", linestyle="", label="valid day")
-    if result.trend_rate is not None:
-        ax.plot([result.target_day], [result.trend_rate], marker="^", color="tab:orange", linestyle="", label="trend")
+    if result.trend_rate is not None and hist is not None:
+        k = result.trend_days
+        start = int(np.sort(hist.days)[-min(k, len(hist.days))])
+        ends = [start, result.target_day]
+        line = [trend_rate(hist.days, hist.rates, d, k) for d in ends]
+        ax.plot(
+            ends, line, color="tab:orange", linestyle="--", marker="^", markevery=[1], label=f"trend (last {k} days)"
+        )
     ax.plot(
         [result.target_day],
         [result.means["test_mean"]],
@@ -325,7 +333,7 @@ def rate_plot(result: SubmitResult, path: Path) -> None:
     ax.set_xlabel("day")
     ax.set_ylabel("install rate")
     ax.set_title("Install rate per day and the test day's expectation")
-    ax.legend()
+    ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
