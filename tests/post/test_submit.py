@@ -108,3 +108,13 @@ def test_fixed_and_fitted_weights(tmp_path, capsys, weights):
     report = json.loads((tmp_path / "submissions" / "submission.json").read_text())
     if weights != "simplex":
         assert report["weights"] == [0.5, 0.5]
+
+
+def test_auto_needs_backtest_runs(tmp_path, capsys):
+    fake_runs(tmp_path)
+    _fails(["submit", "--runs", "a b", "--calibration", "auto"], tmp_path, capsys, "no backtest run for 'a'")
+    _fails(["submit", "--runs", "a b", "--calibration", "trend+isotonic"], tmp_path, capsys, "unknown calibration")
+
+
+def test_train_refuses_the_full_plan(tmp_path, capsys):
+    _fails(["train", "e2e", "--plan", "full"], tmp_path, capsys, "cannot train on plan 'full'")
