@@ -179,34 +179,53 @@ def train(
         str | None, typer.Option("--run-id", help="Run directory name (default: the model name).")
     ] = None,
     device: Annotated[str, typer.Option(help="MTDM only: auto | cpu | cuda.")] = "auto",
+    plan: Annotated[
+        str, typer.Option(help="validate, or backtest (the rehearsal one day earlier: models/backtest/<run-id>/).")
+    ] = "validate",
     overwrite: bool = False,
     workdir: WorkdirOpt = Path("."),
 ) -> None:
-    """Train a model on the feature tables and write models/<run-id>/."""
+    """Train a model on the feature tables and write models/<run-id>/ (models/backtest/<run-id>/)."""
     from gbmcvr import stages
 
     cfg = _config(workdir, config)
     wd = Workdir(workdir)
     if kind in ("e2e", "ts"):
-        run = stages.train_gbm_stage(wd, cfg, kind, run_id or kind, params, refit, overwrite, feature_set, progress)
+        run = stages.train_gbm_stage(
+            wd, cfg, kind, run_id or kind, params, refit, overwrite, feature_set, progress, plan
+        )
         m = run.metrics["valid"]["p"]
     elif kind == "mtdm":
-        run = stages.train_mtdm_stage(wd, cfg, run_id or kind, device, overwrite, feature_set, progress, params)
+        run = stages.train_mtdm_stage(wd, cfg, run_id or kind, device, overwrite, feature_set, progress, params, plan)
         m = run.metrics["valid"]["p"]
     else:
         raise UserError(f"unknown model '{kind}' (choose e2e, ts or mtdm)")
     out.print(
         f"{run_id or kind}: valid log loss {m['logloss']:.5f}, NCE {m['nce']:.5f} (base rate {m['nce_base_rate']:.4f}, "
         f"fit-window install rate), AUC {m['auc']:.5f}, calibration {m['calibration_ratio']:.3f} "
-        f"-> {wd.run(run_id or kind)}"
+        f"-> {wd.run(run_id or kind, plan)}"
     )
+    if "backtest" in run.metrics:
+        t = run.metrics["backtest"]["test"]
+        out.print(f"  backtest test day: log loss {t['logloss']:.5f}, calibration {t['calibration_ratio']:.3f}")
 
 
 @app.command()
 def submit(
     runs: Annotated[list[str], typer.Option("--runs", help="Run ids to ensemble (repeat or space-separate).")],
-    calibration: Annotated[str | None, typer.Option(help="none | scaling | scaling-fit | isotonic | platt")] = None,
-    weights: Annotated[str | None, typer.Option(help="auto, or comma-separated weights (one per run)")] = None,
+    calibration: Annotated[
+        str | None,
+        typer.Option(
+            help="auto (chosen on the backtest) | none | scaling | scaling-fit | isotonic | platt | shift-em | trend "
+            "| BASE+shift-em | BASE+trend"
+        ),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="auto (chosen on the backtest) | equal | simplex | logit | stacker | comma-separated weights"
+        ),
+    ] = None,
     space: Annotated[str | None, typer.Option(help="probability | logit averaging")] = None,
     name: Annotated[str | None, typer.Option(help="Submission name (submissions/<name>.tsv)")] = None,
     truth: Annotated[Path | None, typer.Option(help="Dataset folder with a truth file: adds test-day columns.")] = None,

@@ -93,7 +93,8 @@ log_every = 100
 # epochs = 10
 
 [submit]
-calibration = "scaling"       # none | scaling | scaling-fit | isotonic | platt
-weights = "auto"              # auto (fitted on valid) or comma-separated fixed weights, e.g. "0.5,0.5"
+calibration = "scaling"       # auto (chosen on the backtest) | none | scaling | scaling-fit | isotonic | platt
+                              # | shift-em | trend | BASE+shift-em | BASE+trend
+weights = "simplex"           # auto (chosen on the backtest) | equal | simplex | logit | stacker | "0.5,0.5"
 space = "probability"         # probability | logit
 """

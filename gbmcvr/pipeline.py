@@ -23,9 +23,33 @@ def _raw_is_current(wd: Workdir, cfg: PipelineConfig, data: Path) -> bool:
     return old.get("profile") == cfg.load_profile().name and old.get("sources") == source_listing(train + test)
 
 
-def _run_is_current(wd: Workdir, run_id: str, key: str) -> bool:
-    path = wd.run(run_id) / "run.json"
+def _run_is_current(wd: Workdir, run_id: str, key: str, plan: str = "validate") -> bool:
+    path = wd.run(run_id, plan) / "run.json"
     return path.is_file() and json.loads(path.read_text()).get("input_key") == key
+
+
+def _train(wd: Workdir, cfg: PipelineConfig, kind: str, plan: str, refit: bool, steps: dict, progress) -> None:
+    """Train one model on one plan unless its run is current."""
+    step = f"train {kind}" + (" (backtest)" if plan == "backtest" else "")
+    key = stages.model_input_key(wd, cfg, kind, plan, refit)
+    if _run_is_current(wd, kind, key, plan):
+        steps[step] = "current"
+        progress(f"{step}: current, skipped")
+    elif kind == "mtdm":
+        stages.train_mtdm_stage(wd, cfg, kind, "auto", True, None, progress, plan=plan)
+        steps[step] = "done"
+    else:
+        stages.train_gbm_stage(wd, cfg, kind, kind, None, refit, True, None, progress, plan)
+        steps[step] = "done"
+
+
+def refit_evidence(wd: Workdir, kind: str) -> dict | None:
+    """The backtest's test-day log loss of `kind` with and without the refit, if its backtest run has both."""
+    path = wd.run(kind, "backtest") / "metrics.json"
+    scores = json.loads(path.read_text()).get("backtest", {}) if path.is_file() else {}
+    if "test_without_refit" not in scores:
+        return None
+    return {"with_refit": scores["test"]["logloss"], "without_refit": scores["test_without_refit"]["logloss"]}
 
 
 def run_pipeline(
@@ -35,37 +59,42 @@ def run_pipeline(
     truth: Path | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict:
-    """ingest (if needed) -> features -> train each configured model (if stale) -> submit."""
+    """ingest (if needed) -> features -> train each configured model (if stale) -> submit.
+
+    With `auto` calibration or weights, or `refit = "auto"`, every model is also trained on the backtest
+    plan first; `refit = "auto"` refits a LightGBM model only where the refit won on the backtest's test day.
+    """
     data = Path(data or cfg.data)
     if not data.is_absolute() and not data.exists():
         data = wd.root / data
     profile = cfg.load_profile()
+    opts = submit_options(cfg.submit, f"{cfg.source} [submit]")
     steps: dict[str, str] = {}
     if _raw_is_current(wd, cfg, data):
         steps["ingest"] = "current"
     else:
         ingest(data, profile, wd.raw, progress)
         steps["ingest"] = "done"
-    refit = bool(cfg.gbm.get("refit", False))
-    plans = ["validate", "full"] if refit else ["validate"]
+    refit = cfg.gbm.get("refit", False)
+    refit = "auto" if refit == "auto" else bool(refit)
+    backtest = refit == "auto" or "auto" in (opts.calibration, opts.weights)
+    plans = ["validate"] + (["full"] if refit else []) + (["backtest"] if backtest else [])
     for plan in plans:
         result = stages.build_features(wd, cfg, plan, progress=progress)
         steps[f"features/{plan}"] = "done" if result.rebuilt else "current"
-    runs = []
+    evidence = {}
     for kind in cfg.models:
-        key = stages.model_input_key(wd, cfg, kind)
-        if _run_is_current(wd, kind, key):
-            steps[f"train {kind}"] = "current"
-            progress(f"train {kind}: current, skipped")
-        elif kind == "mtdm":
-            stages.train_mtdm_stage(wd, cfg, kind, "auto", True, None, progress)
-            steps[f"train {kind}"] = "done"
-        else:
-            stages.train_gbm_stage(wd, cfg, kind, kind, None, refit, True, None, progress)
-            steps[f"train {kind}"] = "done"
-        runs.append(kind)
-    opts = submit_options(cfg.submit, f"{cfg.source} [submit]")
-    tsv, result = stages.submit_stage(wd, cfg, runs, opts, True, truth, progress)
+        kind_refit = bool(refit) and kind != "mtdm"
+        if backtest:
+            _train(wd, cfg, kind, "backtest", refit == "auto" and kind != "mtdm", steps, progress)
+        if refit == "auto" and kind != "mtdm":
+            evidence[kind] = refit_evidence(wd, kind)
+            kind_refit = evidence[kind] is not None and evidence[kind]["with_refit"] < evidence[kind]["without_refit"]
+            steps[f"refit {kind}"] = "yes" if kind_refit else "no"
+            progress(f"refit {kind}: {'yes' if kind_refit else 'no'} (backtest test-day log loss {evidence[kind]})")
+        _train(wd, cfg, kind, "validate", kind_refit, steps, progress)
+    runs = list(cfg.models)
+    tsv, result = stages.submit_stage(wd, cfg, runs, opts, True, truth, progress, evidence or None)
     steps["submit"] = "done"
     return {"steps": steps, "submission": tsv, "result": result}
 
@@ -86,7 +115,7 @@ def demo(wd: Workdir, scale: float, seed: int, progress: Callable[[str], None]) 
         models=("e2e", "ts", "mtdm"),
         source="demo",
         mtdm={"epochs": 4},
-        submit={"name": "demo", "weights": "auto", "calibration": "scaling"},
+        submit={"name": "demo", "weights": "simplex", "calibration": "scaling"},
     )
     result = run_pipeline(wd, cfg, data, truth=data, progress=progress)
     result["score"] = score_submission(result["submission"], data, None)

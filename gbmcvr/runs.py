@@ -28,7 +28,7 @@ def prediction_table(ids: dict[str, np.ndarray], columns: dict[str, dict[str, np
     return pl.concat(parts, how="diagonal")
 
 
-RESERVED = ("tuned",)
+RESERVED = ("tuned", "backtest")
 
 
 def check_new_run(run_dir: Path, overwrite: bool) -> None:
@@ -36,6 +36,29 @@ def check_new_run(run_dir: Path, overwrite: bool) -> None:
         raise UserError(f"run id '{run_dir.name}' is reserved for tuning outputs; choose another --run-id")
     if run_dir.exists() and not overwrite:
         raise UserError(f"{run_dir}: run exists (choose another --run-id or pass --overwrite)")
+
+
+TRAIN_PLANS = ("validate", "backtest")
+
+
+def check_train_plan(plan: str) -> str:
+    """Models train on a plan with a validation day: `validate` (the submission) or `backtest` (the rehearsal)."""
+    if plan not in TRAIN_PLANS:
+        raise UserError(f"cannot train on plan '{plan}' (choose {' or '.join(TRAIN_PLANS)}; --refit uses 'full')")
+    return plan
+
+
+def backtest_scores(
+    preds: pl.DataFrame, labels: pl.DataFrame, id_column: str, install_label: str, base_rate: float, column: str = "p"
+) -> dict:
+    """Metrics of a backtest run's test-day predictions against the labels the backtest plan kept aside."""
+    from gbmcvr import metrics
+
+    test = preds.filter(pl.col("split") == "test").select("row_id", column)
+    joined = test.join(labels.select(pl.col(id_column).alias("row_id"), install_label), on="row_id", how="left")
+    if joined[install_label].null_count():
+        raise UserError(f"{joined[install_label].null_count():,} backtest test rows have no kept-aside label")
+    return metrics.report(joined[install_label].to_numpy(), joined[column].to_numpy(), base_rate)
 
 
 def read_run_meta(run_dir: Path) -> dict:

@@ -75,19 +75,22 @@ def gbm_input_key(manifest: dict, kind: str, params: dict, refit: bool, gcfg) ->
     )
 
 
-def model_input_key(wd: Workdir, cfg: PipelineConfig, kind: str) -> str:
-    """The input key a fresh run of `kind` would record: equal keys mean the run is current."""
+def model_input_key(
+    wd: Workdir, cfg: PipelineConfig, kind: str, plan: str = "validate", refit: bool | None = None
+) -> str:
+    """The input key a fresh run of `kind` on `plan` would record: equal keys mean the run is current."""
     from gbmcvr.fe.pipeline import read_manifest
     from gbmcvr.gbm.params import gbm_config
 
-    plan = wd.feature_plan(cfg.feature_set, "validate")
-    manifest = read_manifest(plan, f"gbmcvr features --set {cfg.feature_set}")
+    plan_dir = wd.feature_plan(cfg.feature_set, plan)
+    manifest = read_manifest(plan_dir, f"gbmcvr features --set {cfg.feature_set} --plan {plan}")
     if kind == "mtdm":
         from gbmcvr.deep.params import mtdm_config
 
         return mtdm_input_key(manifest, mtdm_config(cfg.mtdm, f"{cfg.source} [mtdm]"), cfg.seed)
     gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
-    return gbm_input_key(manifest, kind, resolve_gbm_params(wd, cfg, kind, None), gcfg.refit, gcfg)
+    refit = gcfg.refit if refit is None else refit
+    return gbm_input_key(manifest, kind, resolve_gbm_params(wd, cfg, kind, None), refit, gcfg)
 
 
 def train_gbm_stage(
@@ -100,30 +103,224 @@ def train_gbm_stage(
     overwrite: bool = False,
     feature_set: str | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    plan: str = "validate",
 ):
-    """Load feature tables, train a LightGBM run and write models/<run-id>/."""
-    from gbmcvr.runs import check_new_run
+    """Load feature tables, train a LightGBM run and write models/<run-id>/ (models/backtest/<run-id>/).
 
-    run_dir = wd.run(run_id)
+    On the backtest plan the refit trains on the validate plan's fit days and predicts its valid day (the
+    backtest's test day), and the run records its test-day scores with and without the refit.
+    """
+    from gbmcvr.runs import check_new_run, check_train_plan
+
+    check_train_plan(plan)
+    run_dir = wd.run(run_id, plan)
     with exclusive(run_dir, "run"):
         check_new_run(run_dir, overwrite)
-        return _train_gbm(wd, cfg, kind, run_dir, params, refit, feature_set, progress)
+        return _train_gbm(wd, cfg, kind, run_id, run_dir, params, refit, feature_set, progress, plan)
 
 
-def _train_gbm(wd, cfg, kind, run_dir, params, refit, feature_set, progress):
+def _train_gbm(wd, cfg, kind, run_id, run_dir, params, refit, feature_set, progress, plan):
+    from gbmcvr.gbm.models import predict_kind
     from gbmcvr.gbm.params import gbm_config
     from gbmcvr.gbm.train import train_gbm, write_gbm_run
-    from gbmcvr.tables import load_tables
+    from gbmcvr.runs import prediction_table
+    from gbmcvr.tables import FeatureTables, load_tables
 
     fs = feature_set or cfg.feature_set
     resolved = resolve_gbm_params(wd, cfg, kind, params)
-    tables = load_tables(wd.features, fs, "validate")
-    full = load_tables(wd.features, fs, "full", ("fit", "test")) if refit else None
+    tables = load_tables(wd.features, fs, plan)
+    full = None
+    if refit and plan == "validate":
+        full = load_tables(wd.features, fs, "full", ("fit", "test"))
+    elif refit:
+        later = load_tables(wd.features, fs, "validate", ("fit", "valid"))
+        full = FeatureTables(
+            later.plan_dir, later.manifest, {"fit": later.splits["fit"], "test": later.splits["valid"]}
+        )
     gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
     run = train_gbm(kind, tables, gcfg, resolved, progress, full)
+    if plan == "backtest":
+        first = None
+        if refit:
+            ids = {"test": tables.splits["test"][tables.id_column].to_numpy()}
+            first = prediction_table(ids, {"test": predict_kind(kind, run.models, tables.splits["test"])})
+        run.metrics["backtest"] = _backtest_metrics(tables, run.preds, first)
+        if first is not None:
+            run.preds = _with_unrefit_column(run.preds, first)
+        _report_backtest(run_id, run.metrics["backtest"], progress)
     key = gbm_input_key(tables.manifest, kind, resolved, refit, gcfg)
-    write_gbm_run(run_dir, run, {"feature_set": fs, "input_key": key, "seed": cfg.seed})
+    write_gbm_run(run_dir, run, {"feature_set": fs, "input_key": key, "seed": cfg.seed, "plan": plan})
     return run
+
+
+UNREFIT = "p_without_refit"
+
+
+def _with_unrefit_column(preds, first):
+    """Keep the backtest's test-day predictions before the refit beside the refit's (`p_without_refit`)."""
+    import polars as pl
+
+    unrefit = first.select("row_id", "split", pl.col("p").alias(UNREFIT))
+    return preds.join(unrefit, on=["row_id", "split"], how="left", maintain_order="left")
+
+
+def _backtest_metrics(tables, preds, without_refit=None) -> dict:
+    """Test-day scores of a backtest run against the labels its plan kept aside (scoring only)."""
+    import polars as pl
+
+    from gbmcvr.data.split import TEST_LABELS
+    from gbmcvr.runs import backtest_scores
+
+    labels = pl.read_parquet(tables.plan_dir / TEST_LABELS)
+    args = (labels, tables.id_column, tables.install_label, tables.base_rate())
+    out = {"test": backtest_scores(preds, *args)}
+    if without_refit is not None:
+        out["test_without_refit"] = backtest_scores(without_refit, *args)
+    return out
+
+
+def _report_backtest(run_id: str, scores: dict, progress: Callable[[str], None]) -> None:
+    t = scores["test"]
+    progress(
+        f"{run_id} (backtest): test-day log loss {t['logloss']:.5f}, calibration ratio {t['calibration_ratio']:.3f}"
+        + (
+            f"; without the refit {scores['test_without_refit']['logloss']:.5f}"
+            if "test_without_refit" in scores
+            else ""
+        )
+    )
+
+
+def day_rates(wd: Workdir, cfg: PipelineConfig, plan: str):
+    """Install rate of each labelled day of a plan (its fit and validation days), from the raw store."""
+    import numpy as np
+    import polars as pl
+
+    from gbmcvr.data.split import plan_days
+    from gbmcvr.post.backtest import DayRates
+
+    profile = cfg.load_profile()
+    days = plan_days(profile, plan)
+    labelled = [*days["fit"], *days.get("valid", ())]
+    rates = (
+        pl.scan_parquet(wd.raw / "train.parquet")
+        .filter(pl.col(profile.day_column).is_in(labelled))
+        .group_by(profile.day_column)
+        .agg(pl.col(profile.install_label).mean().alias("rate"))
+        .sort(profile.day_column)
+        .collect()
+    )
+    return DayRates(rates[profile.day_column].to_numpy(), rates["rate"].to_numpy().astype(np.float64))
+
+
+def valid_labels(wd: Workdir, cfg: PipelineConfig, ids):
+    """Install labels of the given valid rows from the raw store, in their order."""
+    import polars as pl
+
+    from gbmcvr.errors import UserError
+
+    profile = cfg.load_profile()
+    id_col = profile.id_column
+    labels = (
+        pl.scan_parquet(wd.raw / "train.parquet")
+        .select(id_col, profile.install_label)
+        .filter(pl.col(id_col).is_in(ids.tolist()))
+        .collect()
+    )
+    valid = pl.DataFrame({id_col: ids}).join(labels, on=id_col, how="left", maintain_order="left")
+    if valid[profile.install_label].null_count():
+        raise UserError(f"{valid[profile.install_label].null_count():,} valid rows of the runs are not in {wd.raw}")
+    return valid[profile.install_label].to_numpy()
+
+
+def aligned_runs(wd: Workdir, runs: list[str], plan: str, refit: dict[str, bool] | None = None):
+    """The runs' prediction tables of one plan, aligned on the same rows.
+
+    A backtest run trained with the refit also holds its test-day predictions without it; `refit` says,
+    per run, which of the two stands in for the submission's run (the refit's, by default).
+    """
+    import polars as pl
+
+    from gbmcvr.errors import UserError
+    from gbmcvr.post.submit import align
+    from gbmcvr.runs import read_preds, read_run_meta
+
+    preds = {}
+    for run in runs:
+        run_dir = wd.run(run, plan)
+        if plan == "backtest" and not run_dir.is_dir():
+            raise UserError(
+                f"{run_dir}: no backtest run for '{run}' ('auto' chooses on the backtest: "
+                f"`gbmcvr features --plan backtest` then `gbmcvr train MODEL --plan backtest --run-id {run}`)"
+            )
+        read_run_meta(run_dir)
+        preds[run] = read_preds(run_dir)
+        if refit is not None and not refit.get(run, True) and UNREFIT in preds[run].columns:
+            frame = preds[run]
+            preds[run] = frame.with_columns(
+                pl.when(pl.col("split") == "test").then(pl.col(UNREFIT)).otherwise(pl.col("p")).alias("p")
+            )
+    return align(preds)
+
+
+def backtest_choice(
+    wd: Workdir,
+    cfg: PipelineConfig,
+    runs: list[str],
+    opts,
+    progress: Callable[[str], None] = lambda _: None,
+    refit: dict[str, bool] | None = None,
+) -> dict:
+    """Try every candidate method on the backtest runs; choose by their test-day scores only."""
+    import json
+
+    import numpy as np
+    import polars as pl
+
+    from gbmcvr.data.split import TEST_LABELS
+    from gbmcvr.errors import UserError
+    from gbmcvr.post import backtest as bt
+    from gbmcvr.runs import read_run_meta
+
+    profile = cfg.load_profile()
+    aligned = aligned_runs(wd, runs, "backtest", refit)
+    target_day = profile.valid_day
+    inputs = bt.PostInputs(
+        aligned.valid,
+        valid_labels(wd, cfg, aligned.valid_ids),
+        aligned.test,
+        day_rates(wd, cfg, "backtest"),
+        target_day,
+    )
+    pairs = bt.candidates(opts.calibration, opts.weights, len(runs))
+    progress(f"backtest: {len(pairs)} post-processing candidates on {len(aligned.test_ids):,} day-{target_day} rows")
+    preds = bt.candidate_predictions(inputs, pairs, opts.space, opts.folds, cfg.seed, opts.trend_days)
+    fs = read_run_meta(wd.run(runs[0], "backtest")).get("feature_set", cfg.feature_set)
+    labels_path = wd.feature_plan(fs, "backtest") / TEST_LABELS
+    if not labels_path.is_file():
+        raise UserError(f"{labels_path}: no kept-aside labels (rebuild with `gbmcvr features --plan backtest --force`)")
+    labels = pl.read_parquet(labels_path, columns=[profile.id_column, profile.install_label])
+    y = (
+        pl.DataFrame({profile.id_column: aligned.test_ids})
+        .join(labels, on=profile.id_column, how="left", maintain_order="left")[profile.install_label]
+        .to_numpy()
+    )
+    base_rate = float(json.loads((wd.run(runs[0], "backtest") / "metrics.json").read_text())["base_rate"])
+    rows = bt.score_candidates(preds, y, base_rate)
+    choice = bt.choose(rows)
+    chosen = next(r for r in rows if (r["calibration"], r["weights"]) == choice)
+    progress(
+        f"backtest: chose calibration '{choice[0]}', weights '{choice[1]}' "
+        f"(day-{target_day} log loss {chosen['logloss']:.5f}, calibration ratio {chosen['calibration_ratio']:.3f})"
+    )
+    return {
+        "rows": rows,
+        "calibration": choice[0],
+        "weights": choice[1],
+        "target_day": target_day,
+        "test_rate": float(np.mean(y)),
+        "asked": {"calibration": opts.calibration, "weights": opts.weights},
+    }
 
 
 def submit_stage(
@@ -134,46 +331,47 @@ def submit_stage(
     overwrite: bool = False,
     truth: Path | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    refit_evidence: dict | None = None,
 ) -> tuple[Path, object]:
-    """Calibrate and ensemble the runs' predictions; write submissions/<name>.* (validated first)."""
+    """Calibrate and ensemble the runs' predictions; write submissions/<name>.* (validated first).
+
+    `auto` calibration or weights are chosen on the backtest runs (models/backtest/<run>) first;
+    `refit_evidence` (per model: backtest test-day log loss with and without the refit) goes into the report.
+    """
     import json
+    from dataclasses import replace
 
     import polars as pl
 
     from gbmcvr.errors import UserError
     from gbmcvr.post.scoring import read_truth
-    from gbmcvr.post.submit import align, make_submission, write_submission
-    from gbmcvr.runs import read_preds, read_run_meta
+    from gbmcvr.post.submit import make_submission, write_submission
+    from gbmcvr.runs import read_run_meta
 
     if not runs:
         raise UserError("no runs given (pass --runs RUN [RUN ...])")
     profile = cfg.load_profile()
-    preds = {}
-    for run in runs:
-        read_run_meta(wd.run(run))
-        preds[run] = read_preds(wd.run(run))
-    aligned = align(preds)
-    id_col = profile.id_column
-    labels = (
-        pl.scan_parquet(wd.raw / "train.parquet")
-        .select(id_col, profile.install_label)
-        .filter(pl.col(id_col).is_in(aligned.valid_ids.tolist()))
-        .collect()
-    )
-    valid = pl.DataFrame({id_col: aligned.valid_ids}).join(labels, on=id_col, how="left", maintain_order="left")
-    if valid[profile.install_label].null_count():
-        raise UserError(f"{valid[profile.install_label].null_count():,} valid rows of the runs are not in {wd.raw}")
-    y_valid = valid[profile.install_label].to_numpy()
+    aligned = aligned_runs(wd, runs, "validate")
+    backtest = None
+    if "auto" in (opts.calibration, opts.weights):
+        refit = {r: read_run_meta(wd.run(r)).get("refit", False) for r in runs}
+        backtest = backtest_choice(wd, cfg, runs, opts, progress, refit)
+        opts = replace(opts, calibration=backtest["calibration"], weights=backtest["weights"])
+    y_valid = valid_labels(wd, cfg, aligned.valid_ids)
     run_metrics = json.loads((wd.run(runs[0]) / "metrics.json").read_text())
     base_rate = float(run_metrics["base_rate"])
     truth_table = read_truth(truth) if truth is not None else None
-    result = make_submission(aligned, y_valid, base_rate, opts, cfg.seed, truth_table)
+    history = day_rates(wd, cfg, "validate")
+    result = make_submission(
+        aligned, y_valid, base_rate, opts, cfg.seed, truth_table, history, profile.test_day, backtest
+    )
+    result.refit = refit_evidence
     truth_ll = None
     if truth_table is not None and TRUTH_P_INSTALL in truth_table.columns:
         from gbmcvr.metrics import log_loss
 
         truth_ll = log_loss(truth_table[TRUTH_INSTALL].to_numpy(), truth_table[TRUTH_P_INSTALL].to_numpy())
-    test_ids = pl.read_parquet(wd.raw / "test.parquet", columns=[id_col])[id_col]
+    test_ids = pl.read_parquet(wd.raw / "test.parquet", columns=[profile.id_column])[profile.id_column]
     tsv = write_submission(wd.submissions, opts.name, result, opts, test_ids, {"runs": runs}, truth_ll, overwrite)
     progress(f"wrote {tsv}")
     return tsv, result
@@ -195,17 +393,19 @@ def train_mtdm_stage(
     feature_set: str | None = None,
     progress: Callable[[str], None] = lambda _: None,
     params: str | None = None,
+    plan: str = "validate",
 ):
-    """Load feature tables, train the MTDM and write models/<run-id>/."""
-    from gbmcvr.runs import check_new_run
+    """Load feature tables, train the MTDM and write models/<run-id>/ (models/backtest/<run-id>/)."""
+    from gbmcvr.runs import check_new_run, check_train_plan
 
-    run_dir = wd.run(run_id)
+    check_train_plan(plan)
+    run_dir = wd.run(run_id, plan)
     with exclusive(run_dir, "run"):
         check_new_run(run_dir, overwrite)
-        return _train_mtdm(wd, cfg, run_dir, device, feature_set, progress, params)
+        return _train_mtdm(wd, cfg, run_id, run_dir, device, feature_set, progress, params, plan)
 
 
-def _train_mtdm(wd, cfg, run_dir, device, feature_set, progress, params):
+def _train_mtdm(wd, cfg, run_id, run_dir, device, feature_set, progress, params, plan):
     from gbmcvr.deep.params import mtdm_config
     from gbmcvr.deep.run import train_mtdm_run, write_mtdm_run
     from gbmcvr.deep.train import resolve_device
@@ -219,16 +419,15 @@ def _train_mtdm(wd, cfg, run_dir, device, feature_set, progress, params):
     fs = feature_set or cfg.feature_set
     teacher = None
     if mcfg.distill_run:
-        teacher = wd.run(mcfg.distill_run)
+        teacher = wd.run(mcfg.distill_run, plan)
         read_run_meta(teacher)
-    tables = load_tables(wd.features, fs, "validate")
+    tables = load_tables(wd.features, fs, plan)
     run = train_mtdm_run(tables, mcfg, cfg.seed, device, teacher, progress)
-    write_mtdm_run(
-        run_dir,
-        run,
-        mcfg,
-        {"feature_set": fs, "input_key": mtdm_input_key(tables.manifest, mcfg, cfg.seed), "seed": cfg.seed},
-    )
+    if plan == "backtest":
+        run.metrics["backtest"] = _backtest_metrics(tables, run.preds)
+        _report_backtest(run_id, run.metrics["backtest"], progress)
+    meta = {"feature_set": fs, "input_key": mtdm_input_key(tables.manifest, mcfg, cfg.seed), "seed": cfg.seed}
+    write_mtdm_run(run_dir, run, mcfg, {**meta, "plan": plan})
     return run
 
 

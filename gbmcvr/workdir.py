@@ -35,5 +35,6 @@ class Workdir:
     def feature_plan(self, feature_set: str, plan: str) -> Path:
         return self.features / feature_set / plan
 
-    def run(self, run_id: str) -> Path:
-        return self.models / run_id
+    def run(self, run_id: str, plan: str = "validate") -> Path:
+        """models/<run-id>/, or models/backtest/<run-id>/ for a run trained on the backtest plan."""
+        return self.models / "backtest" / run_id if plan == "backtest" else self.models / run_id

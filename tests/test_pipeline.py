@@ -1,3 +1,7 @@
+import json
+
+import polars as pl
+
 from gbmcvr.config import load_config
 from gbmcvr.data.synth import write_synth
 from gbmcvr.pipeline import run_pipeline
@@ -55,3 +59,41 @@ def test_unknown_config_key(tmp_path, capsys):
     (tmp_path / "gbmcvr.toml").write_text("sed = 3\n")
     code, _, err = run_cli(["features", "--workdir", tmp_path], capsys)
     assert code == 2 and "unknown key 'sed'" in err
+
+
+AUTO_CONFIG = """
+data = "{data}"
+models = ["e2e"]
+[gbm]
+num_boost_round = 40
+early_stopping_rounds = 10
+log_every = 0
+refit = "auto"
+[submit]
+calibration = "auto"
+weights = "auto"
+name = "auto"
+"""
+
+
+def test_run_chooses_on_the_backtest(tmp_path):
+    data = tmp_path / "data"
+    write_synth(data, 0.004, 2)
+    wd = Workdir(tmp_path / "w")
+    wd.root.mkdir()
+    wd.config_file.write_text(AUTO_CONFIG.format(data=data))
+    result = run_pipeline(wd, load_config(None, wd.config_file), truth=data)
+    steps = result["steps"]
+    assert steps["train e2e (backtest)"] == "done" and steps["refit e2e"] in ("yes", "no")
+    assert "p_without_refit" in pl.read_parquet(wd.run("e2e", "backtest") / "preds.parquet").columns
+    report = json.loads((wd.submissions / "auto.json").read_text())
+    rows = report["backtest"]["rows"]
+    chosen = next(r for r in rows if r["calibration"] == report["calibration"])
+    assert chosen["logloss"] == min(r["logloss"] for r in rows)
+    evidence = report["refit_evidence"]["e2e"]
+    assert (evidence["with_refit"] < evidence["without_refit"]) == (steps["refit e2e"] == "yes")
+    assert json.loads((wd.run("e2e") / "run.json").read_text())["refit"] == (steps["refit e2e"] == "yes")
+    md = (wd.submissions / "auto.md").read_text()
+    assert "## Backtest" in md and "## Refit" in md and (wd.submissions / "auto_rates.png").is_file()
+    again = run_pipeline(wd, load_config(None, wd.config_file), truth=data)["steps"]
+    assert again["train e2e (backtest)"] == "current" and again["train e2e"] == "current"

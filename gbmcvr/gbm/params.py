@@ -72,7 +72,7 @@ class GbmConfig:
     max_cat_cardinality: int = 20000
     numeric_categoricals: tuple[str, ...] = ()
     stage_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    refit: bool = False
+    refit: bool | str = False  # True, False, or "auto" (`gbmcvr run` follows the backtest's evidence)
 
     def params(self, stage: str, seed: int, override: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults, then the config's stage section, then an override (tuned or file), then the seed."""
@@ -101,6 +101,8 @@ def gbm_config(raw: dict[str, Any], where: str) -> GbmConfig:
     if "stage_params" in scalars:
         raise UserError(f"{where}: unknown key 'stage_params' (give [gbm.<stage>] tables)")
     cfg = GbmConfig(**typed_fields(GbmConfig, scalars, where), stage_params=stage_params)
+    if cfg.refit not in (True, False, "auto"):
+        raise UserError(f"{where}: 'refit' must be true, false or \"auto\", got {cfg.refit!r}")
     if cfg.num_boost_round < 1 or cfg.early_stopping_rounds < 1:
         raise UserError(f"{where}: num_boost_round and early_stopping_rounds must be positive")
     return cfg

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 
 from gbmcvr.errors import UserError
 from gbmcvr.metrics import EPS, log_loss
-from gbmcvr.post.options import check_calibration
+from gbmcvr.post.options import BASE_CALIBRATIONS
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -38,7 +38,9 @@ class Calibrator:
     """A fitted calibration map; `method` is one of none, scaling, scaling-fit, isotonic, platt."""
 
     def __init__(self, method: str) -> None:
-        self.method = check_calibration(method)
+        if method not in BASE_CALIBRATIONS:
+            raise UserError(f"unknown calibration '{method}' (a valid-fitted map: {', '.join(BASE_CALIBRATIONS)})")
+        self.method = method
         self.state: dict[str, Any] = {}
 
     def fit(self, p: np.ndarray, y: np.ndarray) -> Calibrator:

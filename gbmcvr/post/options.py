@@ -8,27 +8,35 @@ from typing import Any
 from gbmcvr.errors import UserError
 from gbmcvr.tomlfile import typed_fields
 
-CALIBRATIONS = ("none", "scaling", "scaling-fit", "isotonic", "platt")
+BASE_CALIBRATIONS = ("none", "scaling", "scaling-fit", "isotonic", "platt")
+SHIFTS = ("shift-em", "trend")
+CALIBRATIONS = (
+    *BASE_CALIBRATIONS,
+    *SHIFTS,
+    *(f"{base}+{shift}" for shift in SHIFTS for base in BASE_CALIBRATIONS if base != "none"),
+)
+ENSEMBLES = ("equal", "simplex", "logit", "stacker")
 SPACES = ("probability", "logit")
 
 
 @dataclass(frozen=True)
 class SubmitOptions:
     calibration: str = "scaling"
-    weights: str = "auto"
+    weights: str = "simplex"
     space: str = "probability"
     folds: int = 5
     name: str = "submission"
+    trend_days: int = 7
 
 
 def parse_weights(text: str, n_runs: int) -> list[float] | None:
-    """`auto` -> None (fit on valid); otherwise comma-separated non-negative weights, one per run."""
-    if text == "auto":
+    """A named ensemble (auto, equal, simplex, logit, stacker) -> None; else comma-separated weights, one per run."""
+    if text == "auto" or text in ENSEMBLES:
         return None
     try:
         weights = [float(w) for w in text.split(",")]
     except ValueError:
-        raise UserError(f"weights '{text}': expected 'auto' or comma-separated numbers") from None
+        raise UserError(f"weights '{text}': expected auto, {', '.join(ENSEMBLES)} or comma-separated numbers") from None
     if len(weights) != n_runs:
         raise UserError(f"weights '{text}': {len(weights)} weights for {n_runs} runs")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
@@ -39,7 +47,10 @@ def parse_weights(text: str, n_runs: int) -> list[float] | None:
 
 def submit_options(raw: dict[str, Any], where: str) -> SubmitOptions:
     opts = SubmitOptions(**typed_fields(SubmitOptions, raw, where))
-    check_calibration(opts.calibration)
+    if opts.calibration != "auto":
+        check_calibration(opts.calibration)
+    if opts.trend_days < 2:
+        raise UserError(f"{where}: trend_days must be at least 2")
     if opts.space not in SPACES:
         raise UserError(f"{where}: space must be one of {', '.join(SPACES)}, not '{opts.space}'")
     if int(opts.folds) < 2:
@@ -48,6 +59,16 @@ def submit_options(raw: dict[str, Any], where: str) -> SubmitOptions:
 
 
 def check_calibration(name: str) -> str:
+    """A calibration method name, or a UserError listing the valid ones."""
     if name not in CALIBRATIONS:
-        raise UserError(f"unknown calibration '{name}' (choose from {', '.join(CALIBRATIONS)})")
+        raise UserError(f"unknown calibration '{name}' (choose from auto, {', '.join(CALIBRATIONS)})")
     return name
+
+
+def split_calibration(name: str) -> tuple[str, str | None]:
+    """`isotonic+shift-em` -> ("isotonic", "shift-em"); `trend` -> ("none", "trend"); `platt` -> ("platt", None)."""
+    check_calibration(name)
+    if name in SHIFTS:
+        return "none", name
+    base, _, shift = name.partition("+")
+    return base, shift or None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +13,10 @@ from gbmcvr import metrics
 from gbmcvr.atomic import atomic_path, write_json, write_text
 from gbmcvr.errors import UserError
 from gbmcvr.post import submission as sub
-from gbmcvr.post.calibrate import Calibrator
-from gbmcvr.post.ensemble import combine, cross_fit, fit_weights
-from gbmcvr.post.options import SubmitOptions, parse_weights
+from gbmcvr.post.backtest import DayRates, PostInputs, post_process
+from gbmcvr.post.ensemble import cross_fit
+from gbmcvr.post.options import ENSEMBLES, SubmitOptions, parse_weights, split_calibration
+from gbmcvr.post.shift import trend_rate
 from gbmcvr.schema import TRUTH_ID, TRUTH_INSTALL
 
 CLICK_COLUMNS = ("p_like", "p_ctr")
@@ -82,6 +83,15 @@ class SubmitResult:
     base_rate: float
     valid_plot: dict[str, np.ndarray]
     y_valid: np.ndarray
+    ensemble: str = ""
+    shift: dict[str, Any] = field(default_factory=dict)
+    means: dict[str, float] = field(default_factory=dict)
+    history: DayRates | None = None
+    target_day: int | None = None
+    trend_rate: float | None = None
+    trend_days: int = 7
+    backtest: dict[str, Any] | None = None
+    refit: dict[str, Any] | None = None
 
 
 def make_submission(
@@ -91,16 +101,25 @@ def make_submission(
     opts: SubmitOptions,
     seed: int,
     truth: pl.DataFrame | None = None,
+    history: DayRates | None = None,
+    target_day: int | None = None,
+    backtest: dict[str, Any] | None = None,
 ) -> SubmitResult:
-    """Calibrate each run on valid, ensemble, and build the Table-5-like rows (valid, cross-fit, test)."""
-    weights_given = parse_weights(opts.weights, len(aligned.names))
-    cals = [Calibrator(opts.calibration).fit(p, y_valid) for p in aligned.valid]
-    cal_valid = [c.transform(p) for c, p in zip(cals, aligned.valid, strict=True)]
-    cal_test = [c.transform(p) for c, p in zip(cals, aligned.test, strict=True)]
-    weights = weights_given if weights_given is not None else fit_weights(cal_valid, y_valid, opts.space)
-    ens_valid = combine(cal_valid, weights, opts.space)
-    ens_test = np.clip(combine(cal_test, weights, opts.space), 0.0, 1.0)
-    cf_cal, cf_ens = cross_fit(aligned.valid, y_valid, opts.calibration, weights_given, opts.space, opts.folds, seed)
+    """Calibrate each run on valid, ensemble, shift to the test day, and build the Table-5-like rows."""
+    history = history or DayRates(np.array([]), np.array([]))
+    target_day = int(target_day) if target_day is not None else 0
+    inputs = PostInputs(aligned.valid, y_valid, aligned.test, history, target_day)
+    args = (opts.space, opts.folds, seed, opts.trend_days)
+    done = post_process(inputs, opts.calibration, opts.weights, *args)
+    singles = [
+        post_process(PostInputs([v], y_valid, [t], history, target_day), opts.calibration, "equal", *args)
+        for v, t in zip(aligned.valid, aligned.test, strict=True)
+    ]
+    base, shift = split_calibration(opts.calibration)
+    named = opts.weights in ENSEMBLES
+    weights_given = None if named else parse_weights(opts.weights, len(aligned.names))
+    method = opts.weights if named else "simplex"
+    cf_cal, cf_ens = cross_fit(aligned.valid, y_valid, base, weights_given, opts.space, opts.folds, seed, method)
 
     y_test = None
     if truth is not None:
@@ -108,16 +127,15 @@ def make_submission(
         if t[TRUTH_INSTALL].null_count() == 0:
             y_test = t[TRUTH_INSTALL].to_numpy()
     table = []
-    wnote = "fitted on valid" if weights_given is None else "fixed"
     rows = []
     for i, name in enumerate(aligned.names):
         rows.append((name, "raw", aligned.valid[i], None, aligned.test[i]))
         if opts.calibration != "none":
-            rows.append((name, f"{opts.calibration}", cal_valid[i], cf_cal[i], cal_test[i]))
-    label = "ensemble " + ", ".join(f"{w:.3f}" for w in weights) + f" ({wnote}, {opts.space})"
-    rows.append(("ensemble", label, ens_valid, cf_ens, ens_test))
+            rows.append((name, opts.calibration, singles[i].valid, cf_cal[i], singles[i].target))
+    label = "ensemble " + done.ensemble.label() + (f", then {shift}" if shift else "")
+    rows.append(("ensemble", label, done.valid, cf_ens, done.target))
     for name, kind, pv, pcf, pt in rows:
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"valid_mean": float(np.mean(pv)), "test_mean": float(np.mean(pt))}
         if pcf is not None:
             extra["crossfit_logloss"] = metrics.log_loss(y_valid, pcf)
         if y_test is not None:
@@ -131,35 +149,56 @@ def make_submission(
                 }
             )
         table.append(_row(name, kind, pv, y_valid, base_rate, extra))
+    ens_test = done.target
     click = aligned.test_click if aligned.test_click is not None else ens_test
     frame = sub.build(aligned.test_ids, np.clip(click, 0.0, 1.0), ens_test)
-    plot = {name: cal_valid[i] for i, name in enumerate(aligned.names)}
-    plot["ensemble"] = ens_valid
+    plot = {name: singles[i].members_valid[0] for i, name in enumerate(aligned.names)}
+    plot["ensemble"] = done.valid
+    means = {
+        "valid_rate": float(np.mean(y_valid)),
+        "valid_mean": float(np.mean(done.valid)),
+        "test_mean_before_shift": float(np.mean(done.ensemble.apply(done.members_target))),
+        "test_mean": float(np.mean(ens_test)),
+    }
+    if y_test is not None:
+        means["test_rate"] = float(np.mean(y_test))
+    trend = None
+    if len(history.days):
+        trend = trend_rate(history.days, history.rates, target_day, opts.trend_days)
     return SubmitResult(
         frame,
         table,
-        {n: c.to_json() for n, c in zip(aligned.names, cals, strict=True)},
-        weights,
+        {n: c.to_json() for n, c in zip(aligned.names, done.calibrators, strict=True)},
+        done.ensemble.weights or done.ensemble.coef,
         base_rate,
         plot,
         y_valid,
+        done.ensemble.label(),
+        done.shift,
+        means,
+        history,
+        target_day,
+        trend,
+        opts.trend_days,
+        backtest,
     )
 
 
 def markdown(result: SubmitResult, opts: SubmitOptions, truth_logloss: float | None) -> str:
-    """The Table-5-like report: each run raw and calibrated, and the ensemble."""
+    """The Table-5-like report: each run raw and calibrated, the ensemble, means, and the backtest evidence."""
     has_test = any("test_logloss" in r for r in result.table)
     head = "| input | variant | valid log loss | valid NCE | valid AUC | calibration | cross-fit log loss |"
     sep = "|---|---|---|---|---|---|---|"
     if has_test:
-        head += " test log loss | test NCE | test AUC |"
-        sep += "---|---|---|"
+        head += " test log loss | test NCE | test AUC | test calibration |"
+        sep += "---|---|---|---|"
     lines = [
         "# Submission report",
         "",
         f"NCE divides log loss by the entropy of base rate p = {result.base_rate:.4f} (install rate of the fit window).",
-        f"Calibration `{opts.calibration}` fitted on the valid day; cross-fit column: calibration and weights "
-        f"fitted on {opts.folds - 1} of {opts.folds} folds of valid rows, scored on the held-out fold.",
+        f"Calibration `{opts.calibration}` (valid-fitted part on the valid day), ensemble `{opts.weights}`; "
+        f"cross-fit column: calibration and ensemble fitted on {opts.folds - 1} of {opts.folds} folds of valid rows, "
+        "scored on the held-out fold (the test-day shift step does not act on valid rows).",
         "",
         head,
         sep,
@@ -171,12 +210,134 @@ def markdown(result: SubmitResult, opts: SubmitOptions, truth_logloss: float | N
             f"{r['calibration_ratio']:.3f} | {fmt(r.get('crossfit_logloss'))} |"
         )
         if has_test:
-            line += f" {fmt(r.get('test_logloss'))} | {fmt(r.get('test_nce'))} | {fmt(r.get('test_auc'))} |"
+            line += (
+                f" {fmt(r.get('test_logloss'))} | {fmt(r.get('test_nce'))} | {fmt(r.get('test_auc'))} |"
+                f" {r.get('test_calibration_ratio', float('nan')):.3f} |"
+            )
         lines.append(line)
     if truth_logloss is not None:
         lines += ["", f"Floor: the true probabilities' test log loss is {truth_logloss:.5f}."]
-    lines += ["", f"Ensemble weights: {', '.join(f'{w:.4f}' for w in result.weights)}", ""]
+    lines += ["", f"Ensemble: {result.ensemble}", ""]
+    lines += _means_lines(result)
+    if result.backtest is not None:
+        lines += _backtest_lines(result.backtest)
+    if result.refit:
+        lines += _refit_lines(result.refit)
     return "\n".join(lines)
+
+
+def _refit_lines(evidence: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Refit on the full plan (backtest evidence)",
+        "",
+        "| model | test-day log loss with refit | without refit | refit used |",
+        "|---|---|---|---|",
+    ]
+    for kind, e in evidence.items():
+        if e is None:
+            lines.append(f"| {kind} | — | — | no (no evidence) |")
+            continue
+        used = "yes" if e["with_refit"] < e["without_refit"] else "no"
+        lines.append(f"| {kind} | {e['with_refit']:.5f} | {e['without_refit']:.5f} | {used} |")
+    return [*lines, ""]
+
+
+def _means_lines(result: SubmitResult) -> list[str]:
+    m = result.means
+    lines = [
+        "## What the test day will probably look like",
+        "",
+        f"- valid day: install rate {m['valid_rate']:.4f}, mean prediction {m['valid_mean']:.4f}",
+        f"- test day: mean prediction {m['test_mean']:.4f} (before the shift step {m['test_mean_before_shift']:.4f})",
+    ]
+    if result.trend_rate is not None:
+        lines.append(f"- test day's install rate extrapolated by the trend: {result.trend_rate:.4f}")
+    if "test_rate" in m:
+        lines.append(f"- test day's actual install rate (truth): {m['test_rate']:.4f}")
+    if result.shift:
+        detail = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.shift.items())
+        lines.append(f"- shift step: {detail}")
+    return [*lines, ""]
+
+
+def _backtest_lines(bt: dict[str, Any]) -> list[str]:
+    rows = sorted(bt["rows"], key=lambda r: r["logloss"])
+    chosen = (bt["calibration"], bt["weights"])
+    day = bt["target_day"]
+    why = (
+        f"it has the lowest day-{day} log loss of {len(rows)} candidates (day {day} install rate {bt['test_rate']:.4f})"
+    )
+    if len(rows) > 1 and "gap" in rows[1]:
+        runner = rows[1]
+        noise = "within noise" if runner["gap"] < 2 * runner["gap_se"] else "more than 2 standard errors"
+        why += (
+            f"; the runner-up ({runner['calibration']}, {runner['weights']}) is {runner['gap']:.6f} behind "
+            f"(paired standard error {runner['gap_se']:.6f}: {noise})"
+        )
+    lines = [
+        f"## Backtest (fitted without day {day}'s labels, scored on them)",
+        "",
+        f"Asked for calibration `{bt['asked']['calibration']}`, weights `{bt['asked']['weights']}`; "
+        f"chosen: calibration `{chosen[0]}`, weights `{chosen[1]}`, because {why}.",
+        "",
+        f"| calibration | weights | day-{day} log loss | gap to best (± SE) | NCE | calibration ratio | mean prediction |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mark = " **chosen**" if (r["calibration"], r["weights"]) == chosen else ""
+        gap = f"{r['gap']:.6f} ± {r['gap_se']:.6f}" if "gap" in r else "—"
+        lines.append(
+            f"| {r['calibration']}{mark} | {r['weights']} | {r['logloss']:.5f} | {gap} | {r['nce']:.5f} | "
+            f"{r['calibration_ratio']:.3f} | {r['mean_p']:.4f} |"
+        )
+    return [*lines, ""]
+
+
+def rate_plot(result: SubmitResult, path: Path) -> None:
+    """Install rate per labelled day, the trend's test-day rate and the submission's mean prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = result.history
+    fig, ax = plt.subplots(figsize=(8, 4))
+    if hist is not None and len(hist.days):
+        ax.plot(hist.days[:-1], hist.rates[:-1], marker="o", color="tab:blue", label="fit days")
+        ax.plot(hist.days[-1:], hist.rates[-1:], marker="s", color="tab:green", linestyle="", label="valid day")
+    if result.trend_rate is not None and hist is not None:
+        k = result.trend_days
+        start = int(np.sort(hist.days)[-min(k, len(hist.days))])
+        ends = [start, result.target_day]
+        line = [trend_rate(hist.days, hist.rates, d, k) for d in ends]
+        ax.plot(
+            ends, line, color="tab:orange", linestyle="--", marker="^", markevery=[1], label=f"trend (last {k} days)"
+        )
+    ax.plot(
+        [result.target_day],
+        [result.means["test_mean"]],
+        marker="*",
+        markersize=12,
+        color="tab:red",
+        linestyle="",
+        label="submission mean",
+    )
+    if "test_rate" in result.means:
+        ax.plot(
+            [result.target_day],
+            [result.means["test_rate"]],
+            marker="x",
+            color="black",
+            linestyle="",
+            label="test rate (truth)",
+        )
+    ax.set_xlabel("day")
+    ax.set_ylabel("install rate")
+    ax.set_title("Install rate per day and the test day's expectation")
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def reliability_plot(result: SubmitResult, path: Path, bins: int = 15) -> None:
@@ -221,6 +382,9 @@ def write_submission(
     with atomic_path(out_dir / f"{name}_reliability.png") as tmp:
         reliability_plot(result, tmp.with_suffix(".png"))
         tmp.with_suffix(".png").replace(tmp)
+    with atomic_path(out_dir / f"{name}_rates.png") as tmp:
+        rate_plot(result, tmp.with_suffix(".png"))
+        tmp.with_suffix(".png").replace(tmp)
     write_json(out_dir / f"{name}_calibration.json", result.calibrators)
     write_json(
         out_dir / f"{name}.json",
@@ -228,6 +392,12 @@ def write_submission(
             **meta,
             "calibration": opts.calibration,
             "weights": result.weights,
+            "ensemble": result.ensemble,
+            "shift": result.shift,
+            "means": result.means,
+            "trend_rate": result.trend_rate,
+            "backtest": result.backtest,
+            "refit_evidence": result.refit,
             "space": opts.space,
             "base_rate": result.base_rate,
             "base_rate_source": "install rate of the fit window",

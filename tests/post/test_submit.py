@@ -48,7 +48,7 @@ def test_submit_writes_validated_files(tmp_path, capsys):
             "--calibration",
             "isotonic",
             "--weights",
-            "auto",
+            "simplex",
             "--name",
             "s1",
             "--workdir",
@@ -101,10 +101,20 @@ def test_existing_name_refused(tmp_path, capsys):
     assert run_cli(["submit", "--runs", "a b", "--name", "x", "--overwrite", "--workdir", tmp_path], capsys)[0] == 0
 
 
-@pytest.mark.parametrize("weights", ["0.5,0.5", "auto"])
+@pytest.mark.parametrize("weights", ["0.5,0.5", "simplex"])
 def test_fixed_and_fitted_weights(tmp_path, capsys, weights):
     fake_runs(tmp_path)
     assert run_cli(["submit", "--runs", "a b", "--weights", weights, "--workdir", tmp_path], capsys)[0] == 0
     report = json.loads((tmp_path / "submissions" / "submission.json").read_text())
-    if weights != "auto":
+    if weights != "simplex":
         assert report["weights"] == [0.5, 0.5]
+
+
+def test_auto_needs_backtest_runs(tmp_path, capsys):
+    fake_runs(tmp_path)
+    _fails(["submit", "--runs", "a b", "--calibration", "auto"], tmp_path, capsys, "no backtest run for 'a'")
+    _fails(["submit", "--runs", "a b", "--calibration", "trend+isotonic"], tmp_path, capsys, "unknown calibration")
+
+
+def test_train_refuses_the_full_plan(tmp_path, capsys):
+    _fails(["train", "e2e", "--plan", "full"], tmp_path, capsys, "cannot train on plan 'full'")
