@@ -37,7 +37,7 @@ def schema(profile: Profile, with_labels: bool) -> dict[str, pl.DataType]:
     cols.update({c: pl.Int8() for c in profile.binary})
     cols.update({c: pl.Float64() for c in profile.numerical})
     if with_labels:
-        cols.update({c: pl.Int8() for c in profile.labels})
+        cols.update({c: pl.Int8() for c in profile.label_columns})
     return cols
 
 
@@ -74,12 +74,12 @@ def _header(path: Path, sep: str) -> list[str]:
 def _check_columns(path: Path, header: list[str], profile: Profile, is_test: bool) -> bool:
     """Check the header against the profile; return whether the file carries the labels."""
     expected = list(schema(profile, with_labels=False))
-    labels = [c for c in profile.labels if c in header]
+    labels = [c for c in profile.label_columns if c in header]
     if is_test and labels and profile.test_labels == "refuse":
         raise UserError(f"{path}: label column '{labels[0]}' in the test file (test rows must be unlabelled)")
     with_labels = bool(labels) if is_test else True
     if with_labels:
-        expected += list(profile.labels)
+        expected += list(profile.label_columns)
     seen: set[str] = set()
     for col in header:
         if col in seen:
@@ -171,9 +171,9 @@ def ingest(
         raise UserError(f"{data_dir}: test day {min(overlap)} also appears in the train files")
     truth = None
     if profile.install_label in test.columns:
-        truth = test.select(id_col, *profile.labels)
-        test = test.drop(profile.labels)
-    train = train.select(id_col, day_col, *profile.feature_columns, *profile.labels)
+        truth = test.select(id_col, *profile.label_columns)
+        test = test.drop(profile.label_columns)
+    train = train.select(id_col, day_col, *profile.feature_columns, *profile.label_columns)
     test = test.select(id_col, day_col, *profile.feature_columns)
     with atomic_dir(Path(out)) as tmp:
         train.write_parquet(tmp / "train.parquet")
