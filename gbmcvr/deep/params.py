@@ -18,7 +18,7 @@ class MtdmConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     embedding_dim: int = 12
-    bottom: str = "mmoe"  # mmoe | ple
+    bottom: str = "mmoe"  # mmoe | mmoe2 (stacked) | ple
     experts: int = 4  # MMoE experts; PLE shared experts
     task_experts: int = 1  # PLE only: experts per task
     expert_hidden: tuple[int, ...] = (128, 64)
@@ -34,7 +34,8 @@ class MtdmConfig:
     compile: bool = False
     distill_run: str = ""  # teacher run id (e.g. "e2e"); empty = off
     distill_weight: float = 0.0
-    distill_loss: str = "bce"  # bce | mse
+    distill_loss: str = "bce"  # bce | kl | mse
+    distill_label: bool = True  # False: the student learns from the teacher alone, not its own labels
     mutual_weight: float = 0.0  # > 0 trains two models together
     mutual_bottom: str = ""  # bottom of the peer ("" = same as bottom)
     ranking_gamma: float = 0.0  # share of the pairwise ranking loss mixed into the CTCVR loss
@@ -44,12 +45,12 @@ class MtdmConfig:
 
 
 _CHOICES = {
-    "bottom": ("mmoe", "ple"),
+    "bottom": ("mmoe", "mmoe2", "ple"),
     "ctcvr_head": ("product", "tower"),
     "install_from": ("ctcvr", "product"),
     "numeric_transform": ("log1p_standard", "quantile"),
-    "distill_loss": ("bce", "mse"),
-    "mutual_bottom": ("", "mmoe", "ple"),
+    "distill_loss": ("bce", "kl", "mse"),
+    "mutual_bottom": ("", "mmoe", "mmoe2", "ple"),
 }
 
 

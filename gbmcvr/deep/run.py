@@ -40,7 +40,9 @@ class MtdmRun:
 
 
 def teacher_predictions(run_dir: Path, frame: pl.DataFrame) -> np.ndarray:
-    """A LightGBM teacher run's install probabilities for the given rows (for distillation)."""
+    """A teacher run's install probabilities for the given rows: LightGBM, or an MTDM (e.g. CTR + CTCVR)."""
+    if read_run_meta(run_dir).get("kind") == "mtdm":
+        return load_mtdm_run(run_dir).predict(frame)["p"]
     from gbmcvr.gbm.train import load_run
 
     return load_run(run_dir).predict(frame)["p"]
