@@ -98,7 +98,7 @@ def generate(
     start = np.where(reports, rng.integers(DAYS[0], DAYS[-1] + 1, (n_tasks, actions)), DAYS[-1] + 1)
     completeness[np.arange(n_tasks), target] = 1.0
     start[np.arange(n_tasks), target] = DAYS[0]
-    task_shared, task_own = rng.normal(0, 0.5, n_tasks), rng.normal(0, 0.4, (n_tasks, actions))
+    task_shared, task_own = rng.normal(0, 0.6, n_tasks), rng.normal(0, 0.4, (n_tasks, actions))
     task_click = rng.normal(0, 0.4, n_tasks)
     n_ads = n_tasks * 3
     ad_task = rng.integers(0, n_tasks, n_ads)
@@ -108,9 +108,10 @@ def generate(
     user_w = rng.lognormal(0, 1.0, n_users)
     user_w /= user_w.sum()
     user_cat = {c: rng.integers(0, k, n_users) for c, k in USER_CATEGORICAL.items()}
-    u2_eff = rng.normal(0, 0.5, USER_CATEGORICAL["u_2"])
-    user_latent = rng.normal(0, 0.6, n_users) + u2_eff[user_cat["u_2"]]
-    user_own = rng.normal(0, 0.3, (n_users, actions))
+    u2_eff, u3_eff = rng.normal(0, 0.7, USER_CATEGORICAL["u_2"]), rng.normal(0, 0.5, USER_CATEGORICAL["u_3"])
+    user_latent = rng.normal(0, 0.3, n_users) + u2_eff[user_cat["u_2"]] + u3_eff[user_cat["u_3"]]
+    # the action-specific part is visible through u_1: what one action learns transfers only partly
+    user_own = rng.normal(0, 0.6, (USER_CATEGORICAL["u_1"], actions))[user_cat["u_1"]]
     u1_click = rng.normal(0, 0.4, USER_CATEGORICAL["u_1"])
 
     # impressions: ads drawn by their task's weight

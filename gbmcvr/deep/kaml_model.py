@@ -146,7 +146,6 @@ def train_kaml(
     opt = torch.optim.AdamW(model.parameters(), lr=mt.learning_rate, weight_decay=mt.weight_decay)
     best, best_epoch, best_state, stale = float("inf"), 0, copy.deepcopy(model.state_dict()), 0
     history: list[dict] = []
-    spent = 0.0
     for epoch in range(1, mt.epochs + 1):
         model.train()
         t0, sums, count = time.perf_counter(), {}, 0
@@ -161,7 +160,6 @@ def train_kaml(
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
         seconds = time.perf_counter() - t0
-        spent += seconds
         record: dict = {"epoch": epoch, "seconds": seconds, **{f"train_{k}": v / count for k, v in sums.items()}}
         line = f"kaml epoch {epoch}/{mt.epochs}: loss {sums['total'] / count:.5f}, {seconds:.1f} s"
         if valid is not None:
@@ -182,4 +180,4 @@ def train_kaml(
             progress(f"kaml: early stop after epoch {epoch}, best epoch {best_epoch}")
             break
     model.load_state_dict(best_state)
-    return KamlResult(model, best_epoch, history, spent / max(len(history), 1))
+    return KamlResult(model, best_epoch, history, float(np.median([h["seconds"] for h in history])))
