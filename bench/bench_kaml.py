@@ -116,9 +116,17 @@ def distillation(train, test, profile, args, mt: MtdmConfig) -> dict:
     log("distillation: teacher (MTDM on CTR + CTCVR)")
     teacher = train_mtdm(data["fit"], data["valid"], spec, teacher_cfg, args.seed, device, log)
     out = {"teacher": score(teacher.models, teacher.seconds, len(teacher.history), teacher.best_epoch)}
-    data["fit"].teacher = torch.from_numpy(ensemble_predict(teacher.models, data["fit"], device)["p"].astype(np.float32))
+    data["fit"].teacher = torch.from_numpy(
+        ensemble_predict(teacher.models, data["fit"], device)["p"].astype(np.float32)
+    )
     student = replace(
-        mt, embedding_dim=4, experts=2, expert_hidden=(32,), tower_hidden=(8,), distill_run="teacher", distill_weight=1.0
+        mt,
+        embedding_dim=4,
+        experts=2,
+        expert_hidden=(32,),
+        tower_hidden=(8,),
+        distill_run="teacher",
+        distill_weight=1.0,
     )
     for kind in ("kl", "mse"):
         for with_label in (False, True):

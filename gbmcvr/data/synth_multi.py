@@ -73,9 +73,7 @@ def _profile_shares(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rate, share, np.linspace(0.7, 0.2, n)
 
 
-def generate(
-    scale: float = 1.0, seed: int = 0, actions: int = 4
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+def generate(scale: float = 1.0, seed: int = 0, actions: int = 4) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Train (days 1-13, reported labels), test (day 14, unlabelled) and truth frames."""
     if actions < 1:
         raise UserError(f"--actions must be at least 1, got {actions}")

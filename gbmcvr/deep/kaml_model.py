@@ -20,7 +20,7 @@ from torch import nn
 
 from gbmcvr.deep.batches import InputSpec, batches, to_tensors
 from gbmcvr.deep.kaml import KamlConfig, action_metrics, base_mask, kaml_loss
-from gbmcvr.deep.model import bottom_for, mlp
+from gbmcvr.deep.model import bottom_for, embedding_for, mlp
 from gbmcvr.deep.train import resolve_device, seed_everything
 from gbmcvr.errors import UserError
 
@@ -64,8 +64,7 @@ class KamlNet(nn.Module):
     def __init__(self, spec: InputSpec, actions: int, cfg: KamlConfig) -> None:
         super().__init__()
         mt = cfg.mtdm
-        self.embedding = nn.Embedding(spec.embedding_rows, mt.embedding_dim)
-        nn.init.normal_(self.embedding.weight, std=0.01)
+        self.embedding = embedding_for(spec.embedding_rows, mt, spec.sizes)
         inp = len(spec.categorical) * mt.embedding_dim + len(spec.numerical)
         self.bottom = bottom_for(mt.bottom, inp, actions, mt)
         tower = HkeTower if cfg.hke else PlainTower

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gbmcvr.deep.params import MtdmConfig
+from gbmcvr.deep.qr import FieldEmbedding
 
 
 def mlp(inp: int, hidden: tuple[int, ...], dropout: float) -> tuple[nn.Sequential, int]:
@@ -101,16 +102,30 @@ def product_logit(ctr_logit: torch.Tensor, cvr_logit: torch.Tensor) -> torch.Ten
     return log_p - torch.log(-torch.expm1(log_p.clamp(max=-1e-7)))
 
 
+def embedding_for(embedding_rows: int, cfg: MtdmConfig, sizes: list[int] | None) -> nn.Module:
+    """One offset table, or (qr_threshold > 0, field sizes known) QR pairs for the large fields."""
+    if cfg.qr_threshold > 0 and sizes is not None:
+        return FieldEmbedding(sizes, cfg.embedding_dim, cfg.qr_threshold, cfg.qr_combine)
+    table = nn.Embedding(embedding_rows, cfg.embedding_dim)
+    nn.init.normal_(table.weight, std=0.01)
+    return table
+
+
 class MTDM(nn.Module):
     """Embedding + bottom + towers; `forward` returns a dict of logits (ctr, cvr, ctcvr, product)."""
 
     def __init__(
-        self, embedding_rows: int, fields: int, numerical: int, cfg: MtdmConfig, bottom: str | None = None
+        self,
+        embedding_rows: int,
+        fields: int,
+        numerical: int,
+        cfg: MtdmConfig,
+        bottom: str | None = None,
+        sizes: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embedding = nn.Embedding(embedding_rows, cfg.embedding_dim)
-        nn.init.normal_(self.embedding.weight, std=0.01)
+        self.embedding = embedding_for(embedding_rows, cfg, sizes)
         inp = fields * cfg.embedding_dim + numerical
         self.tasks = ["ctr", "cvr"] + (["ctcvr"] if cfg.ctcvr_head == "tower" else [])
         bottom = bottom or cfg.bottom
