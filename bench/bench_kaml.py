@@ -25,7 +25,7 @@ import torch
 
 from gbmcvr.data.profile import load_profile
 from gbmcvr.deep.batches import fit_inputs, to_tensors
-from gbmcvr.deep.kaml import KamlConfig, action_metrics, adm_mask
+from gbmcvr.deep.kaml import KamlConfig, action_metrics, adm_mask, base_mask, metrics_table
 from gbmcvr.deep.kaml_model import kaml_tensors, predict_kaml, train_kaml
 from gbmcvr.deep.params import MtdmConfig
 from gbmcvr.deep.train import ensemble_predict, resolve_device, train_mtdm
@@ -50,14 +50,9 @@ def load(data: Path) -> tuple[pl.DataFrame, pl.DataFrame, object]:
     return train, test.with_columns(converted.alias(profile.install_label)), profile
 
 
-def row(ev: dict, names: list[str], seconds: float) -> dict:
-    out = {"seconds_per_epoch": round(seconds, 2), "weighted_auc": ev["weighted"]["auc"]}
-    out["weighted_logloss"] = ev["weighted"]["logloss"]
-    for c in names:
-        if c in ev["actions"]:
-            a = ev["actions"][c]
-            out[c] = {"rows": a["rows"], "auc": round(a["auc"], 4), "logloss": round(a["logloss"], 5)}
-    return out
+def row(ev: dict, seconds: float, best_epoch: int) -> dict:
+    """An `action_metrics` result with the epoch timing (rounded for the JSON)."""
+    return ev | {"seconds_per_epoch": round(seconds, 2), "best_epoch": best_epoch}
 
 
 def ablation(train, test, profile, args, mt: MtdmConfig) -> dict:
@@ -71,10 +66,8 @@ def ablation(train, test, profile, args, mt: MtdmConfig) -> dict:
     test_c = test.filter(pl.col(profile.click_label) == 1)
     spec = fit_inputs(fit, list(profile.categorical), list(profile.numerical), mt.numeric_transform)
     masks = {"base": None, "adm": adm[clicked & is_fit]}
-    cover = {
-        k: (m if m is not None else kaml_tensors(fit, spec, names, target, None).base.numpy()).mean(0).round(4).tolist()
-        for k, m in masks.items()
-    }
+    coverage = {"base": base_mask(fit[target].to_numpy(), len(names)), "adm": masks["adm"]}
+    cover = {k: m.mean(axis=0).round(4).tolist() for k, m in coverage.items()}
     log(f"mask coverage per action (fit clicks): {cover}")
     variants = {
         "base": KamlConfig(mt, dynamic_average=True),
@@ -91,7 +84,8 @@ def ablation(train, test, profile, args, mt: MtdmConfig) -> dict:
         test_t = kaml_tensors(test_c, spec, names, target, None)
         probs = predict_kaml(res.model, test_t, resolve_device(args.device))
         ev = action_metrics(test_t.target, test_t.labels.numpy(), probs, names)
-        out["rows"][label] = row(ev, names, res.seconds_per_epoch) | {"best_epoch": res.best_epoch}
+        out["rows"][label] = row(ev, res.seconds_per_epoch, res.best_epoch)
+    print(metrics_table(out["rows"], names), file=sys.stderr)
     return out
 
 
@@ -110,7 +104,7 @@ def distillation(train, test, profile, args, mt: MtdmConfig) -> dict:
     def score(models, seconds: float, epochs: int, best: int) -> dict:
         p = ensemble_predict(models, data["test"], device)["p"]
         ev = action_metrics(tgt, y, np.repeat(p[:, None], len(names), axis=1), names)
-        return row(ev, names, seconds / max(epochs, 1)) | {"best_epoch": best}
+        return row(ev, seconds / max(epochs, 1), best)
 
     teacher_cfg = replace(mt, ctcvr_head="tower", loss_weights={"ctr": 1.0, "cvr": 0.0, "ctcvr": 1.0})
     log("distillation: teacher (MTDM on CTR + CTCVR)")
@@ -135,6 +129,7 @@ def distillation(train, test, profile, args, mt: MtdmConfig) -> dict:
             cfg = replace(student, distill_loss=kind, distill_label=with_label)
             res = train_mtdm(data["fit"], data["valid"], spec, cfg, args.seed, device, log)
             out[label] = score(res.models, res.seconds, len(res.history), res.best_epoch)
+    print(metrics_table(out, names), file=sys.stderr)
     return out
 
 

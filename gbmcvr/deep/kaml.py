@@ -177,3 +177,21 @@ def action_metrics(target: np.ndarray, labels: np.ndarray, probs: np.ndarray, na
         n = sum(v["rows"] for v in ok)
         mean[key] = float(sum(v[key] * v["rows"] for v in ok) / n) if n else float("nan")
     return {"actions": per, "weighted": mean}
+
+
+def metrics_table(rows: dict[str, dict[str, Any]], names: list[str]) -> str:
+    """A Markdown table like the paper's ablation: per-action AUC / log loss, weighted mean, s/epoch.
+
+    Each row is an `action_metrics` result with an optional `seconds_per_epoch`.
+    """
+    head = ["", *[f"{c} AUC / LL" for c in names], "mean AUC / LL", "s/epoch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, ev in rows.items():
+        cells = [label]
+        for c in names:
+            a = ev["actions"].get(c)
+            cells.append(f"{a['auc']:.4f} / {a['logloss']:.4f}" if a else "-")
+        w = ev["weighted"]
+        cells += [f"{w['auc']:.4f} / {w['logloss']:.4f}", f"{ev.get('seconds_per_epoch', float('nan')):.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
