@@ -222,3 +222,16 @@ def test_kaml_loss_gradient_is_zero_for_masked_entries():
     mask = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     task_bce(logits, torch.ones(4, 2), mask, dynamic=True).sum().backward()
     assert (logits.grad[mask == 0] == 0).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_cuda_matches_cpu_shapes():
+    frame = _reports()
+    spec = fit_inputs(frame, ["task", "target"], [], "log1p_standard")
+    mask = adm_mask(frame, "day", "task", "target", LABELS, [1.0, 1.0], 2)
+    data = kaml_tensors(frame, spec, LABELS, "target", mask)
+    mt = MtdmConfig(epochs=1, batch_size=4, embedding_dim=4, experts=2, expert_hidden=(8,), qr_threshold=3)
+    cfg = KamlConfig(mt, mask="adm", hke=True, rlu_gamma=0.5, dynamic_average=True)
+    res = train_kaml(data, data, spec, cfg, LABELS, seed=0, device_name="cuda")
+    probs = predict_kaml(res.model, data, torch.device("cuda"))
+    assert probs.shape == (frame.height, 2) and np.isfinite(probs).all()
