@@ -54,3 +54,23 @@ def test_stacked_mmoe_bottom():
     out = model(torch.randint(0, 10, (5, 2)), torch.randn(5, 1))
     assert out["install"].shape == (5,)
     assert type(model.bottom).__name__ == "StackedMMoE"
+
+
+def test_an_mtdm_run_can_be_the_teacher(tmp_path):
+    import numpy as np
+    import polars as pl
+
+    from gbmcvr.deep.batches import fit_inputs, to_tensors
+    from gbmcvr.deep.run import MtdmRun, teacher_predictions, write_mtdm_run
+    from gbmcvr.deep.train import MtdmResult, predict
+
+    frame = pl.DataFrame({"a": [0, 1, 2, 1], "x": [0.1, 0.5, -1.0, 2.0], "like": [1, 0, 1, 0], "y": [1, 0, 0, 0]})
+    spec = fit_inputs(frame, ["a"], ["x"], "log1p_standard")
+    cfg = replace(SMALL, ctcvr_head="tower", loss_weights={"ctr": 1.0, "cvr": 0.0, "ctcvr": 1.0})
+    torch.manual_seed(0)
+    model = MTDM(spec.embedding_rows, 1, 1, cfg, sizes=spec.sizes)
+    run = MtdmRun(MtdmResult([model], 1), spec, pl.DataFrame({"row_id": [1], "split": ["valid"], "p": [0.5]}), {})
+    write_mtdm_run(tmp_path / "teacher", run, cfg, {"seed": 0})
+    got = teacher_predictions(tmp_path / "teacher", frame)
+    want = predict(model, to_tensors(frame, spec, None, None), torch.device("cpu"))["p"]
+    assert np.allclose(got, want)
