@@ -59,15 +59,30 @@ def synth(
     out_dir: Annotated[
         Path, typer.Argument(metavar="OUT", help="Folder to write (an earlier synth output is replaced).")
     ],
-    scale: Annotated[float, typer.Option(help="1.0 = real size (~3.5 M train rows).")] = 1.0,
+    scale: Annotated[float, typer.Option(help="1.0 = real size (~3.5 M train rows; multi-action: 1 M).")] = 1.0,
     seed: int = 0,
+    kind: Annotated[str, typer.Option(help="sharechat, or multi-action (N conversion actions).")] = "sharechat",
+    actions: Annotated[int, typer.Option(help="multi-action only: number of conversion actions N.")] = 4,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT even if it holds other files.")] = False,
 ) -> None:
     """Generate a dataset in the ShareChat challenge layout, with the test day's true probabilities."""
-    from gbmcvr.data.synth import write_synth
+    from gbmcvr.data.synth import check_synth_target, write_synth
 
     if scale <= 0:
         raise UserError(f"--scale must be positive, got {scale}")
+    if kind not in ("sharechat", "multi-action"):
+        raise UserError(f"--kind must be sharechat or multi-action, not '{kind}'")
+    check_synth_target(out_dir, force)
+    if kind == "multi-action":
+        from gbmcvr.data.synth_multi import write_synth_multi
+
+        progress(f"generating multi-action scale {scale} (seed {seed}, {actions} actions) into {out_dir}")
+        multi = write_synth_multi(out_dir, scale, seed, actions)
+        out.print(
+            f"wrote {multi.train_rows:,} train rows and {multi.test_rows:,} test rows to {out_dir}; "
+            f"target share per action {multi.target_share}; profile {out_dir / 'profile.toml'}"
+        )
+        return
     progress(f"generating scale {scale} (seed {seed}) into {out_dir}")
     result = write_synth(out_dir, scale, seed, force)
     out.print(

@@ -40,7 +40,7 @@ def schema(profile: Profile, with_labels: bool) -> dict[str, pl.DataType]:
     cols.update({c: pl.Int8() for c in profile.binary})
     cols.update({c: pl.Float64() for c in profile.numerical})
     if with_labels:
-        cols.update({c: pl.Int8() for c in profile.labels})
+        cols.update({c: pl.Int8() for c in profile.label_columns})
     return cols
 
 
@@ -126,12 +126,12 @@ def _header(data: bytes, path: Path, sep: str) -> list[str]:
 def _check_columns(path: Path, header: list[str], profile: Profile, is_test: bool) -> bool:
     """Check the header against the profile; return whether the file carries the labels."""
     expected = list(schema(profile, with_labels=False))
-    labels = [c for c in profile.labels if c in header]
+    labels = [c for c in profile.label_columns if c in header]
     if is_test and labels and profile.test_labels == "refuse":
         raise UserError(f"{path}: label column '{labels[0]}' in the test file (test rows must be unlabelled)")
     with_labels = bool(labels) if is_test else True
     if with_labels:
-        expected += list(profile.labels)
+        expected += list(profile.label_columns)
     seen: set[str] = set()
     for col in header:
         if col in seen:
@@ -201,7 +201,7 @@ def _check_values(path: Path, frame: pl.DataFrame, profile: Profile, labelled: b
     """Binary columns and labels are 0/1 (train labels never missing); every day belongs to a split."""
     checks = [(c, pl.col(c).is_not_null() & ~pl.col(c).is_in([0, 1]), "is not 0 or 1") for c in profile.binary]
     if labelled:
-        checks += [(c, pl.col(c).is_null() | ~pl.col(c).is_in([0, 1]), "is not 0 or 1") for c in profile.labels]
+        checks += [(c, pl.col(c).is_null() | ~pl.col(c).is_in([0, 1]), "is not 0 or 1") for c in profile.label_columns]
     days = (profile.test_day,) if is_test else (*profile.fit_days, profile.valid_day)
     what = "the test day" if is_test else "a fit or validation day"
     checks.append(
@@ -280,9 +280,10 @@ def _ingest(data_dir: Path, profile: Profile, out: Path, progress: Callable[[str
             pl.col(id_col).alias(TRUTH_ID),
             pl.col(profile.click_label).alias(TRUTH_CLICK),
             pl.col(profile.install_label).alias(TRUTH_INSTALL),
+            *[c for c in profile.label_columns if c not in profile.labels],
         )
-        test = test.drop(profile.labels)
-    train = train.select(id_col, day_col, *profile.feature_columns, *profile.labels)
+        test = test.drop(profile.label_columns)
+    train = train.select(id_col, day_col, *profile.feature_columns, *profile.label_columns)
     test = test.select(id_col, day_col, *profile.feature_columns)
     with atomic_dir(Path(out)) as tmp:
         train.write_parquet(tmp / "train.parquet")

@@ -33,6 +33,9 @@ class Profile:
     test_files: tuple[str, ...] = ("test/*.csv",)
     file_days: dict[str, int] = field(default_factory=dict)
     test_labels: str = "refuse"
+    conversions: tuple[str, ...] = ()
+    target_action: str | None = None
+    ad_task: str | None = None
 
     @property
     def feature_columns(self) -> tuple[str, ...]:
@@ -42,6 +45,16 @@ class Profile:
     @property
     def labels(self) -> tuple[str, str]:
         return (self.click_label, self.install_label)
+
+    @property
+    def label_columns(self) -> tuple[str, ...]:
+        """Every label column a train file carries: click, install and any further conversion actions."""
+        return self.labels + tuple(c for c in self.conversions if c not in self.labels)
+
+    @property
+    def conversion_labels(self) -> tuple[str, ...]:
+        """The N conversion-action labels; the install label alone (N = 1) when none are declared."""
+        return self.conversions or (self.install_label,)
 
     @property
     def id_column(self) -> str:
@@ -63,7 +76,7 @@ class Profile:
             ("categorical", self.categorical),
             ("binary", self.binary),
             ("numerical", self.numerical),
-            ("label", self.labels),
+            ("label", self.label_columns),
         ):
             if column in cols:
                 return role
@@ -74,7 +87,7 @@ class Profile:
         return None
 
 
-_LIST_KEYS = ("categorical", "numerical", "binary", "drop", "train_files", "test_files")
+_LIST_KEYS = ("categorical", "numerical", "binary", "drop", "train_files", "test_files", "conversions")
 
 
 def profile_from_dict(raw: dict[str, Any], where: str) -> Profile:
@@ -107,7 +120,7 @@ def profile_from_dict(raw: dict[str, Any], where: str) -> Profile:
 
 def validate_profile(profile: Profile, where: str) -> None:
     """Refuse a column named twice, base values or drops of unknown columns, and an incoherent split."""
-    named = [profile.id_column, profile.day_column, *profile.feature_columns, *profile.labels]
+    named = [profile.id_column, profile.day_column, *profile.feature_columns, *profile.label_columns]
     seen: set[str] = set()
     for col in named:
         if col in seen:
@@ -119,6 +132,7 @@ def validate_profile(profile: Profile, where: str) -> None:
     for col in profile.drop:
         if col not in profile.feature_columns:
             raise UserError(f"{where}: drop list names '{col}', which is not a feature column")
+    _validate_conversions(profile, where)
     if profile.test_labels not in ("refuse", "truth"):
         raise UserError(f"{where}: test_labels must be 'refuse' or 'truth', not '{profile.test_labels}'")
     if not profile.fit_days:
@@ -128,6 +142,23 @@ def validate_profile(profile: Profile, where: str) -> None:
         raise UserError(f"{where}: fit days, valid day and test day must not overlap")
     if profile.day is None and not profile.file_days:
         raise UserError(f"{where}: without a day column, file_days must map file names to days")
+
+
+def _validate_conversions(profile: Profile, where: str) -> None:
+    """Several conversion actions need a target-action and an advertising-task column among the features."""
+    if not profile.conversions:
+        if profile.target_action or profile.ad_task:
+            raise UserError(f"{where}: target_action and ad_task need a conversions list")
+        return
+    for key in ("target_action", "ad_task"):
+        col = getattr(profile, key)
+        if col is None:
+            raise UserError(f"{where}: conversions needs '{key}' (a column naming it per row)")
+        if col not in profile.feature_columns:
+            raise UserError(f"{where}: {key} '{col}' must be a categorical or numerical column")
+    clash = set(profile.conversions) & {profile.id_column, profile.day_column, *profile.feature_columns}
+    if clash or len(set(profile.conversions)) != len(profile.conversions):
+        raise UserError(f"{where}: conversion label '{(sorted(clash) or profile.conversions)[0]}' named twice")
 
 
 def _sharechat() -> Profile:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gbmcvr.deep.params import MtdmConfig
+from gbmcvr.deep.qr import FieldEmbedding
 
 
 def mlp(inp: int, hidden: tuple[int, ...], dropout: float) -> tuple[nn.Sequential, int]:
@@ -70,26 +71,65 @@ class PLE(nn.Module):
         return outs
 
 
+class StackedMMoE(nn.Module):
+    """Two MMoE layers ("mmoe2"): layer 1 mixes for each task and for a shared path; layer 2's experts read
+    the shared mixture and each task's gate reads that task's layer-1 mixture."""
+
+    def __init__(self, inp: int, tasks: int, cfg: MtdmConfig) -> None:
+        super().__init__()
+        self.first = MMoE(inp, tasks + 1, cfg)
+        mid = self.first.out_dim
+        built = [mlp(mid, cfg.expert_hidden[-1:], cfg.dropout) for _ in range(cfg.experts)]
+        self.experts = nn.ModuleList(b[0] for b in built)
+        self.out_dim = built[0][1]
+        self.gates = nn.ModuleList(_Gate(mid, cfg.experts, cfg.gate_hidden) for _ in range(tasks))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        *own, shared = self.first(x)
+        experts = torch.stack([e(shared) for e in self.experts], dim=1)
+        return [(g(h).unsqueeze(-1) * experts).sum(dim=1) for g, h in zip(self.gates, own, strict=True)]
+
+
+def bottom_for(name: str, inp: int, tasks: int, cfg: MtdmConfig) -> nn.Module:
+    """The multi-expert bottom by name: mmoe, mmoe2 (stacked) or ple; each returns one vector per task."""
+    kinds = {"mmoe": MMoE, "mmoe2": StackedMMoE, "ple": PLE}
+    return kinds[name](inp, tasks, cfg)
+
+
 def product_logit(ctr_logit: torch.Tensor, cvr_logit: torch.Tensor) -> torch.Tensor:
     """logit(sigmoid(a) * sigmoid(b)) computed in log space: log p - log(1 - p) with log p = ls(a) + ls(b)."""
     log_p = F.logsigmoid(ctr_logit) + F.logsigmoid(cvr_logit)
     return log_p - torch.log(-torch.expm1(log_p.clamp(max=-1e-7)))
 
 
+def embedding_for(embedding_rows: int, cfg: MtdmConfig, sizes: list[int] | None) -> nn.Module:
+    """One offset table, or (qr_threshold > 0, field sizes known) QR pairs for the large fields."""
+    if cfg.qr_threshold > 0 and sizes is not None:
+        return FieldEmbedding(sizes, cfg.embedding_dim, cfg.qr_threshold, cfg.qr_combine)
+    table = nn.Embedding(embedding_rows, cfg.embedding_dim)
+    nn.init.normal_(table.weight, std=0.01)
+    return table
+
+
 class MTDM(nn.Module):
     """Embedding + bottom + towers; `forward` returns a dict of logits (ctr, cvr, ctcvr, product)."""
 
     def __init__(
-        self, embedding_rows: int, fields: int, numerical: int, cfg: MtdmConfig, bottom: str | None = None
+        self,
+        embedding_rows: int,
+        fields: int,
+        numerical: int,
+        cfg: MtdmConfig,
+        bottom: str | None = None,
+        sizes: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embedding = nn.Embedding(embedding_rows, cfg.embedding_dim)
-        nn.init.normal_(self.embedding.weight, std=0.01)
+        self.embedding = embedding_for(embedding_rows, cfg, sizes)
         inp = fields * cfg.embedding_dim + numerical
         self.tasks = ["ctr", "cvr"] + (["ctcvr"] if cfg.ctcvr_head == "tower" else [])
         bottom = bottom or cfg.bottom
-        self.bottom = PLE(inp, len(self.tasks), cfg) if bottom == "ple" else MMoE(inp, len(self.tasks), cfg)
+        self.bottom = bottom_for(bottom, inp, len(self.tasks), cfg)
         self.towers = nn.ModuleDict()
         for t in self.tasks:
             body, out = mlp(self.bottom.out_dim, cfg.tower_hidden, cfg.dropout)

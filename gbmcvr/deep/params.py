@@ -18,7 +18,7 @@ class MtdmConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     embedding_dim: int = 12
-    bottom: str = "mmoe"  # mmoe | ple
+    bottom: str = "mmoe"  # mmoe | mmoe2 (stacked) | ple
     experts: int = 4  # MMoE experts; PLE shared experts
     task_experts: int = 1  # PLE only: experts per task
     expert_hidden: tuple[int, ...] = (128, 64)
@@ -34,9 +34,12 @@ class MtdmConfig:
     compile: bool = False
     distill_run: str = ""  # teacher run id (e.g. "e2e"); empty = off
     distill_weight: float = 0.0
-    distill_loss: str = "bce"  # bce | mse
+    distill_loss: str = "bce"  # bce | kl | mse
+    distill_label: bool = True  # False: the student learns from the teacher alone, not its own labels
     mutual_weight: float = 0.0  # > 0 trains two models together
     mutual_bottom: str = ""  # bottom of the peer ("" = same as bottom)
+    qr_threshold: int = 0  # > 0: quotient-remainder embeddings for columns with more rows than this
+    qr_combine: str = "mult"  # mult | sum
     ranking_gamma: float = 0.0  # share of the pairwise ranking loss mixed into the CTCVR loss
 
     def with_overrides(self, **kwargs: Any) -> MtdmConfig:
@@ -44,12 +47,13 @@ class MtdmConfig:
 
 
 _CHOICES = {
-    "bottom": ("mmoe", "ple"),
+    "bottom": ("mmoe", "mmoe2", "ple"),
     "ctcvr_head": ("product", "tower"),
     "install_from": ("ctcvr", "product"),
     "numeric_transform": ("log1p_standard", "quantile"),
-    "distill_loss": ("bce", "mse"),
-    "mutual_bottom": ("", "mmoe", "ple"),
+    "distill_loss": ("bce", "kl", "mse"),
+    "mutual_bottom": ("", "mmoe", "mmoe2", "ple"),
+    "qr_combine": ("mult", "sum"),
 }
 
 
@@ -90,5 +94,7 @@ def check_mtdm(cfg: MtdmConfig, where: str) -> None:
         raise UserError(f"{where}: expert_hidden needs at least one layer")
     if cfg.distill_weight > 0 and not cfg.distill_run:
         raise UserError(f"{where}: distill_weight > 0 needs distill_run (a teacher run id)")
+    if cfg.qr_threshold < 0:
+        raise UserError(f"{where}: qr_threshold must be >= 0 (0 = off), got {cfg.qr_threshold}")
     if not 0.0 <= cfg.ranking_gamma <= 1.0:
         raise UserError(f"{where}: ranking_gamma must be in [0, 1]")

@@ -17,6 +17,7 @@ from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.deep.batches import InputSpec, fit_inputs, to_tensors
 from gbmcvr.deep.model import MTDM
 from gbmcvr.deep.params import MtdmConfig, mtdm_config
+from gbmcvr.deep.qr import table_rows
 from gbmcvr.deep.train import MtdmResult, ensemble_predict, resolve_device, task_metrics, train_mtdm
 from gbmcvr.fe.pipeline import LIKE
 from gbmcvr.runs import PREDS, prediction_table, read_run_meta
@@ -40,7 +41,9 @@ class MtdmRun:
 
 
 def teacher_predictions(run_dir: Path, frame: pl.DataFrame) -> np.ndarray:
-    """A LightGBM teacher run's install probabilities for the given rows (for distillation)."""
+    """A teacher run's install probabilities for the given rows: LightGBM, or an MTDM (e.g. CTR + CTCVR)."""
+    if read_run_meta(run_dir).get("kind") == "mtdm":
+        return load_mtdm_run(run_dir).predict(frame)["p"]
     from gbmcvr.gbm.train import load_run
 
     return load_run(run_dir).predict(frame)["p"]
@@ -60,6 +63,10 @@ def train_mtdm_run(
     cats, nums = input_columns(tables, cfg)
     fit = tables.splits["fit"]
     spec = fit_inputs(fit, cats, nums, cfg.numeric_transform)
+    if cfg.qr_threshold > 0:
+        for t in table_rows(spec.categorical, spec.sizes, cfg.embedding_dim, cfg.qr_threshold):
+            kind = "QR" if t["qr"] else "shared table"
+            progress(f"mtdm: embedding {t['column']}: {t['rows']:,} rows ({t['bytes'] / 2**20:.2f} MiB, {kind})")
     install = tables.install_label
     data = {s: to_tensors(f, spec, LIKE, install) for s, f in tables.splits.items()}
     if teacher_dir is not None:
@@ -125,7 +132,7 @@ def load_mtdm_run(run_dir: Path) -> LoadedMtdm:
     models = []
     for i in range(conf["models"]):
         bottom = (cfg.mutual_bottom or cfg.bottom) if i == 1 else None
-        m = MTDM(spec.embedding_rows, len(spec.categorical), len(spec.numerical), cfg, bottom=bottom)
+        m = MTDM(spec.embedding_rows, len(spec.categorical), len(spec.numerical), cfg, bottom=bottom, sizes=spec.sizes)
         state = torch.load(run_dir / ("model.pt" if i == 0 else "model_peer.pt"), weights_only=True, map_location="cpu")
         m.load_state_dict(state)
         models.append(m)

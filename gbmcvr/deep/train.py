@@ -103,9 +103,10 @@ class MtdmResult:
 
 def build_models(spec: InputSpec, cfg: MtdmConfig) -> list[MTDM]:
     fields_, numerical = len(spec.categorical), len(spec.numerical)
-    models = [MTDM(spec.embedding_rows, fields_, numerical, cfg)]
+    models = [MTDM(spec.embedding_rows, fields_, numerical, cfg, sizes=spec.sizes)]
     if cfg.mutual_weight > 0:
-        models.append(MTDM(spec.embedding_rows, fields_, numerical, cfg, bottom=cfg.mutual_bottom or cfg.bottom))
+        peer = cfg.mutual_bottom or cfg.bottom
+        models.append(MTDM(spec.embedding_rows, fields_, numerical, cfg, bottom=peer, sizes=spec.sizes))
     return models
 
 
