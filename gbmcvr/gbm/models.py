@@ -129,7 +129,13 @@ def stage_data(
         valid = stage_rows(tables.splits["valid"], stage)
         y_valid = stage_label(valid, stage, install)
         _check_label(y_valid, stage, "valid")
-        dvalid = lgb.Dataset(valid.select(features), label=y_valid, reference=dtrain, free_raw_data=not reusable)
+        dvalid = lgb.Dataset(
+            valid.select(features),
+            label=y_valid,
+            reference=dtrain,
+            free_raw_data=not reusable,
+            params=dataset_params if reusable else None,
+        )
     if reusable:
         dtrain.construct()
         if dvalid is not None:
