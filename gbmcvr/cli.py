@@ -18,7 +18,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Conversion-rate toolkit: synth, ingest, features, train, tune, submit, run, demo.",
+    help="Conversion-rate toolkit: synth, ingest, analyze, features, train, tune, submit, run, demo.",
 )
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -89,6 +89,28 @@ def ingest(
     out.print(
         f"ingested {result.train_rows:,} train and {result.test_rows:,} test rows into {result.out} in {result.seconds:.1f}s"
     )
+
+
+@app.command()
+def analyze(
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Raw dataset folder (ingested to a temporary store first).")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Report folder (default WORKDIR/reports/analyze).")
+    ] = None,
+    profile: Annotated[str | None, typer.Option(help="Profile name or TOML file (default from config).")] = None,
+    config: ConfigOpt = None,
+    workdir: WorkdirOpt = Path("."),
+) -> None:
+    """Data analysis of the raw store (or --data): analyze.md, analyze.json and plots."""
+    from gbmcvr.data.analyze_report import analyze_store
+
+    cfg = _config(workdir, config)
+    wd = Workdir(workdir)
+    target = out_dir or wd.root / "reports" / "analyze"
+    result = analyze_store(wd.raw, profile or cfg.profile, target, data, cfg.seed, progress)
+    out.print(f"wrote {target / 'analyze.md'} ({result['summary']['seconds']:.1f}s)")
 
 
 @app.command()
