@@ -269,7 +269,7 @@ def demo(
     seed: int = 0,
     workdir: WorkdirOpt = Path("gbmcvr-demo"),
 ) -> None:
-    """Generate ~100k rows, run the whole pipeline (e2e, ts, MTDM), score against the truth."""
+    """Generate ~100k rows, run the whole pipeline (e2e, ts, MTDM), analyze the data, score against the truth."""
     from gbmcvr.pipeline import demo as run_demo
     from gbmcvr.post.scoring import format_score
 
@@ -280,6 +280,7 @@ def demo(
     out.print(result["submission"].with_suffix(".md").read_text(), markup=False)
     out.print("Submission scored against the generated truth (gbmcvr score):")
     out.print(format_score(result["score"]), markup=False)
+    out.print(f"data analysis: {wd.root / 'reports' / 'analyze' / 'analyze.md'}")
     out.print(f"demo finished in {time.perf_counter() - start:.0f}s; outputs under {wd.root}")
 
 

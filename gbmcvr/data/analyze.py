@@ -326,6 +326,7 @@ def adversarial(
         "deterministic": True,
         "force_row_wise": True,
         "is_unbalance": True,
+        "num_threads": 1 if len(y) < 50_000 else 0,  # threads only pay off on larger samples
     }
     x_np = x.to_numpy().astype(np.float64)
     booster = lgb.train(params, lgb.Dataset(x_np[idx_fit], y[idx_fit], feature_name=columns), num_boost_round=rounds)
