@@ -193,6 +193,10 @@ def train(
         str | None, typer.Option("--run-id", help="Run directory name (default: the model name).")
     ] = None,
     device: Annotated[str, typer.Option(help="MTDM only: auto | cpu | cuda.")] = "auto",
+    dask: Annotated[
+        str | None, typer.Option("--dask", help="e2e/ts: Dask scheduler address to train on (or [gbm] dask).")
+    ] = None,
+    ddp: Annotated[bool, typer.Option("--ddp", help="MTDM: data parallel over the processes torchrun starts.")] = False,
     overwrite: bool = False,
     workdir: WorkdirOpt = Path("."),
 ) -> None:
@@ -202,7 +206,9 @@ def train(
     cfg = _config(workdir, config)
     wd = Workdir(workdir)
     if kind in ("e2e", "ts"):
-        run = stages.train_gbm_stage(wd, cfg, kind, run_id or kind, params, refit, overwrite, feature_set, progress)
+        run = stages.train_gbm_stage(
+            wd, cfg, kind, run_id or kind, params, refit, overwrite, feature_set, progress, dask
+        )
         m = run.metrics["valid"]["p"]
     elif kind == "mtdm":
         run = stages.train_mtdm_stage(wd, cfg, run_id or kind, device, overwrite, feature_set, progress, params)

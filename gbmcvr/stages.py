@@ -105,8 +105,10 @@ def train_gbm_stage(
     overwrite: bool = False,
     feature_set: str | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    dask: str | None = None,
 ):
-    """Load feature tables, train a LightGBM run and write models/<run-id>/."""
+    """Load feature tables, train a LightGBM run (on a Dask cluster with a scheduler address) and write
+    models/<run-id>/."""
     from gbmcvr.gbm.params import gbm_config
     from gbmcvr.gbm.train import train_gbm, write_gbm_run
     from gbmcvr.runs import check_new_run
@@ -116,12 +118,26 @@ def train_gbm_stage(
     check_new_run(run_dir, overwrite)
     fs = feature_set or cfg.feature_set
     resolved = resolve_gbm_params(wd, cfg, kind, params)
-    tables = load_tables(wd.features, fs, "validate")
-    full = load_tables(wd.features, fs, "full", ("fit", "test")) if refit else None
     gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
-    run = train_gbm(kind, tables, gcfg, resolved, progress, full)
+    address = dask or gcfg.dask
+    if address:
+        from functools import partial
+
+        from gbmcvr.gbm import dask_train
+
+        tables = dask_train.load_label_tables(wd.features, fs, "validate", ("fit", "valid", "test"))
+        full = dask_train.load_label_tables(wd.features, fs, "full", ("fit", "test")) if refit else None
+        with dask_train.connect(address) as client:
+            progress(f"training on the Dask cluster at {address}")
+            trainer = partial(dask_train.train_stage_dask, client=client)
+            run = train_gbm(kind, tables, gcfg, resolved, progress, full, stage_trainer=trainer)
+    else:
+        tables = load_tables(wd.features, fs, "validate")
+        full = load_tables(wd.features, fs, "full", ("fit", "test")) if refit else None
+        run = train_gbm(kind, tables, gcfg, resolved, progress, full)
     key = gbm_input_key(tables.manifest, kind, resolved, refit, gcfg)
-    write_gbm_run(run_dir, run, {"feature_set": fs, "input_key": key, "seed": cfg.seed})
+    meta = {"feature_set": fs, "input_key": key, "seed": cfg.seed, **({"dask": address} if address else {})}
+    write_gbm_run(run_dir, run, meta)
     return run
 
 

@@ -72,6 +72,7 @@ class GbmConfig:
     numeric_categoricals: tuple[str, ...] = ()
     stage_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     refit: bool = False
+    dask: str | None = None  # scheduler address: train on a Dask cluster (`gbmcvr train --dask`)
 
     def params(self, stage: str, seed: int, override: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults, then the config's stage section, then an override (tuned or file), then the seed."""
@@ -98,6 +99,7 @@ def gbm_config(raw: dict[str, Any], where: str) -> GbmConfig:
             "max_cat_cardinality",
             "numeric_categoricals",
             "refit",
+            "dask",
             *stages,
         ],
         where,
@@ -111,6 +113,7 @@ def gbm_config(raw: dict[str, Any], where: str) -> GbmConfig:
         numeric_categoricals=tuple(raw.get("numeric_categoricals", ())),
         stage_params=stage_params,
         refit=bool(raw.get("refit", False)),
+        dask=str(raw["dask"]) if raw.get("dask") else None,
     )
     if cfg.num_boost_round < 1 or cfg.early_stopping_rounds < 1:
         raise UserError(f"{where}: num_boost_round and early_stopping_rounds must be positive")
