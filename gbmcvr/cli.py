@@ -211,7 +211,11 @@ def train(
         )
         m = run.metrics["valid"]["p"]
     elif kind == "mtdm":
-        run = stages.train_mtdm_stage(wd, cfg, run_id or kind, device, overwrite, feature_set, progress, params)
+        from gbmcvr.deep.distributed import is_main
+
+        run = stages.train_mtdm_stage(wd, cfg, run_id or kind, device, overwrite, feature_set, progress, params, ddp)
+        if not is_main():
+            return
         m = run.metrics["valid"]["p"]
     else:
         raise UserError(f"unknown model '{kind}' (choose e2e, ts or mtdm)")

@@ -212,8 +212,11 @@ def train_mtdm_stage(
     feature_set: str | None = None,
     progress: Callable[[str], None] = lambda _: None,
     params: str | None = None,
+    ddp: bool = False,
 ):
-    """Load feature tables, train the MTDM and write models/<run-id>/."""
+    """Load feature tables, train the MTDM and write models/<run-id>/ (data parallel under torchrun: rank 0
+    writes)."""
+    from gbmcvr.deep.distributed import launched_by_torchrun, process_group
     from gbmcvr.deep.params import mtdm_config
     from gbmcvr.deep.run import train_mtdm_run, write_mtdm_run
     from gbmcvr.deep.train import resolve_device
@@ -232,11 +235,21 @@ def train_mtdm_stage(
         teacher = wd.run(mcfg.distill_run)
         read_run_meta(teacher)
     tables = load_tables(wd.features, fs, "validate")
+    meta = {"feature_set": fs, "input_key": mtdm_input_key(tables.manifest, cfg), "seed": cfg.seed}
+    if ddp or launched_by_torchrun():
+        with process_group(resolve_device(device), cfg.seed) as parallel:
+            main = parallel.rank == 0
+            run = train_mtdm_run(tables, mcfg, cfg.seed, device, teacher, progress if main else _quiet, None, parallel)
+            if main:
+                write_mtdm_run(run_dir, run, mcfg, {**meta, "world_size": parallel.world_size})
+        return run
     run = train_mtdm_run(tables, mcfg, cfg.seed, device, teacher, progress)
-    write_mtdm_run(
-        run_dir, run, mcfg, {"feature_set": fs, "input_key": mtdm_input_key(tables.manifest, cfg), "seed": cfg.seed}
-    )
+    write_mtdm_run(run_dir, run, mcfg, meta)
     return run
+
+
+def _quiet(_: str) -> None:
+    """Progress of ranks other than 0 under torchrun: silent."""
 
 
 def _lgbm_objective(tables, stage: str, gcfg, seed: int, space):
