@@ -28,9 +28,13 @@ def read_raw(raw: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def analyze_frames(
-    train: pl.DataFrame, test: pl.DataFrame, profile: Profile, seed: int = 0, progress: Callable[[str], None] = print
+    train: pl.DataFrame,
+    test: pl.DataFrame,
+    profile: Profile,
+    seed: int = 0,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Every section's frame (plus timings and notes) for one dataset."""
+    """Every section's frame and its seconds for one dataset (bins and samples learned with `seed`)."""
     features = list(profile.feature_columns)
     kept = list(profile.kept(profile.feature_columns))
     day = profile.day_column
@@ -48,19 +52,15 @@ def analyze_frames(
     timed("missing_values", lambda: an.missing_values(train, test, features))
     timed("missing_blocks", lambda: an.missing_blocks(train, features))
     timed("per_day", lambda: an.per_day(train, test, day, profile.click_label, profile.install_label))
-    start = time.perf_counter()
-    both = pl.concat([train.select(day, *features), test.select(day, *features)], how="vertical_relaxed")
-    bins = an.bin_expressions(
-        train.sample(min(train.height, SAMPLE_ROWS), seed=seed),
-        numerical,
-        [
-            *profile.categorical,
-            *profile.binary,
-        ],
-    )
-    counts = an.binned_counts(both, day, bins)
-    del both
-    seconds["binning"] = round(time.perf_counter() - start, 2)
+
+    def binned_counts() -> pl.DataFrame:
+        both = pl.concat([train.select(day, *features), test.select(day, *features)], how="vertical_relaxed")
+        reference = train.sample(min(train.height, SAMPLE_ROWS), seed=seed)
+        bins = an.bin_expressions(reference, numerical, [*profile.categorical, *profile.binary])
+        return an.binned_counts(both, day, bins)
+
+    timed("binning", binned_counts)
+    counts = sections.pop("binning")
     timed("drift", lambda: an.drift(counts, profile.test_day))
     timed("day_similarity", lambda: an.day_similarity(counts, profile.test_day, kept))
     timed("novelty", lambda: an.novelty(train, test, [*profile.categorical, *numerical]))
@@ -280,7 +280,7 @@ def write_report(
     out: Path,
     source: str,
     seed: int = 0,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Analyze and write `out/` atomically: analyze.md, analyze.json and the PNG plots."""
     start = time.perf_counter()
@@ -338,7 +338,7 @@ def analyze_store(
     out: Path,
     data: Path | None = None,
     seed: int = 0,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Analyze the raw store at `raw`, or `data` (a raw dataset folder ingested into a temporary store)."""
     import tempfile
