@@ -10,6 +10,7 @@ local run with early stopping would pick, up to the bagging seeds of the chunks.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,10 @@ def train_stage_dask(
     while done < total:
         n = min(chunk, total - done)
         model = lgb.DaskLGBMClassifier(client=client, n_estimators=n, **lgb_params)
-        model.fit(x, y, categorical_feature=cats or "auto", init_model=booster)
+        with warnings.catch_warnings():
+            # the wrapper's own n_jobs default; each worker uses its Dask thread count
+            warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+            model.fit(x, y, categorical_feature=cats or "auto", init_model=booster)
         booster = model.booster_
         if not early:
             done += n
