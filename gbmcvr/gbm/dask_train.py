@@ -106,6 +106,8 @@ def train_stage_dask(
             done += n
             progress(f"{stage.name}: {done}/{total} rounds on Dask")
             continue
+        if booster.current_iteration() <= done:  # no tree could be added: boosting has converged
+            break
         for it in range(done, booster.current_iteration()):
             raw += booster.predict(x_valid, start_iteration=it, num_iteration=1, raw_score=True)
             loss = metrics.log_loss(y_valid, 1.0 / (1.0 + np.exp(-raw)))
