@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Conversion-rate toolkit: synth, ingest, features, train, tune, submit, run, demo.",
+    help="Conversion-rate toolkit: synth, ingest, analyze, features, train, tune, submit, run, demo.",
 )
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -111,6 +111,28 @@ def ingest(
 
 
 @app.command()
+def analyze(
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Raw dataset folder (ingested to a temporary store first).")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Report folder (default WORKDIR/reports/analyze).")
+    ] = None,
+    profile: Annotated[str | None, typer.Option(help="Profile name or TOML file (default from config).")] = None,
+    config: ConfigOpt = None,
+    workdir: WorkdirOpt = Path("."),
+) -> None:
+    """Data analysis of the raw store (or --data): analyze.md, analyze.json and plots."""
+    from gbmcvr.data.analyze_report import analyze_store
+
+    cfg = _config(workdir, config)
+    wd = Workdir(workdir)
+    target = out_dir or wd.root / "reports" / "analyze"
+    result = analyze_store(wd.raw, profile or cfg.profile, target, data, cfg.seed, progress)
+    out.print(f"wrote {target / 'analyze.md'} ({result['summary']['seconds']:.1f}s)")
+
+
+@app.command()
 def validate(
     submission: Annotated[Path, typer.Argument(metavar="SUBMISSION")],
     data: Annotated[Path, typer.Option("--data", help="Raw dataset folder whose test ids the file must cover.")],
@@ -197,6 +219,10 @@ def train(
     plan: Annotated[
         str, typer.Option(help="validate, or backtest (the rehearsal one day earlier: models/backtest/<run-id>/).")
     ] = "validate",
+    dask: Annotated[
+        str | None, typer.Option("--dask", help="e2e/ts: Dask scheduler address to train on (or [gbm] dask).")
+    ] = None,
+    ddp: Annotated[bool, typer.Option("--ddp", help="MTDM: data parallel over the processes torchrun starts.")] = False,
     overwrite: bool = False,
     workdir: WorkdirOpt = Path("."),
 ) -> None:
@@ -207,11 +233,17 @@ def train(
     wd = Workdir(workdir)
     if kind in ("e2e", "ts"):
         run = stages.train_gbm_stage(
-            wd, cfg, kind, run_id or kind, params, refit, overwrite, feature_set, progress, plan
+            wd, cfg, kind, run_id or kind, params, refit, overwrite, feature_set, progress, plan, dask
         )
         m = run.metrics["valid"]["p"]
     elif kind == "mtdm":
-        run = stages.train_mtdm_stage(wd, cfg, run_id or kind, device, overwrite, feature_set, progress, params, plan)
+        from gbmcvr.deep.distributed import is_main
+
+        run = stages.train_mtdm_stage(
+            wd, cfg, run_id or kind, device, overwrite, feature_set, progress, params, plan, ddp
+        )
+        if not is_main():
+            return
         m = run.metrics["valid"]["p"]
     else:
         raise UserError(f"unknown model '{kind}' (choose e2e, ts or mtdm)")
@@ -289,7 +321,7 @@ def demo(
     seed: int = 0,
     workdir: WorkdirOpt = Path("gbmcvr-demo"),
 ) -> None:
-    """Generate ~100k rows, run the whole pipeline (e2e, ts, MTDM), score against the truth."""
+    """Generate ~100k rows, run the whole pipeline (e2e, ts, MTDM), analyze the data, score against the truth."""
     from gbmcvr.pipeline import demo as run_demo
     from gbmcvr.post.scoring import format_score
 
@@ -300,6 +332,7 @@ def demo(
     out.print(result["submission"].with_suffix(".md").read_text(), markup=False)
     out.print("Submission scored against the generated truth (gbmcvr score):")
     out.print(format_score(result["score"]), markup=False)
+    out.print(f"data analysis: {wd.root / 'reports' / 'analyze' / 'analyze.md'}")
     out.print(f"demo finished in {time.perf_counter() - start:.0f}s; outputs under {wd.root}")
 
 

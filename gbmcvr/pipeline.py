@@ -100,7 +100,8 @@ def run_pipeline(
 
 
 def demo(wd: Workdir, scale: float, seed: int, progress: Callable[[str], None]) -> dict:
-    """Generate ~100k rows, run the pipeline on them, and score the submission against the truth."""
+    """Generate ~100k rows, run the pipeline on them, analyze the data, and score the submission against the truth."""
+    from gbmcvr.data.analyze_report import analyze_store
     from gbmcvr.data.synth import write_synth
     from gbmcvr.post.scoring import score_submission
 
@@ -118,5 +119,6 @@ def demo(wd: Workdir, scale: float, seed: int, progress: Callable[[str], None]) 
         submit={"name": "demo", "weights": "simplex", "calibration": "scaling"},
     )
     result = run_pipeline(wd, cfg, data, truth=data, progress=progress)
+    result["analyze"] = analyze_store(wd.raw, cfg.profile, wd.root / "reports" / "analyze", None, seed, progress)
     result["score"] = score_submission(result["submission"], data, None)
     return result

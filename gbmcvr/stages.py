@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gbmcvr.config import BUILTIN_SOURCE, PipelineConfig
+from gbmcvr.errors import UserError
 from gbmcvr.fe.pipeline import BuildResult, build
 from gbmcvr.fe.spec import FeatureSpec, config_feature_spec
 from gbmcvr.lock import exclusive
@@ -104,8 +105,10 @@ def train_gbm_stage(
     feature_set: str | None = None,
     progress: Callable[[str], None] = lambda _: None,
     plan: str = "validate",
+    dask: str | None = None,
 ):
-    """Load feature tables, train a LightGBM run and write models/<run-id>/ (models/backtest/<run-id>/).
+    """Load feature tables, train a LightGBM run (on a Dask cluster with a scheduler address) and write
+    models/<run-id>/ (models/backtest/<run-id>/).
 
     On the backtest plan the refit trains on the validate plan's fit days and predicts its valid day (the
     backtest's test day), and the run records its test-day scores with and without the refit.
@@ -116,10 +119,10 @@ def train_gbm_stage(
     run_dir = wd.run(run_id, plan)
     with exclusive(run_dir, "run"):
         check_new_run(run_dir, overwrite)
-        return _train_gbm(wd, cfg, kind, run_id, run_dir, params, refit, feature_set, progress, plan)
+        return _train_gbm(wd, cfg, kind, run_id, run_dir, params, refit, feature_set, progress, plan, dask)
 
 
-def _train_gbm(wd, cfg, kind, run_id, run_dir, params, refit, feature_set, progress, plan):
+def _train_gbm(wd, cfg, kind, run_id, run_dir, params, refit, feature_set, progress, plan, dask):
     from gbmcvr.gbm.models import predict_kind
     from gbmcvr.gbm.params import gbm_config
     from gbmcvr.gbm.train import train_gbm, write_gbm_run
@@ -128,17 +131,32 @@ def _train_gbm(wd, cfg, kind, run_id, run_dir, params, refit, feature_set, progr
 
     fs = feature_set or cfg.feature_set
     resolved = resolve_gbm_params(wd, cfg, kind, params)
-    tables = load_tables(wd.features, fs, plan)
-    full = None
-    if refit and plan == "validate":
-        full = load_tables(wd.features, fs, "full", ("fit", "test"))
-    elif refit:
-        later = load_tables(wd.features, fs, "validate", ("fit", "valid"))
-        full = FeatureTables(
-            later.plan_dir, later.manifest, {"fit": later.splits["fit"], "test": later.splits["valid"]}
-        )
     gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
-    run = train_gbm(kind, tables, gcfg, resolved, progress, full)
+    address = dask or gcfg.dask
+    if address and plan != "validate":
+        raise UserError("--dask trains on the validate plan only")
+    if address:
+        from functools import partial
+
+        from gbmcvr.gbm import dask_train
+
+        tables = dask_train.load_label_tables(wd.features, fs, "validate", ("fit", "valid", "test"))
+        full = dask_train.load_label_tables(wd.features, fs, "full", ("fit", "test")) if refit else None
+        with dask_train.connect(address) as client:
+            progress(f"training on the Dask cluster at {address}")
+            trainer = partial(dask_train.train_stage_dask, client=client)
+            run = train_gbm(kind, tables, gcfg, resolved, progress, full, stage_trainer=trainer)
+    else:
+        tables = load_tables(wd.features, fs, plan)
+        full = None
+        if refit and plan == "validate":
+            full = load_tables(wd.features, fs, "full", ("fit", "test"))
+        elif refit:
+            later = load_tables(wd.features, fs, "validate", ("fit", "valid"))
+            full = FeatureTables(
+                later.plan_dir, later.manifest, {"fit": later.splits["fit"], "test": later.splits["valid"]}
+            )
+        run = train_gbm(kind, tables, gcfg, resolved, progress, full)
     if plan == "backtest":
         first = None
         if refit:
@@ -149,7 +167,8 @@ def _train_gbm(wd, cfg, kind, run_id, run_dir, params, refit, feature_set, progr
             run.preds = _with_unrefit_column(run.preds, first)
         _report_backtest(run_id, run.metrics["backtest"], progress)
     key = gbm_input_key(tables.manifest, kind, resolved, refit, gcfg)
-    write_gbm_run(run_dir, run, {"feature_set": fs, "input_key": key, "seed": cfg.seed, "plan": plan})
+    meta = {"feature_set": fs, "input_key": key, "seed": cfg.seed, "plan": plan}
+    write_gbm_run(run_dir, run, {**meta, **({"dask": address} if address else {})})
     return run
 
 
@@ -394,18 +413,24 @@ def train_mtdm_stage(
     progress: Callable[[str], None] = lambda _: None,
     params: str | None = None,
     plan: str = "validate",
+    ddp: bool = False,
 ):
-    """Load feature tables, train the MTDM and write models/<run-id>/ (models/backtest/<run-id>/)."""
+    """Load feature tables, train the MTDM and write models/<run-id>/ (models/backtest/<run-id>/); data
+    parallel under torchrun, where rank 0 alone checks, locks and writes the run."""
+    from gbmcvr.deep.distributed import is_main
     from gbmcvr.runs import check_new_run, check_train_plan
 
     check_train_plan(plan)
     run_dir = wd.run(run_id, plan)
+    if not is_main():
+        return _train_mtdm(wd, cfg, run_id, run_dir, device, feature_set, progress, params, plan, ddp)
     with exclusive(run_dir, "run"):
         check_new_run(run_dir, overwrite)
-        return _train_mtdm(wd, cfg, run_id, run_dir, device, feature_set, progress, params, plan)
+        return _train_mtdm(wd, cfg, run_id, run_dir, device, feature_set, progress, params, plan, ddp)
 
 
-def _train_mtdm(wd, cfg, run_id, run_dir, device, feature_set, progress, params, plan):
+def _train_mtdm(wd, cfg, run_id, run_dir, device, feature_set, progress, params, plan, ddp):
+    from gbmcvr.deep.distributed import launched_by_torchrun, process_group
     from gbmcvr.deep.params import mtdm_config
     from gbmcvr.deep.run import train_mtdm_run, write_mtdm_run
     from gbmcvr.deep.train import resolve_device
@@ -422,13 +447,27 @@ def _train_mtdm(wd, cfg, run_id, run_dir, device, feature_set, progress, params,
         teacher = wd.run(mcfg.distill_run, plan)
         read_run_meta(teacher)
     tables = load_tables(wd.features, fs, plan)
+    meta = {"feature_set": fs, "input_key": mtdm_input_key(tables.manifest, mcfg, cfg.seed), "seed": cfg.seed}
+    meta["plan"] = plan
+    if ddp or launched_by_torchrun():
+        with process_group(resolve_device(device), cfg.seed) as parallel:
+            main = parallel.rank == 0
+            run = train_mtdm_run(tables, mcfg, cfg.seed, device, teacher, progress if main else _quiet, None, parallel)
+            if main:
+                if plan == "backtest":
+                    run.metrics["backtest"] = _backtest_metrics(tables, run.preds)
+                write_mtdm_run(run_dir, run, mcfg, {**meta, "world_size": parallel.world_size})
+        return run
     run = train_mtdm_run(tables, mcfg, cfg.seed, device, teacher, progress)
     if plan == "backtest":
         run.metrics["backtest"] = _backtest_metrics(tables, run.preds)
         _report_backtest(run_id, run.metrics["backtest"], progress)
-    meta = {"feature_set": fs, "input_key": mtdm_input_key(tables.manifest, mcfg, cfg.seed), "seed": cfg.seed}
-    write_mtdm_run(run_dir, run, mcfg, {**meta, "plan": plan})
+    write_mtdm_run(run_dir, run, mcfg, meta)
     return run
+
+
+def _quiet(_: str) -> None:
+    """Progress of ranks other than 0 under torchrun: silent."""
 
 
 def _lgbm_objective(tables, stage: str, gcfg, seed: int, space, threads: int | None):

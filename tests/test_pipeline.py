@@ -45,6 +45,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert code == 0, err
     assert "| ensemble |" in out and "truth log loss" in out and "| mtdm |" in out
     assert (tmp_path / "demo" / "submissions" / "demo.tsv").is_file()
+    assert (tmp_path / "demo" / "reports" / "analyze" / "drift.png").is_file()
 
 
 def test_init_writes_loadable_config(tmp_path, capsys):

@@ -15,6 +15,7 @@ import torch
 from gbmcvr import metrics
 from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.deep.batches import InputSpec, fit_inputs, to_tensors
+from gbmcvr.deep.distributed import DataParallel, shard_rows
 from gbmcvr.deep.model import MTDM
 from gbmcvr.deep.params import MtdmConfig, mtdm_config
 from gbmcvr.deep.qr import table_rows
@@ -57,8 +58,9 @@ def train_mtdm_run(
     teacher_dir: Path | None,
     progress: Callable[[str], None] = lambda _: None,
     epoch_callback: Callable[[int, float], None] | None = None,
+    parallel: DataParallel | None = None,
 ) -> MtdmRun:
-    device = resolve_device(device_name)
+    device = parallel.device if parallel is not None else resolve_device(device_name)
     progress(f"mtdm: device {device}")
     cats, nums = input_columns(tables, cfg)
     fit = tables.splits["fit"]
@@ -71,7 +73,10 @@ def train_mtdm_run(
     data = {s: to_tensors(f, spec, LIKE, install) for s, f in tables.splits.items()}
     if teacher_dir is not None:
         data["fit"].teacher = torch.from_numpy(teacher_predictions(teacher_dir, fit).astype(np.float32))
-    result = train_mtdm(data["fit"], data.get("valid"), spec, cfg, seed, device, progress, epoch_callback)
+    valid = data.get("valid")
+    if parallel is not None and valid is not None:
+        valid = shard_rows(valid, parallel)
+    result = train_mtdm(data["fit"], valid, spec, cfg, seed, device, progress, epoch_callback, parallel)
     ids, cols = {}, {}
     for split in ("valid", "test"):
         if split in tables.splits:

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from gbmcvr import metrics
 from gbmcvr.deep.batches import InputSpec, Tensors, batches
+from gbmcvr.deep.distributed import DataParallel, mean_tasks
 from gbmcvr.deep.losses import task_losses
 from gbmcvr.deep.model import MTDM
 from gbmcvr.deep.params import MtdmConfig
@@ -125,10 +126,13 @@ def train_mtdm(
     device: torch.device,
     progress: Callable[[str], None] = lambda _: None,
     epoch_callback: Callable[[int, float], None] | None = None,
+    parallel: DataParallel | None = None,
 ) -> MtdmResult:
     """Train (one model, or two with mutual learning) with early stopping on valid install log loss.
 
     `epoch_callback(epoch, valid_logloss)` runs after each epoch (Optuna reports and prunes through it).
+    With `parallel` (under torchrun) `fit` and `valid` are full and this rank's share of the rows; see
+    `deep/distributed.py`.
     """
     if fit.like is None or fit.install is None:
         raise UserError("MTDM training needs like and install labels in the fit rows")
@@ -137,7 +141,9 @@ def train_mtdm(
             raise UserError(f"MTDM: the {name} label is constant in the fit rows")
     gen = seed_everything(seed)
     models = [m.to(device) for m in build_models(spec, cfg)]
-    runners = [torch.compile(m) if cfg.compile else m for m in models]
+    runners = parallel.wrap(models) if parallel is not None else models
+    runners = [torch.compile(r) if cfg.compile else r for r in runners]
+    batch_gen = parallel.batch_generator() if parallel is not None else gen
     params = [p for m in models for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     best, best_epoch, best_states, stale = float("inf"), 0, [copy.deepcopy(m.state_dict()) for m in models], 0
@@ -147,7 +153,9 @@ def train_mtdm(
         for m in models:
             m.train()
         t0, sums, count = time.perf_counter(), {}, 0
-        for idx in batches(len(fit), cfg.batch_size, gen, shuffle=True):
+        for idx in batches(len(fit), cfg.batch_size, batch_gen, shuffle=True):
+            if parallel is not None and (idx := parallel.shard(idx)) is None:
+                continue
             cat, num = _to(fit.cat[idx], device), _to(fit.num[idx], device)
             like, install = _to(fit.like[idx], device), _to(fit.install[idx], device)
             teacher = _to(fit.teacher[idx], device) if fit.teacher is not None else None
@@ -178,6 +186,8 @@ def train_mtdm(
             pred = ensemble_predict(models, valid, device)
             tm = task_metrics(pred, valid.like.numpy(), valid.install.numpy())
             score = metrics.log_loss(valid.install.numpy(), pred["p"])
+            if parallel is not None:
+                score, tm = parallel.mean(score, len(valid)), mean_tasks(tm, len(valid), parallel)
             record.update({"valid_logloss": score, "valid_tasks": tm})
             line += f" | valid install log loss {score:.5f}, " + ", ".join(
                 f"{t} ll {v['logloss']:.4f} auc {v['auc']:.4f}" for t, v in tm.items() if v

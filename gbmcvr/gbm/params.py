@@ -73,6 +73,7 @@ class GbmConfig:
     numeric_categoricals: tuple[str, ...] = ()
     stage_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     refit: bool | str = False  # True, False, or "auto" (`gbmcvr run` follows the backtest's evidence)
+    dask: str | None = None  # scheduler address: train on a Dask cluster (`gbmcvr train --dask`)
 
     def params(self, stage: str, seed: int, override: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults, then the config's stage section, then an override (tuned or file), then the seed."""

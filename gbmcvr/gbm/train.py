@@ -61,14 +61,18 @@ def train_gbm(
     params: dict[str, dict[str, Any]],
     progress: Callable[[str], None] = lambda _: None,
     full_tables: FeatureTables | None = None,
+    stage_trainer: Callable[..., StageModel] = train_stage,
 ) -> GbmRun:
-    """Train every stage of `kind` on the validate plan; with `full_tables`, refit on the full plan."""
+    """Train every stage of `kind` on the validate plan; with `full_tables`, refit on the full plan.
+
+    `stage_trainer` fits one stage (`gbm.models.train_stage` here, `gbm.dask_train.train_stage_dask` on Dask).
+    """
     start = time.perf_counter()
     if kind not in KIND_STAGES:
         raise UserError(f"unknown model '{kind}' (choose e2e or ts)")
     if "valid" not in tables.splits:
         raise UserError(f"{tables.plan_dir}: training needs the validate plan (it has a valid split)")
-    models = {s: train_stage(tables, STAGES[s], params[s], cfg, progress) for s in KIND_STAGES[kind]}
+    models = {s: stage_trainer(tables, STAGES[s], params[s], cfg, progress) for s in KIND_STAGES[kind]}
     ids = {s: tables.splits[s][tables.id_column].to_numpy() for s in ("valid", "test")}
     pred = {s: predict_kind(kind, models, tables.splits[s]) for s in ("valid", "test")}
     refit: dict[str, StageModel] = {}
@@ -81,7 +85,7 @@ def train_gbm(
             progress(
                 f"{s}: refit on the full plan for {rounds} rounds ({m.best_iteration} x {n_full:,}/{m.fit_rows:,} rows)"
             )
-            refit[s] = train_stage(full_tables, STAGES[s], params[s], cfg, progress, rounds=rounds)
+            refit[s] = stage_trainer(full_tables, STAGES[s], params[s], cfg, progress, rounds=rounds)
         pred["test"] = predict_kind(kind, refit, full_tables.splits["test"])
         ids["test"] = full_tables.splits["test"][full_tables.id_column].to_numpy()
     result_metrics = valid_metrics(kind, tables, pred["valid"])
