@@ -3,8 +3,8 @@
 For a row of day d, the window is the last `w` labelled (fit-window) days strictly before d; rows after the
 fit window (valid, test) use the last `w` fit days, the most recent labels the toolkit may see. The rate is
 the Beta posterior mean of `fe/target.py` with the window's own rate as prior mean and strength
-max(n_min - N, 0); a key absent from the window gets the prior mean. The window's first day (no earlier
-labelled day) gets the whole fit window's rate as prior.
+max(n_min - N, 0); a key absent from the window gets the prior mean. The fit window's first day has no
+earlier labelled day: its rates are null (unknown), so no later label reaches it.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ def lagged_table(
     day: str,
     targets: dict[str, str],
     pairs: pl.DataFrame,
+    days: tuple[int, ...],
     n_min: float,
     prefix: str,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Per (key, day) rates and row counts, and per-day prior values for keys absent from the window.
+    """Per (key, day) rates and row counts, and per-day prior values (every one of `days`) for absent keys.
 
     `labelled` holds the fit-window rows (key, day, label columns); `targets` maps output names to label columns.
     """
@@ -44,15 +45,14 @@ def lagged_table(
     pairs = pairs.with_columns(pl.col(day, SOURCE).cast(per_day[SOURCE].dtype))
     windowed = per_day.join(pairs, on=SOURCE).group_by([*key, day]).agg(pl.col("N", *targets).sum())
     totals = per_day.group_by(SOURCE).agg(pl.col("N", *targets).sum())
-    overall = {name: float(totals[name].sum() / totals["N"].sum()) for name in targets}
     prior = (
         totals.join(pairs, on=SOURCE)
         .group_by(day)
         .agg(pl.col("N", *targets).sum())
         .select(day, *[(pl.col(t) / pl.col("N")).alias(t) for t in targets])
     )
-    all_days = pl.DataFrame({day: pl.Series(sorted(set(pairs[day].to_list())), dtype=pairs[day].dtype)})
-    prior = all_days.join(prior, on=day, how="left").with_columns([pl.col(t).fill_null(overall[t]) for t in targets])
+    all_days = pl.DataFrame({day: pl.Series(sorted(days), dtype=pairs[day].dtype)})
+    prior = all_days.join(prior, on=day, how="left")
     windowed = windowed.join(prior.rename({t: f"_mu_{t}" for t in targets}), on=day)
     N = windowed["N"].to_numpy()
     out = windowed.select(*key, day, pl.col("N").cast(pl.Int32).alias(f"{prefix}_n"))

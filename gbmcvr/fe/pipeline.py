@@ -370,7 +370,7 @@ def _key_families(
             for window in lg.windows:
                 prefix = f"lr_{'_'.join(cols)}_{window}d"
                 pairs = lagged.window_map(days["fit"], all_days, window, day)
-                table, prior = lagged.lagged_table(labelled, cols, day, labels, pairs, lg.n_min, prefix)
+                table, prior = lagged.lagged_table(labelled, cols, day, labels, pairs, all_days, lg.n_min, prefix)
                 joins.append(lambda f, _s, t=table, p=prior, k=cols: lagged.apply_lagged(f, t, p, k, day))
                 rec.add(
                     f"{prefix}_n",
