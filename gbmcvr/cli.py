@@ -166,7 +166,7 @@ def select_cmd(
     name: Annotated[
         str, typer.Option("--name", help="Name of the chosen feature set (features/NAME.toml).")
     ] = "selected",
-    rounds: Annotated[int, typer.Option(help="Boosting rounds of the proxy model.")] = 200,
+    rounds: Annotated[int, typer.Option(help="Boosting rounds of the proxy model.")] = 150,
     max_fits: Annotated[int, typer.Option("--max-fits", help="Budget: at most this many proxy fits.")] = 30,
     workdir: WorkdirOpt = Path("."),
 ) -> None:

@@ -366,7 +366,7 @@ def _key_families(
         all_days = tuple(d for split_days in days.values() for d in split_days)
         for key in lg.keys:
             cols = entities.key_columns(key, profile)
-            labelled = fit_lf.select(*cols, day, *set(labels.values()))
+            labelled = fit_lf.select(*cols, day, *dict.fromkeys(labels.values()))
             for window in lg.windows:
                 prefix = f"lr_{'_'.join(cols)}_{window}d"
                 pairs = lagged.window_map(days["fit"], all_days, window, day)

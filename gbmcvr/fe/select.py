@@ -44,10 +44,10 @@ DEFAULT_HANDLING = "small-native"
 PROXY_PARAMS: dict[str, Any] = {
     "objective": "binary",
     "metric": "binary_logloss",
-    "learning_rate": 0.1,
+    "learning_rate": 0.15,
     "num_leaves": 31,
     "min_data_in_leaf": 200,
-    "feature_fraction": 0.7,
+    "feature_fraction": 0.5,
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
     "lambda_l2": 1.0,
@@ -65,8 +65,8 @@ PROXY_PARAMS: dict[str, Any] = {
 class SelectOptions:
     """The proxy model and the search budget."""
 
-    rounds: int = 200
-    proxy_days: int = 7
+    rounds: int = 150
+    proxy_days: int = 4
     min_gain: float = 1e-4
     max_fits: int = 30
     seed: int = 42
