@@ -40,7 +40,7 @@ SEARCHED = ("date", "cross", "count", "group", "target", "novelty", "lagged", "d
 DEFAULT_ON = ("date", "cross", "count", "group", "target")
 # categorical handling options: (native_max, codes_max) by vocabulary size
 HANDLING = {"native": (20000, 0), "small-native": (8, 0), "codes": (1, 0), "encodings-only": (1, 1000)}
-DEFAULT_HANDLING = "small-native"
+DEFAULT_HANDLING = "codes"
 PROXY_PARAMS: dict[str, Any] = {
     "objective": "binary",
     "metric": "binary_logloss",

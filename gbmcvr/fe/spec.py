@@ -46,9 +46,9 @@ class CleanSpec:
 class CategoricalSpec:
     """How categorical columns (and crosses) reach the model, by vocabulary size: LightGBM native up to
     `native_max` values, plain integer codes above, and encodings only (the code leaves the model's inputs)
-    above `codes_max` (0: no limit). Measured default: plain codes for all but tiny vocabularies."""
+    above `codes_max` (0: no limit). Measured default: plain integer codes for every column."""
 
-    native_max: int = 8
+    native_max: int = 1
     codes_max: int = 0
 
 
@@ -101,7 +101,7 @@ class LaggedSpec:
     keys: tuple[tuple[str, ...], ...] = ()
     windows: tuple[int, ...] = (1, 3, 7)
     targets: tuple[str, ...] = LAGGED_TARGETS
-    n_min: float = 100.0
+    n_min: float = 20.0
 
 
 @dataclass(frozen=True)
