@@ -105,7 +105,7 @@ def candidate_raw(profile: Profile) -> dict[str, Any]:
     keys = [[e] for e in ents] + [[c] for c in count_cols[:3]]
     crossed = [[ents[0], c] for c in count_cols[:1]] if ents else []
     raw["novelty"] = {"keys": keys}
-    raw["lagged"] = {"keys": keys + crossed, "windows": [1, 3, 7]}
+    raw["lagged"] = {"keys": keys + crossed, "windows": [1, 3, 7, 28]}
     raw["daycount"] = {"keys": keys, "distinct": [*ents, *count_cols[:2]]}
     raw["categorical"] = {"native_max": HANDLING["native"][0]}
     return raw
