@@ -86,3 +86,11 @@ def test_ali_ccp_profile_ingests_fixture(tmp_path):
     assert truth.columns == ["row_id", "click", "purchase"]
     assert train["D109_14"].dtype == pl.Float64 and train["101"].dtype == pl.Int64
     assert train["row_id"].n_unique() == train.height
+
+
+def test_entities(tmp_path):
+    p = load_profile(_write(tmp_path, MINIMAL + '[entities]\nuser = ["x", "a"]\n'))
+    assert p.entities == {"user": ("x", "a")}
+    assert SHARECHAT.entities["user"] == tuple(f"f_{i}" for i in range(43, 55))
+    with pytest.raises(UserError, match="entity 'user' names 'z', which is not a feature column"):
+        load_profile(_write(tmp_path, MINIMAL + '[entities]\nuser = ["x", "z"]\n'))

@@ -156,6 +156,12 @@ def test_cache_hit_and_miss(tiny):
         ({"target": {"columns": ["a"], "n_min": 0}}, "n_min must be at least 1"),
         ({"target": {"columns": ["a"], "folds": 1}}, "folds must be at least 2"),
         ({"count": {"columns": ["a"], "colour": 1}}, "unknown key 'colour'"),
+        ({"novelty": {"keys": [["a", "zz"]]}}, "column 'zz' is not a categorical or entity column"),
+        ({"novelty": {"keys": [["a"]], "stats": ["last_day"]}}, "statistic 'last_day' is not one of"),
+        ({"lagged": {"keys": ["a"], "windows": [0]}}, "windows must be positive"),
+        ({"lagged": {"keys": ["x"]}}, "'x' is numerical"),
+        ({"daycount": {"keys": ["a"], "distinct": ["zz"]}}, "column 'zz' is not"),
+        ({"categorical": {"native_max": 10, "codes_max": 5}}, "codes_max must be 0"),
     ],
 )
 def test_bad_feature_config(spec, message):
