@@ -392,7 +392,7 @@ def select_stage(
         progress,
     )
     tables = load_tables(wd.features, select.CANDIDATE_SET, select.PLAN)
-    selection = select.run_selection(tables, opts, progress)
+    selection = select.run_selection(tables, opts, select.requirements(candidates), progress)
     raw = select.chosen_raw(candidates, selection.choice)
     header = f"Chosen by `gbmcvr select` on the backtest plan's selection day: {selection.choice.label()}"
     feature_spec(raw, profile, "selected families")

@@ -111,6 +111,40 @@ def candidate_raw(profile: Profile) -> dict[str, Any]:
     return raw
 
 
+def requirements(candidates: dict[str, Any]) -> dict[str, set[str]]:
+    """Families each candidate family needs built: crosses need the date cycle when they cross it, and
+    every family naming a cross column needs the crosses."""
+    from gbmcvr.fe.spec import DAY_CYCLE_COLUMN
+
+    def names(value: Any) -> set[str]:
+        if isinstance(value, str):
+            return {value}
+        if isinstance(value, list | tuple):
+            return set().union(*(names(v) for v in value)) if value else set()
+        if isinstance(value, dict):
+            return set().union(*(names(v) for v in value.values())) if value else set()
+        return set()
+
+    out: dict[str, set[str]] = {}
+    for family in SEARCHED:
+        used = names(candidates.get(family, {}))
+        need = set()
+        if family != "date" and DAY_CYCLE_COLUMN in used:
+            need.add("date")
+        if family != "cross" and any(n.startswith("x_") for n in used):
+            need |= {"cross", *out.get("cross", set())}
+        out[family] = need
+    return out
+
+
+def closure(families: set[str], requires: dict[str, set[str]], order: tuple[str, ...]) -> tuple[str, ...]:
+    """The families plus everything they need, in search order."""
+    on = set(families)
+    for family in list(on):
+        on |= requires.get(family, set())
+    return tuple(f for f in order if f in on)
+
+
 def chosen_raw(candidates: dict[str, Any], choice: Choice) -> dict[str, Any]:
     """The `[features]` table of a choice: the chosen families' candidate sections and the handling."""
     native_max, codes_max = HANDLING[choice.handling]
@@ -191,10 +225,10 @@ class Proxy:
         return value
 
 
-def search(proxy: Proxy, families: tuple[str, ...], opts: SelectOptions) -> Selection:
+def search(proxy: Proxy, families: tuple[str, ...], requires: dict[str, set[str]], opts: SelectOptions) -> Selection:
     """Greedy categorical-handling step, one forward pass and one backward pass over the families."""
     start = time.perf_counter()
-    current = Choice(tuple(f for f in DEFAULT_ON if f in families), DEFAULT_HANDLING)
+    current = Choice(closure({f for f in DEFAULT_ON if f in families}, requires, families), DEFAULT_HANDLING)
     best = proxy.score(current)
     steps: list[dict[str, Any]] = [
         {"step": "start (default set)", "choice": current.label(), "logloss": best, "gain": 0.0}
@@ -202,7 +236,7 @@ def search(proxy: Proxy, families: tuple[str, ...], opts: SelectOptions) -> Sele
 
     def try_step(name: str, candidate: Choice, keep_if_gain: float) -> None:
         nonlocal current, best
-        if proxy.fits >= opts.max_fits:
+        if proxy.fits >= opts.max_fits or candidate == current:
             return
         value = proxy.score(candidate)
         gain = best - value
@@ -216,11 +250,12 @@ def search(proxy: Proxy, families: tuple[str, ...], opts: SelectOptions) -> Sele
             try_step(f"handling {handling}", Choice(current.families, handling), opts.min_gain)
     for family in families:
         if family not in current.families:
-            on = tuple(f for f in families if f in current.families or f == family)
+            on = closure({*current.families, family}, requires, families)
             try_step(f"add {family}", Choice(on, current.handling), opts.min_gain)
     for family in families:
         if family in current.families:
-            try_step(f"drop {family}", Choice(tuple(f for f in current.families if f != family), current.handling), 0.0)
+            rest = {f for f in current.families if f != family and family not in requires.get(f, set())}
+            try_step(f"drop {family}", Choice(closure(rest, requires, families), current.handling), 0.0)
     return Selection(current, steps, {}, time.perf_counter() - start)
 
 
@@ -237,7 +272,7 @@ def holdout(tables: FeatureTables, proxy: Proxy, selection: Selection) -> dict[s
     y = test.select(tables.id_column).join(labels, on=tables.id_column, how="left")[tables.install_label].to_numpy()
     rate = float(tables.splits["fit"][tables.install_label].mean())
     out: dict[str, Any] = {"base_rate": rate, "prior_logloss": metrics.log_loss(y, np.full(len(y), rate))}
-    default = Choice(tuple(f for f in DEFAULT_ON if f in proxy.family.values()), DEFAULT_HANDLING)
+    default = Choice(tuple(f for f in DEFAULT_ON if f in proxy.family.values()), DEFAULT_HANDLING)  # built closed
     for name, choice in (
         ("raw columns", Choice((), DEFAULT_HANDLING)),
         ("default set", default),
@@ -250,7 +285,10 @@ def holdout(tables: FeatureTables, proxy: Proxy, selection: Selection) -> dict[s
 
 
 def run_selection(
-    tables: FeatureTables, opts: SelectOptions, progress: Callable[[str], None] = lambda _: None
+    tables: FeatureTables,
+    opts: SelectOptions,
+    requires: dict[str, set[str]],
+    progress: Callable[[str], None] = lambda _: None,
 ) -> Selection:
     """Search on the backtest plan's fit and valid splits, then report the holdout day."""
     built = {c["family"] for c in tables.manifest["columns"]}
@@ -260,7 +298,7 @@ def run_selection(
         f"select: {len(families)} families ({', '.join(families)}), {len(HANDLING)} categorical handlings; "
         f"budget {opts.max_fits} proxy fits of {opts.rounds} rounds on {proxy.fit.height:,} rows"
     )
-    selection = search(proxy, families, opts)
+    selection = search(proxy, families, requires, opts)
     if "test" in tables.splits:
         selection.holdout = holdout(tables, proxy, selection)
     return selection

@@ -13,6 +13,8 @@ from gbmcvr.fe.select import (
     SelectOptions,
     candidate_raw,
     chosen_raw,
+    closure,
+    requirements,
     run_selection,
     toml_text,
 )
@@ -38,7 +40,7 @@ def setup(tmp_path):
 def _select(root, raw, profile):
     raw_spec = candidate_raw(profile)
     build(raw, profile, feature_spec(raw_spec, profile, "t"), CANDIDATE_SET, PLAN, root / "features")
-    return run_selection(load_tables(root / "features", CANDIDATE_SET, PLAN), OPTS)
+    return run_selection(load_tables(root / "features", CANDIDATE_SET, PLAN), OPTS, requirements(raw_spec))
 
 
 def test_selection_is_deterministic_and_blind_to_the_holdout_day(setup):
@@ -70,3 +72,16 @@ def test_chosen_set_round_trips_through_toml(setup):
     spec = feature_spec(parsed, profile, "round trip")
     assert spec.lagged is not None and spec.count is not None and spec.target is None
     assert spec.categorical.native_max == 1 and spec.lagged.keys[0] == ("u",)
+
+
+def test_requirements_keep_built_columns_buildable():
+    candidates = {
+        "date": {},
+        "cross": {"pairs": [["day_mod_7", "a"]]},
+        "target": {"columns": ["a", "x_day_mod_7_a"]},
+        "count": {"columns": ["a"]},
+    }
+    requires = requirements(candidates)
+    assert requires["cross"] == {"date"} and requires["target"] == {"cross", "date"} and requires["count"] == set()
+    order = ("date", "cross", "count", "target")
+    assert closure({"target"}, requires, order) == ("date", "cross", "target")
