@@ -3,7 +3,8 @@
 Usage: python bench/bench_quality.py --workdir W [--data D] [--scale 0.2]
 Generates `gbmcvr synth` data with its truth when D has none, ingests it, runs `gbmcvr select`, trains e2e and
 ts on each feature set (validate plan, early stopping on the validation day), fits the ensemble weights of
-e2e + ts on the validation day, and scores every model on the test day against the truth: log loss, gap
+e2e + ts on the validation day, then the prior-shift scaling of `gbmcvr run`'s default submission (fitted on
+the validation day; row "run"), and scores every model on the test day against the truth: log loss, gap
 closed = (LL_prior - LL_model) / (LL_prior - LL_truth) with the fit window's install rate as the prior, and
 calibration ratio mean(p) / mean(y).
 """
@@ -25,6 +26,7 @@ from gbmcvr.data.profile import SHARECHAT
 from gbmcvr.data.synth import write_synth
 from gbmcvr.gbm.params import gbm_config
 from gbmcvr.gbm.train import train_gbm
+from gbmcvr.post.calibrate import prior_shift
 from gbmcvr.post.ensemble import combine, fit_weights
 from gbmcvr.stages import build_features, resolve_gbm_params, select_stage
 from gbmcvr.tables import load_tables
@@ -52,6 +54,7 @@ def main() -> None:
     selection = select_stage(wd, PipelineConfig(data=str(data), gbm=gbm), "selected", progress=print)
     truth = pl.read_parquet(data / "truth" / "test_truth.parquet")
     results: dict[str, dict] = {}
+    test_day: dict[str, float] = {}
     for label, name in SETS.items():
         cfg = PipelineConfig(
             data=str(data), feature_set=name, features={"clean": {}} if name == "raw" else None, gbm=gbm
@@ -74,6 +77,8 @@ def main() -> None:
             test_p[kind] = preds.filter(pl.col("split") == "test")["p"].to_numpy()
         weights = fit_weights([valid_p["e2e"], valid_p["ts"]], y_valid)
         test_p["ensemble"] = combine([test_p["e2e"], test_p["ts"]], weights)
+        valid_ensemble = combine([valid_p["e2e"], valid_p["ts"]], weights)
+        test_p["run"] = prior_shift(test_p["ensemble"], float(y_valid.mean() / valid_ensemble.mean()))
         results[label] = {
             "columns": len(tables.features()),
             "ensemble_weights": [round(w, 3) for w in weights],
@@ -86,7 +91,7 @@ def main() -> None:
                 for kind, p in test_p.items()
             },
         }
-        results["_test_day"] = {"prior_logloss": round(ll_prior, 5), "truth_logloss": round(ll_truth, 5)}
+        test_day = {"prior_logloss": round(ll_prior, 5), "truth_logloss": round(ll_truth, 5)}
     print(
         json.dumps(
             {
@@ -95,6 +100,7 @@ def main() -> None:
                 "learning_rate": args.learning_rate,
                 "selected": selection.choice.label(),
                 "selection_holdout": selection.holdout,
+                "test_day": test_day,
                 "results": results,
                 "seconds": round(time.perf_counter() - start, 1),
             },
@@ -104,7 +110,7 @@ def main() -> None:
     print("| set | model | test log loss | gap closed | calibration ratio |")
     print("|---|---|---|---|---|")
     for label in SETS:
-        for kind in ("e2e", "ts", "ensemble"):
+        for kind in ("e2e", "ts", "ensemble", "run"):
             r = results[label][kind]
             print(f"| {label} | {kind} | {r['logloss']:.5f} | {r['gap_closed']:.3f} | {r['calibration_ratio']:.3f} |")
 
