@@ -7,6 +7,7 @@ each split is then written by a streaming join of those tables, so memory stays 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ SPLIT = "_split"
 LIKE = "is_like"
 FEATURE_VERSION = 4
 TARGET_SHORT = {"is_installed": "inst", "is_like": "like", "install_given_like": "igl"}
-LABEL_FREE_FAMILIES = ("count", "group", "target", "novelty", "lagged", "daycount")
+DERIVED_FAMILIES = ("count", "group", "target", "novelty", "lagged", "daycount")
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,12 @@ def build(
     start = time.perf_counter()
     raw_dir, out = Path(raw_dir), Path(out_root) / feature_set / plan
     fingerprint = raw_fingerprint(raw_dir)
+    key_lists = [*_keys_of(spec), *((c,) for c in (spec.daycount.distinct if spec.daycount else ()))]
+    used = entities.entities_used(key_lists, profile)
     config_hash = spec.digest()
+    if used:  # the profile's entity groups are part of the recipe
+        groups = json.dumps({e: profile.entities[e] for e in used}, sort_keys=True)
+        config_hash = hashlib.sha256(f"{config_hash}{groups}".encode()).hexdigest()[:16]
     manifest_path = out / "manifest.json"
     if not force and manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
@@ -158,8 +164,6 @@ def build(
     binary = list(profile.kept(profile.binary))
     nums = list(profile.kept(profile.numerical))
     lf, days = _base_frame(raw_dir, profile, plan)
-    key_lists = [*_keys_of(spec), *((c,) for c in (spec.daycount.distinct if spec.daycount else ()))]
-    used = entities.entities_used(key_lists, profile)
     if used:
         lf = entities.with_keys(lf, profile, used)
     exprs = clean.clean_exprs(profile, spec.clean)
@@ -267,7 +271,7 @@ def build(
     encoded_only = {c for c in [*cats, *cross_cols] if codes_max and cardinality[c] > codes_max}
     feature_cols = [
         *[c for c in [*cats, *binary, *nums, *date_cols, *cross_cols] if c not in encoded_only],
-        *[c for c, (family, _) in rec.recipes.items() if family in LABEL_FREE_FAMILIES],
+        *[c for c, (family, _) in rec.recipes.items() if family in DERIVED_FAMILIES],
     ]
     label_cols = [*profile.labels, LIKE]
     manifest_cols: list[dict[str, str]] = []
