@@ -27,7 +27,7 @@ from gbmcvr.fe.target import FOLD, BetaTargetEncoder, fold_expr
 
 SPLIT = "_split"
 LIKE = "is_like"
-FEATURE_VERSION = 4
+FEATURE_VERSION = 5
 TARGET_SHORT = {"is_installed": "inst", "is_like": "like", "install_given_like": "igl"}
 DERIVED_FAMILIES = ("count", "group", "target", "novelty", "lagged", "daycount")
 
@@ -289,8 +289,9 @@ def build(
                 )
             progress(f"features: wrote {split}.parquet ({rows[split]:,} rows)")
         schema = pl.read_parquet_schema(tmp / "fit.parquet")
+        categorical = set(cardinality)
         # categorical handling by vocabulary size: native LightGBM categoricals only for small vocabularies
-        categorical = {c for c, k in cardinality.items() if k <= spec.categorical.native_max}
+        native = {c for c, k in cardinality.items() if k <= spec.categorical.native_max}
         for name, dtype in schema.items():
             family, recipe = rec.recipes.get(name, ("meta", name))
             role = (
@@ -304,7 +305,10 @@ def build(
                 if name in categorical
                 else "numeric"
             )
-            manifest_cols.append({"name": name, "dtype": str(dtype), "role": role, "family": family, "recipe": recipe})
+            entry = {"name": name, "dtype": str(dtype), "role": role, "family": family, "recipe": recipe}
+            if role == "categorical":
+                entry |= {"cardinality": cardinality[name], "native": name in native}
+            manifest_cols.append(entry)
         rec.done("write")
         total = round(time.perf_counter() - start, 3)
         write_json(

@@ -187,7 +187,9 @@ class Proxy:
         self.family = {c["name"]: c["family"] for c in tables.manifest["columns"]}
         self.categorical = set(tables.columns("categorical"))
         self.features = tables.features()
-        self.cardinality = {c: int(self.fit[c].max() or 0) + 1 for c in self.categorical}
+        self.cardinality = {
+            c["name"]: c.get("cardinality", 0) for c in tables.manifest["columns"] if c["role"] == "categorical"
+        }
         self.opts = opts
         self.progress = progress
         self.fits = 0

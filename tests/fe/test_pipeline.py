@@ -74,8 +74,9 @@ def test_hand_computed_families(tiny):
     )
     manifest = json.loads((root / "features" / "t" / "validate" / "manifest.json").read_text())
     roles = {c["name"]: c["role"] for c in manifest["columns"]}
-    # plain integer codes under the default categorical handling
-    assert roles["a"] == "numeric" and roles["x_a_b"] == "numeric" and roles["te_a_inst_mean"] == "numeric"
+    assert roles["a"] == "categorical" and roles["x_a_b"] == "categorical" and roles["te_a_inst_mean"] == "numeric"
+    # plain integer codes for LightGBM under the default categorical handling
+    assert not any(c.get("native") for c in manifest["columns"])
     assert roles["install"] == "label" and "recipe" in manifest["columns"][0]
     assert set(manifest["build_seconds"]) >= {"clean+date", "cross", "count", "group", "target", "write"}
 
@@ -249,17 +250,13 @@ def test_categorical_handling_by_vocabulary_size(keyed):
     root, raw, profile = keyed
     _build(root, raw, profile, KEY_SPEC)
     manifest = json.loads((root / "features" / "t" / "validate" / "manifest.json").read_text())
-    roles = {c["name"]: c["role"] for c in manifest["columns"]}
+    native = {c["name"]: c.get("native") for c in manifest["columns"]}
     # vocabularies: a 4, b 6, c 3, d 2, e binary -> b (6 > codes_max 5) leaves the inputs, a/c/d/e native
-    assert "b" not in roles
-    assert [roles[c] for c in ("a", "c", "d", "e")] == ["categorical"] * 4
+    assert "b" not in native
+    assert [native[c] for c in ("a", "c", "d", "e")] == [True] * 4
     _build(root, raw, profile, {**KEY_SPEC, "categorical": {"native_max": 2}})
     manifest = json.loads((root / "features" / "t" / "validate" / "manifest.json").read_text())
-    roles = {c["name"]: c["role"] for c in manifest["columns"]}
-    assert [roles[c] for c in ("a", "b", "c", "d", "e")] == [
-        "numeric",
-        "numeric",
-        "numeric",
-        "categorical",
-        "categorical",
-    ]
+    native = {c["name"]: c.get("native") for c in manifest["columns"]}
+    assert [native[c] for c in ("a", "b", "c", "d", "e")] == [False, False, False, True, True]
+    cardinality = {c["name"]: c.get("cardinality") for c in manifest["columns"]}
+    assert (cardinality["a"], cardinality["b"]) == (4, 6)
