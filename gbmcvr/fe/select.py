@@ -253,11 +253,21 @@ def search(proxy: Proxy, families: tuple[str, ...], requires: dict[str, set[str]
     for family in families:
         if family not in current.families:
             on = closure({*current.families, family}, requires, families)
-            try_step(f"add {family}", Choice(on, current.handling), opts.min_gain)
+            try_step(
+                "add " + ", ".join(f for f in on if f not in current.families),
+                Choice(on, current.handling),
+                opts.min_gain,
+            )
     for family in families:
         if family in current.families:
-            rest = {f for f in current.families if f != family and family not in requires.get(f, set())}
-            try_step(f"drop {family}", Choice(closure(rest, requires, families), current.handling), 0.0)
+            # dropping a family drops the families that need it
+            rest = closure(
+                {f for f in current.families if f != family and family not in requires.get(f, set())},
+                requires,
+                families,
+            )
+            dropped = ", ".join(f for f in current.families if f not in rest)
+            try_step(f"drop {dropped}", Choice(rest, current.handling), 0.0)
     return Selection(current, steps, {}, time.perf_counter() - start)
 
 
