@@ -22,6 +22,7 @@ from gbmcvr.config import PipelineConfig
 from gbmcvr.data.ingest import ingest
 from gbmcvr.data.profile import SHARECHAT
 from gbmcvr.data.synth import write_synth
+from gbmcvr.fe.spec import only_families
 from gbmcvr.post.options import submit_options
 from gbmcvr.post.scoring import read_truth
 from gbmcvr.stages import build_features, submit_stage, train_gbm_stage, train_mtdm_stage
@@ -56,7 +57,9 @@ def main() -> None:
     cfg = PipelineConfig(data=str(data), seed=args.seed, gbm={"log_every": 0}, mtdm={"epochs": 6})
     for plan in ("validate", "full"):
         build_features(wd, cfg, plan)
-    raw_cfg = replace(cfg, features={"clean": {}}, feature_set="rawcols", gbm={**cfg.gbm, "max_cat_cardinality": 0})
+    raw_cfg = replace(
+        cfg, features=only_families({"clean": {}}), feature_set="rawcols", gbm={**cfg.gbm, "max_cat_cardinality": 0}
+    )
     build_features(wd, raw_cfg, "validate")
     runs: dict[str, float] = {}
     jobs = [

@@ -205,6 +205,29 @@ def features(
         out.print(f"{verb} {result.out} ({result.columns} columns, rows {result.rows}, {result.seconds:.1f}s)")
 
 
+@app.command("select")
+def select_cmd(
+    config: ConfigOpt = None,
+    name: Annotated[
+        str, typer.Option("--name", help="Name of the chosen feature set (features/NAME.toml).")
+    ] = "selected",
+    rounds: Annotated[int, typer.Option(help="Boosting rounds of the proxy model.")] = 150,
+    max_fits: Annotated[int, typer.Option("--max-fits", help="Budget: at most this many proxy fits.")] = 30,
+    workdir: WorkdirOpt = Path("."),
+) -> None:
+    """Choose feature families and categorical handling on the backtest plan's selection day."""
+    from gbmcvr.fe.select import SelectOptions
+    from gbmcvr.stages import select_stage
+
+    cfg = _config(workdir, config)
+    if rounds < 1 or max_fits < 1:
+        raise UserError("--rounds and --max-fits must be at least 1")
+    selection = select_stage(
+        Workdir(workdir), cfg, name, SelectOptions(rounds, max_fits=max_fits, seed=cfg.seed), progress
+    )
+    out.print(f'selected {selection.choice.label()}; use it with feature_set = "{name}" in gbmcvr.toml')
+
+
 @app.command()
 def train(
     kind: Annotated[str, typer.Argument(metavar="MODEL", help="e2e | ts | mtdm")],

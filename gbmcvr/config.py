@@ -27,6 +27,7 @@ class PipelineConfig:
     data: str = "data"
     seed: int = 42
     feature_set: str = "default"
+    select: bool = False
     models: tuple[str, ...] = ("e2e", "ts")
     features: dict[str, Any] | None = None
     gbm: dict[str, Any] = field(default_factory=dict)
@@ -40,7 +41,7 @@ class PipelineConfig:
 
 
 _SECTIONS = ("features", "gbm", "mtdm", "tune", "submit")
-_TOP = ("profile", "data", "seed", "feature_set", "models", *_SECTIONS)
+_TOP = ("profile", "data", "seed", "feature_set", "select", "models", *_SECTIONS)
 
 
 def config_from_dict(raw: dict[str, Any], where: str) -> PipelineConfig:
@@ -76,6 +77,7 @@ profile = "sharechat2023"     # built-in profile name or a profile TOML file
 data = "data"                 # raw dataset folder (train/*.csv, test/*.csv)
 seed = 42                     # reaches numpy, LightGBM, Optuna and torch
 feature_set = "default"       # name of the feature tables under features/<set>/
+select = false                # true: `gbmcvr run` first chooses the feature set (`gbmcvr select`) as "selected"
 models = ["e2e", "ts"]        # what `gbmcvr run` trains; add "mtdm" for the deep model
 
 # [features]                  # feature families; `gbmcvr features --show-default` prints the default set

@@ -75,6 +75,8 @@ def run_pipeline(
     else:
         ingest(data, profile, wd.raw, progress)
         steps["ingest"] = "done"
+    if cfg.select:
+        cfg = _selected(wd, cfg, steps, progress)
     refit = cfg.gbm.get("refit", False)
     refit = "auto" if refit == "auto" else bool(refit)
     backtest = refit == "auto" or "auto" in (opts.calibration, opts.weights)
@@ -97,6 +99,29 @@ def run_pipeline(
     tsv, result = stages.submit_stage(wd, cfg, runs, opts, True, truth, progress, evidence or None)
     steps["submit"] = "done"
     return {"steps": steps, "submission": tsv, "result": result}
+
+
+def _selected(
+    wd: Workdir, cfg: PipelineConfig, steps: dict[str, str], progress: Callable[[str], None]
+) -> PipelineConfig:
+    """Run `gbmcvr select` unless its report is current; the pipeline then uses the `selected` set."""
+    from dataclasses import replace
+
+    from gbmcvr.fe.select import SelectOptions
+
+    name = "selected"
+    report = wd.features / f"{name}-selection" / "report.json"
+    current = report.is_file() and (wd.features / f"{name}.toml").is_file()
+    if current:
+        old = json.loads(report.read_text())
+        fingerprint = json.loads((wd.raw / "manifest.json").read_text())["fingerprint"]
+        current = old.get("raw_fingerprint") == fingerprint and old.get("options", {}).get("seed") == cfg.seed
+    if current:
+        steps["select"] = "current"
+    else:
+        stages.select_stage(wd, cfg, name, SelectOptions(seed=cfg.seed), progress)
+        steps["select"] = "done"
+    return replace(cfg, feature_set=name, features=None)
 
 
 def demo(wd: Workdir, scale: float, seed: int, progress: Callable[[str], None]) -> dict:

@@ -8,15 +8,23 @@ from pathlib import Path
 from gbmcvr.config import BUILTIN_SOURCE, PipelineConfig
 from gbmcvr.errors import UserError
 from gbmcvr.fe.pipeline import BuildResult, build
-from gbmcvr.fe.spec import FeatureSpec, config_feature_spec
+from gbmcvr.fe.spec import FeatureSpec, config_feature_spec, default_spec, feature_spec
 from gbmcvr.lock import exclusive
 from gbmcvr.schema import TRUTH_INSTALL, TRUTH_P_INSTALL
+from gbmcvr.tomlfile import read_toml
 from gbmcvr.workdir import Workdir
 
 
-def feature_spec_of(cfg: PipelineConfig) -> FeatureSpec:
-    """The config's feature set: its `[features]` table over the default set."""
-    return config_feature_spec(cfg.features, cfg.load_profile(), f"{cfg.source} [features]")[0]
+def feature_spec_of(cfg: PipelineConfig, wd: Workdir | None = None, feature_set: str | None = None) -> FeatureSpec:
+    """The config's `[features]` over the default set; without one, features/<set>.toml (a whole set, as
+    `gbmcvr select` writes it), else the default set."""
+    profile = cfg.load_profile()
+    if cfg.features is not None:
+        return config_feature_spec(cfg.features, profile, f"{cfg.source} [features]")[0]
+    path = wd.features / f"{feature_set or cfg.feature_set}.toml" if wd is not None else None
+    if path is not None and path.is_file():
+        return feature_spec(read_toml(path), profile, str(path))
+    return default_spec(profile)
 
 
 def build_features(
@@ -30,7 +38,7 @@ def build_features(
     """Build (or reuse) the feature tables of one plan for the config's feature set."""
     fs = feature_set or cfg.feature_set
     with exclusive(wd.feature_plan(fs, plan), "feature plan"):
-        return build(wd.raw, cfg.load_profile(), feature_spec_of(cfg), fs, plan, wd.features, progress, force)
+        return build(wd.raw, cfg.load_profile(), feature_spec_of(cfg, wd, fs), fs, plan, wd.features, progress, force)
 
 
 def resolve_gbm_params(wd: Workdir, cfg: PipelineConfig, kind: str, params: str | None) -> dict[str, dict]:
@@ -611,3 +619,57 @@ def _mtdm_params(wd: Workdir, params: str) -> dict:
         raise UserError(f"{path}: no MTDM parameters ({hint})")
     raw = json.loads(path.read_text())
     return dict(raw.get("params", raw))
+
+
+def select_stage(
+    wd: Workdir,
+    cfg: PipelineConfig,
+    name: str = "selected",
+    opts=None,
+    progress: Callable[[str], None] = lambda _: None,
+):
+    """Build the candidate families on the backtest plan, search, write features/<name>.toml and its report."""
+    from dataclasses import asdict
+
+    from gbmcvr.atomic import atomic_dir, write_json, write_text
+    from gbmcvr.fe import select
+    from gbmcvr.tables import load_tables
+
+    profile = cfg.load_profile()
+    opts = opts or select.SelectOptions(seed=cfg.seed)
+    candidates = select.candidate_raw(profile)
+    select.check_selectable(profile, candidates)
+    build(
+        wd.raw,
+        profile,
+        feature_spec(candidates, profile, "candidate families"),
+        select.CANDIDATE_SET,
+        select.PLAN,
+        wd.features,
+        progress,
+    )
+    tables = load_tables(wd.features, select.CANDIDATE_SET, select.PLAN)
+    selection = select.run_selection(tables, opts, select.requirements(candidates), progress)
+    raw = select.chosen_raw(candidates, selection.choice)
+    header = f"Chosen by `gbmcvr select` on the backtest plan's selection day: {selection.choice.label()}"
+    feature_spec(raw, profile, "selected families")
+    write_text(wd.features / f"{name}.toml", select.toml_text(raw, header))
+    with atomic_dir(wd.features / f"{name}-selection") as tmp:
+        write_text(tmp / "report.md", select.report_markdown(selection, name))
+        write_json(
+            tmp / "report.json",
+            {
+                "name": name,
+                "input_key": input_key(
+                    tables.manifest["config_hash"], tables.manifest["raw_fingerprint"], asdict(opts)
+                ),
+                "choice": asdict(selection.choice),
+                "options": asdict(opts),
+                "steps": selection.steps,
+                "holdout": selection.holdout,
+                "seconds": round(selection.seconds, 1),
+            },
+        )
+        select.plot_gains(selection, tmp / "gain.png")
+    progress(f"select: wrote {wd.features / f'{name}.toml'} and {wd.features / f'{name}-selection'}/report.md")
+    return selection

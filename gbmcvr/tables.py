@@ -31,6 +31,10 @@ class FeatureTables:
     def columns(self, role: str) -> list[str]:
         return [c["name"] for c in self.manifest["columns"] if c["role"] == role]
 
+    def native_categoricals(self) -> list[str]:
+        """Categorical columns the feature set hands to LightGBM as native categoricals (all, in old manifests)."""
+        return [c["name"] for c in self.manifest["columns"] if c["role"] == "categorical" and c.get("native", True)]
+
     def features(self) -> list[str]:
         """Model inputs: the categorical and numeric columns."""
         return [c["name"] for c in self.manifest["columns"] if c["role"] in ("categorical", "numeric")]

@@ -36,6 +36,7 @@ class Profile:
     conversions: tuple[str, ...] = ()
     target_action: str | None = None
     ad_task: str | None = None
+    entities: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def feature_columns(self) -> tuple[str, ...]:
@@ -108,6 +109,10 @@ def profile_from_dict(raw: dict[str, Any], where: str) -> Profile:
     for key in _LIST_KEYS:
         if key in kwargs:
             kwargs[key] = tuple(str(c) for c in kwargs[key])
+    if "entities" in kwargs:
+        if not isinstance(kwargs["entities"], dict):
+            raise UserError(f"{where}: [entities] must be a table of name = [columns]")
+        kwargs["entities"] = {str(k): tuple(str(c) for c in v) for k, v in kwargs["entities"].items()}
     profile = Profile(
         **kwargs,
         fit_days=tuple(int(d) for d in split["fit_days"]),
@@ -133,6 +138,12 @@ def validate_profile(profile: Profile, where: str) -> None:
         if col not in profile.feature_columns:
             raise UserError(f"{where}: drop list names '{col}', which is not a feature column")
     _validate_conversions(profile, where)
+    for name, group in profile.entities.items():
+        if not group:
+            raise UserError(f"{where}: entity '{name}' names no columns")
+        for col in group:
+            if col not in profile.feature_columns:
+                raise UserError(f"{where}: entity '{name}' names '{col}', which is not a feature column")
     if profile.test_labels not in ("refuse", "truth"):
         raise UserError(f"{where}: test_labels must be 'refuse' or 'truth', not '{profile.test_labels}'")
     if not profile.fit_days:
@@ -189,6 +200,8 @@ def _sharechat() -> Profile:
         fit_days=tuple(range(45, 66)),
         valid_day=66,
         test_day=67,
+        # groups that jointly identify a user and an ad (3rd place, public code; DATA.md)
+        entities={"user": tuple(cols[43:55]), "item": tuple(cols[64:71])},
     )
     validate_profile(profile, "sharechat2023")
     return profile

@@ -6,6 +6,11 @@ sigmoid(like logit); stage 2 draws `install | like` from sigmoid(install logit);
 is a click, and an install is clicked with probability `CLICK_GIVEN_INSTALL` (installs without clicks
 exist, as in the real data). Ads live for a span of days (day drift), a share of the test day's ads is new,
 and some train rows are logged twice, a few with conflicting labels. Rates and quirks follow DATA.md.
+
+The structure the top teams exploited (DATA.md) is carried too: f_43-f_54 are per-user counts that jointly
+identify the user (whose unobserved propensity only the user's own history reveals) and f_64-f_70 are
+per-ad statistics that identify the ad; an ad on its first days behaves differently (more curiosity likes,
+fewer installs); the install rate drifts from day to day; and users have a latent affinity to ad categories.
 """
 
 from __future__ import annotations
@@ -40,19 +45,13 @@ F23_TRAIN_ONLY_SHARE = 0.068
 # install rate drops (~0.170 -> ~0.155), as the organisers' base rate sat below the training rate (DATA.md)
 TEST_DAY_INSTALL_KEEP = 0.9
 
-AD_NUMERICAL = (43, 51, 58, 59, 64, 65, 66, 67, 68, 69, 70)
+MISSING_BLOCK = (43, 51, 58, 59, 64, 65, 66, 67, 68, 69, 70)
+USER_NUMERICAL = tuple(range(43, 55))
+AD_NUMERICAL = (58, 59, 64, 65, 66, 67, 68, 69, 70)
+NEW_AD_LIKE, NEW_AD_INSTALL = 0.4, -0.5
+DAY_DRIFT = 0.08
 INTERACTION_NUMERICAL = (
     42,
-    44,
-    45,
-    46,
-    47,
-    48,
-    49,
-    50,
-    52,
-    53,
-    54,
     55,
     56,
     57,
@@ -145,6 +144,12 @@ class _World:
         self.user_click = sum(e[self.user_cat[c]] for c, e in eff.items()) + rng.normal(0, 0.5, n_users)
         self.user_install = sum(e[self.user_cat[c]] for c, e in eff_i.items()) + rng.normal(0, 0.5, n_users)
         self.user_activity = rng.normal(0, 1, n_users)
+        # per-user counts (f_43-f_54): together they identify the user, as in the real data
+        self.user_numerical = {}
+        for j, c in enumerate(USER_NUMERICAL):
+            signal = 0.6 * self.user_activity + 0.35 * (self.user_click if j % 2 == 0 else self.user_install)
+            mean = np.exp(np.clip(signal + 0.5 * rng.normal(size=n_users), -6, 4)) * (4 + 3 * (j % 4))
+            self.user_numerical[c] = rng.poisson(mean).astype(np.float64)
         self.user_flags = (
             rng.random((n_users, 9)) < _sigmoid(self.user_activity[:, None] * 0.5 + rng.normal(0, 1, 9))
         ).astype(np.int8)
@@ -177,6 +182,19 @@ class _World:
         )
         self.ad_weight = np.concatenate([self.ad_weight, rng.lognormal(0, 1.0, n_new)])
         self.ad_codes = _hashed_codes(rng, n_ads + n_new)
+        # per-ad statistics (f_58, f_59, f_64-f_70): noisy views of ad quality fixed at launch; f_64 follows
+        # the launch day, so the population drifts as ads come and go
+        self.ad_numerical = {}
+        for j, c in enumerate(AD_NUMERICAL):
+            quality = self.ad_install if j % 2 == 0 else self.ad_click
+            v = quality + rng.normal(0, 0.8, len(quality))
+            if c == 64:
+                v = 0.08 * (self.ad_start - TRAIN_DAYS[0]) + 0.3 * rng.normal(size=len(quality))
+            self.ad_numerical[c] = np.round(np.exp(v / 2) * 10, 4)
+        # a latent user x ad-category affinity (2-d factors), beside the segment x category one below
+        self.user_factor = rng.normal(0, 1, (n_users, 2))
+        self.cat_factor = rng.normal(0, 0.35, (_card(AD_CATEGORICAL[2], scale), 2))
+        self.day_drift = np.cumsum(rng.normal(0, DAY_DRIFT, TEST_DAY - TRAIN_DAYS[0] + 1))
         # a user-segment x ad-category affinity: what categorical crosses can find
         self.affinity = rng.normal(0, 0.35, (_card(USER_CATEGORICAL[13], scale), _card(AD_CATEGORICAL[2], scale)))
         self.dow_effect = rng.normal(0, 0.1, 7)
@@ -233,24 +251,22 @@ class _World:
             k = rng.poisson(np.exp(np.clip(signal + 0.3 * rng.normal(size=n), -6, 4)) * (1 + j % 4))
             col = f"f_{c}"
             cols[col] = np.round(k * base.get(col, 1.0), 8)
-        # ad statistics: noisy views of ad quality, two of them drifting with the days
-        for j, c in enumerate(AD_NUMERICAL):
-            quality = a_inst if j % 2 == 0 else a_click
-            v = quality + rng.normal(0, 0.8, n)
-            if c == 51:
-                v = v + 0.08 * (day - TRAIN_DAYS[0])
-            if c == 64:
-                v = np.log1p(age.astype(np.float64)) + 0.3 * rng.normal(size=n)
-            cols[f"f_{c}"] = np.round(np.exp(v / 2) * 10, 4)
-        missing_ad = rng.random(n) < MISSING_AD_BLOCK[1 if is_test else 0]
+        for c in USER_NUMERICAL:
+            cols[f"f_{c}"] = np.round(self.user_numerical[c][user] * base.get(f"f_{c}", 1.0), 8)
         for c in AD_NUMERICAL:
+            cols[f"f_{c}"] = self.ad_numerical[c][ad]
+        missing_ad = rng.random(n) < MISSING_AD_BLOCK[1 if is_test else 0]
+        for c in MISSING_BLOCK:
             cols[f"f_{c}"][missing_ad] = np.nan
 
         seg, cat2 = self.user_cat[13][user], self.ad_cat[2][ad]
+        affinity = self.affinity[seg, cat2] + (self.user_factor[user] * self.cat_factor[cat2]).sum(axis=1)
+        fresh = (age <= 1).astype(np.float64)
         like_logit = (
             u_click
             + a_click
-            + self.affinity[seg, cat2]
+            + affinity
+            + NEW_AD_LIKE * fresh
             + self.dow_effect[day % 7]
             + self.hour_effect[hour]
             + 0.25 * act
@@ -259,7 +275,9 @@ class _World:
         install_logit = (
             u_inst
             + a_inst
-            + 0.7 * self.affinity[seg, cat2]
+            + 0.7 * affinity
+            + NEW_AD_INSTALL * fresh
+            + self.day_drift[day - TRAIN_DAYS[0]]
             - 0.15 * np.log1p(age)
             + 0.2 * flags[:, 0]
             + rng.normal(0, 0.3, n)

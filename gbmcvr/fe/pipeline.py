@@ -7,6 +7,7 @@ each split is then written by a streaming join of those tables, so memory stays 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -19,15 +20,16 @@ from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.data.profile import Profile
 from gbmcvr.data.split import TEST_LABELS, plan_days
 from gbmcvr.errors import UserError
-from gbmcvr.fe import clean, counts, crosses, groupstats
+from gbmcvr.fe import clean, counts, crosses, daycounts, entities, groupstats, lagged, novelty
 from gbmcvr.fe.dates import date_exprs
 from gbmcvr.fe.spec import FeatureSpec, cross_name
 from gbmcvr.fe.target import FOLD, BetaTargetEncoder, fold_expr
 
 SPLIT = "_split"
 LIKE = "is_like"
-FEATURE_VERSION = 3
+FEATURE_VERSION = 5
 TARGET_SHORT = {"is_installed": "inst", "is_like": "like", "install_given_like": "igl"}
+DERIVED_FAMILIES = ("count", "group", "target", "novelty", "lagged", "daycount")
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,12 @@ def build(
     start = time.perf_counter()
     raw_dir, out = Path(raw_dir), Path(out_root) / feature_set / plan
     fingerprint = raw_fingerprint(raw_dir)
+    key_lists = [*_keys_of(spec), *((c,) for c in (spec.daycount.distinct if spec.daycount else ()))]
+    used = entities.entities_used(key_lists, profile)
     config_hash = spec.digest()
+    if used:  # the profile's entity groups are part of the recipe
+        groups = json.dumps({e: profile.entities[e] for e in used}, sort_keys=True)
+        config_hash = hashlib.sha256(f"{config_hash}{groups}".encode()).hexdigest()[:16]
     manifest_path = out / "manifest.json"
     if not force and manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
@@ -157,6 +164,8 @@ def build(
     binary = list(profile.kept(profile.binary))
     nums = list(profile.kept(profile.numerical))
     lf, days = _base_frame(raw_dir, profile, plan)
+    if used:
+        lf = entities.with_keys(lf, profile, used)
     exprs = clean.clean_exprs(profile, spec.clean)
     for col in nums:
         rec.add(col, "clean", clean.recipe(profile, spec.clean, col))
@@ -248,14 +257,19 @@ def build(
                     )
         del fit_rows
         rec.done("target")
+    _key_families(spec, profile, base_lf, fit_lf, days, joins, rec)
 
+    cardinality = {
+        **{c: vocab[c].height for c in cats},
+        **{c: vocab[c].height for c in cross_cols},
+        **dict.fromkeys(binary, 2),
+        **{c: spec.date.cycle for c in date_cols if not c.endswith(("sin", "cos"))},
+    }
+    codes_max = spec.categorical.codes_max
+    encoded_only = {c for c in [*cats, *cross_cols] if codes_max and cardinality[c] > codes_max}
     feature_cols = [
-        *cats,
-        *binary,
-        *nums,
-        *date_cols,
-        *cross_cols,
-        *[c for c in rec.recipes if c.startswith(("cnt_", "g_", "te_"))],
+        *[c for c in [*cats, *binary, *nums, *date_cols, *cross_cols] if c not in encoded_only],
+        *[c for c, (family, _) in rec.recipes.items() if family in DERIVED_FAMILIES],
     ]
     label_cols = [*profile.labels, LIKE]
     manifest_cols: list[dict[str, str]] = []
@@ -273,7 +287,9 @@ def build(
                 )
             progress(f"features: wrote {split}.parquet ({rows[split]:,} rows)")
         schema = pl.read_parquet_schema(tmp / "fit.parquet")
-        categorical = {*cats, *binary, *cross_cols, *[c for c in date_cols if not c.endswith(("sin", "cos"))]}
+        categorical = set(cardinality)
+        # categorical handling by vocabulary size: native LightGBM categoricals only for small vocabularies
+        native = {c for c, k in cardinality.items() if k <= spec.categorical.native_max}
         for name, dtype in schema.items():
             family, recipe = rec.recipes.get(name, ("meta", name))
             role = (
@@ -287,7 +303,10 @@ def build(
                 if name in categorical
                 else "numeric"
             )
-            manifest_cols.append({"name": name, "dtype": str(dtype), "role": role, "family": family, "recipe": recipe})
+            entry = {"name": name, "dtype": str(dtype), "role": role, "family": family, "recipe": recipe}
+            if role == "categorical":
+                entry |= {"cardinality": cardinality[name], "native": name in native}
+            manifest_cols.append(entry)
         rec.done("write")
         total = round(time.perf_counter() - start, 3)
         write_json(
@@ -308,6 +327,70 @@ def build(
             },
         )
     return BuildResult(out, True, rows, len(manifest_cols), total, rec.seconds)
+
+
+def _keys_of(spec: FeatureSpec) -> list[tuple[str, ...]]:
+    """Every key the key-based families (novelty, lagged, daycount) name."""
+    return [k for part in (spec.novelty, spec.lagged, spec.daycount) if part is not None for k in part.keys]
+
+
+def _key_families(
+    spec: FeatureSpec,
+    profile: Profile,
+    base_lf: pl.LazyFrame,
+    fit_lf: pl.LazyFrame,
+    days: dict[str, tuple[int, ...]],
+    joins: list,
+    rec: _Recorder,
+) -> None:
+    """Add the joins of the key-based families: novelty, same-day counts (all rows), lagged rates (fit labels)."""
+    day = profile.day_column
+    if spec.novelty:
+        for key in spec.novelty.keys:
+            cols = entities.key_columns(key, profile)
+            prefix = "nov_" + "_".join(cols)
+            table = novelty.novelty_table(base_lf, cols, day, prefix, spec.novelty.stats)
+            joins.append(lambda f, _s, t=table, k=cols: novelty.apply_table(f, t, k, day))
+            for stat in spec.novelty.stats:
+                rec.add(f"{prefix}_{stat}", "novelty", f"novelty: {stat} of ({', '.join(cols)}) over the plan's rows")
+        rec.done("novelty")
+    if spec.daycount:
+        distinct = entities.key_columns(spec.daycount.distinct, profile)
+        for key in spec.daycount.keys:
+            cols = entities.key_columns(key, profile)
+            prefix = "dc_" + "_".join(cols)
+            table = daycounts.daycount_table(base_lf, cols, day, distinct, prefix)
+            joins.append(lambda f, _s, t=table, k=cols: novelty.apply_table(f, t, k, day))
+            for name in table.columns[len(cols) + 1 :]:
+                rec.add(
+                    name, "daycount", f"daycount: {name.removeprefix(prefix + '_')} per ({', '.join(cols)}) and day"
+                )
+        rec.done("daycount")
+    if spec.lagged:
+        lg = spec.lagged
+        labels = {TARGET_SHORT[t]: LIKE if t == "is_like" else profile.install_label for t in lg.targets}
+        all_days = tuple(d for split_days in days.values() for d in split_days)
+        for key in lg.keys:
+            cols = entities.key_columns(key, profile)
+            labelled = fit_lf.select(*cols, day, *dict.fromkeys(labels.values()))
+            for window in lg.windows:
+                prefix = f"lr_{'_'.join(cols)}_{window}d"
+                pairs = lagged.window_map(days["fit"], all_days, window, day)
+                table, prior = lagged.lagged_table(labelled, cols, day, labels, pairs, all_days, lg.n_min, prefix)
+                joins.append(lambda f, _s, t=table, p=prior, k=cols: lagged.apply_lagged(f, t, p, k, day))
+                rec.add(
+                    f"{prefix}_n",
+                    "lagged",
+                    f"lagged: labelled rows of ({', '.join(cols)}) in the last {window} fit days",
+                )
+                for short in labels:
+                    rec.add(
+                        f"{prefix}_{short}",
+                        "lagged",
+                        f"lagged: beta posterior mean of {short} by ({', '.join(cols)}) over the last {window} fit days "
+                        f"before the row's day (n_min={lg.n_min})",
+                    )
+        rec.done("lagged")
 
 
 def read_manifest(plan_dir: Path, build_hint: str) -> dict:

@@ -13,7 +13,7 @@ from gbmcvr.data.profile import Profile
 from gbmcvr.errors import UserError
 from gbmcvr.tomlfile import read_toml, typed_fields
 
-FAMILIES = ("clean", "date", "cross", "count", "group", "target")
+FAMILIES = ("clean", "categorical", "date", "cross", "count", "group", "target", "novelty", "lagged", "daycount")
 GROUP_STATS = (
     "mean",
     "median",
@@ -29,8 +29,11 @@ GROUP_STATS = (
     "median_over_mean",
     "std_over_mean",
 )
+ALWAYS_ON = ("clean", "categorical")
 BETA_STATS = ("mean", "mode", "median", "var", "skew", "kurt")
 TARGETS = ("is_installed", "is_like", "install_given_like")
+NOVELTY_STATS = ("first_day", "days_since_first", "new_on_day", "active_days")
+LAGGED_TARGETS = ("is_installed", "is_like")
 DAY_CYCLE_COLUMN = "day_mod_7"
 
 
@@ -38,6 +41,16 @@ DAY_CYCLE_COLUMN = "day_mod_7"
 class CleanSpec:
     fill_missing: float | str = 0.0
     divide_by_base: bool = True
+
+
+@dataclass(frozen=True)
+class CategoricalSpec:
+    """How categorical columns (and crosses) reach the model, by vocabulary size: LightGBM native up to
+    `native_max` values, plain integer codes above, and encodings only (the code leaves the model's inputs)
+    above `codes_max` (0: no limit). Measured default: plain integer codes for every column."""
+
+    native_max: int = 1
+    codes_max: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,15 +88,45 @@ class TargetSpec:
 
 
 @dataclass(frozen=True)
+class NoveltySpec:
+    """Label-free novelty of key values over all rows of the plan, the unlabeled test day included."""
+
+    keys: tuple[tuple[str, ...], ...] = ()
+    stats: tuple[str, ...] = ("days_since_first", "new_on_day", "active_days")
+
+
+@dataclass(frozen=True)
+class LaggedSpec:
+    """A key's label rates over the previous labelled days (Beta-shrunk to that window's rate)."""
+
+    keys: tuple[tuple[str, ...], ...] = ()
+    windows: tuple[int, ...] = (1, 3, 7)
+    targets: tuple[str, ...] = LAGGED_TARGETS
+    n_min: float = 20.0
+
+
+@dataclass(frozen=True)
+class DayCountSpec:
+    """Transductive same-day counts: rows and distinct values of other columns per key and day."""
+
+    keys: tuple[tuple[str, ...], ...] = ()
+    distinct: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class FeatureSpec:
-    """A whole feature set; a family left out of the TOML is off (cleaning is always on)."""
+    """A whole feature set; a family left out of the TOML is off (cleaning and categorical handling always on)."""
 
     clean: CleanSpec = field(default_factory=CleanSpec)
+    categorical: CategoricalSpec = field(default_factory=CategoricalSpec)
     date: DateSpec | None = None
     cross: CrossSpec | None = None
     count: CountSpec | None = None
     group: GroupSpec | None = None
     target: TargetSpec | None = None
+    novelty: NoveltySpec | None = None
+    lagged: LaggedSpec | None = None
+    daycount: DayCountSpec | None = None
 
     def digest(self) -> str:
         """Hash of the spec: same spec, same hash (the cache key of the feature tables)."""
@@ -108,17 +151,24 @@ def feature_spec(raw: dict[str, Any], profile: Profile, where: str) -> FeatureSp
     parts: dict[str, Any] = {}
     for name, cls in (
         ("clean", CleanSpec),
+        ("categorical", CategoricalSpec),
         ("date", DateSpec),
         ("cross", CrossSpec),
         ("count", CountSpec),
         ("group", GroupSpec),
         ("target", TargetSpec),
+        ("novelty", NoveltySpec),
+        ("lagged", LaggedSpec),
+        ("daycount", DayCountSpec),
     ):
         if name not in raw:
             continue
         table = raw[name]
         if not isinstance(table, dict):
             raise UserError(f"{where}: [{name}] must be a table (or false to turn the family off), got {table!r}")
+        if isinstance(table.get("keys"), list):
+            # a key is a column or entity name, or a list of them (a cross)
+            table = {**table, "keys": [[k] if isinstance(k, str) else k for k in table["keys"]]}
         parts[name] = cls(**typed_fields(cls, table, f"{where} [{name}]"))
     spec = FeatureSpec(**parts)
     _validate(spec, profile, where)
@@ -179,6 +229,34 @@ def _validate(spec: FeatureSpec, profile: Profile, where: str) -> None:
             raise UserError(f"{where} [target]: folds must be at least 2, got {t.folds}")
         for col in t.columns:
             need(col, keys, "target", "categorical")
+    c = spec.categorical
+    if c.native_max < 0 or c.codes_max < 0:
+        raise UserError(f"{where} [categorical]: native_max and codes_max must be non-negative")
+    if c.codes_max and c.codes_max < c.native_max:
+        raise UserError(f"{where} [categorical]: codes_max must be 0 (no limit) or at least native_max")
+    for family, part in (("novelty", spec.novelty), ("lagged", spec.lagged), ("daycount", spec.daycount)):
+        if part is None:
+            continue
+        for key in part.keys:
+            if not key:
+                raise UserError(f"{where} [{family}]: an empty key")
+            for col in key:
+                if col not in profile.entities:
+                    need(col, keys, family, "categorical or entity")
+    if spec.novelty is not None:
+        for stat in spec.novelty.stats:
+            _choice(stat, NOVELTY_STATS, f"{where} [novelty]", "statistic")
+    if spec.lagged is not None:
+        for target in spec.lagged.targets:
+            _choice(target, LAGGED_TARGETS, f"{where} [lagged]", "target")
+        if any(w < 1 for w in spec.lagged.windows) or not spec.lagged.windows:
+            raise UserError(f"{where} [lagged]: windows must be positive day counts")
+        if spec.lagged.n_min < 1:
+            raise UserError(f"{where} [lagged]: n_min must be at least 1, got {spec.lagged.n_min}")
+    if spec.daycount is not None:
+        for col in spec.daycount.distinct:
+            if col not in profile.entities:
+                need(col, keys, "daycount", "categorical or entity")
 
 
 def default_toml_text() -> str:
@@ -210,11 +288,11 @@ def merge_with_default(raw: dict[str, Any], profile: Profile, where: str) -> tup
     for family in FAMILIES:
         value = raw.get(family, True)
         if value is False:
-            if family == "clean":
-                raise UserError(f"{where}: the clean family is always on (set its keys instead)")
+            if family in ALWAYS_ON:
+                raise UserError(f"{where}: the {family} family is always on (set its keys instead)")
             sources[family] = f"off ({where})"
         elif value is True:
-            if family in default or family == "clean":
+            if family in default or family in ALWAYS_ON:
                 merged[family] = default.get(family, {})
                 sources[family] = "default" if family not in raw else f"default ({where})"
         elif isinstance(value, dict):
@@ -223,6 +301,11 @@ def merge_with_default(raw: dict[str, Any], profile: Profile, where: str) -> tup
         else:
             raise UserError(f"{where}: [{family}] must be a table or true/false, got {value!r}")
     return merged, sources
+
+
+def only_families(tables: dict[str, Any]) -> dict[str, Any]:
+    """A config `[features]` table that turns off every family it does not name (e.g. raw columns only)."""
+    return {**{f: False for f in FAMILIES if f not in ALWAYS_ON}, **tables}
 
 
 def config_feature_spec(raw: dict[str, Any] | None, profile: Profile, where: str) -> tuple[FeatureSpec, dict[str, str]]:

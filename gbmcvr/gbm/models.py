@@ -63,10 +63,11 @@ def stage_label(frame: pl.DataFrame, stage: Stage, install_label: str) -> np.nda
 
 
 def categorical_features(tables: FeatureTables, features: list[str], cfg: GbmConfig) -> list[str]:
-    """Categorical columns passed as LightGBM categoricals; high-cardinality ones stay plain numbers."""
+    """Categorical columns passed as LightGBM categoricals: those the feature set's categorical handling
+    makes native, below the config's cardinality cap; the others stay plain integer codes."""
     fit = tables.splits["fit"]
     cats = []
-    for col in tables.columns("categorical"):
+    for col in tables.native_categoricals():
         if col not in features or col in cfg.numeric_categoricals:
             continue
         top = fit[col].max()

@@ -111,3 +111,11 @@ def test_score_against_the_labelled_test_split_of_ali_ccp(tmp_path, capsys):
     rate = truth["is_installed"].mean()
     expected = -(rate * math.log(0.25) + (1 - rate) * math.log(0.75))
     assert f"log loss            {expected:.5f}" in out
+
+
+def test_entities(tmp_path):
+    p = load_profile(_write(tmp_path, MINIMAL + '[entities]\nuser = ["x", "a"]\n'))
+    assert p.entities == {"user": ("x", "a")}
+    assert SHARECHAT.entities["user"] == tuple(f"f_{i}" for i in range(43, 55))
+    with pytest.raises(UserError, match="entity 'user' names 'z', which is not a feature column"):
+        load_profile(_write(tmp_path, MINIMAL + '[entities]\nuser = ["x", "z"]\n'))

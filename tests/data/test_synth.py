@@ -89,3 +89,27 @@ def test_same_seed_same_bytes(tmp_path):
     write_synth(tmp_path / "c", 0.002, 6)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_numeric_groups_identify_users_and_ads(frames):
+    train = frames[0].filter(pl.col("f_43").is_not_null())
+    user = [f"f_{i}" for i in range(43, 55)]
+    item = [f"f_{i}" for i in range(64, 71)]
+    # a user's categorical attributes are fixed, so one user key should carry one f_15 and one f_13
+    per_user = train.group_by(user).agg(pl.col("f_15").n_unique(), pl.col("f_13").n_unique())
+    assert (per_user["f_15"] == 1).mean() > 0.99 and (per_user["f_13"] == 1).mean() > 0.99
+    assert per_user.height > 0.5 * train["f_15"].n_unique()
+    per_item = train.group_by(item).agg(pl.col("f_6").n_unique())
+    assert (per_item["f_6"] == 1).all()
+
+
+def test_fresh_ads_and_daily_drift(frames):
+    train = frames[0]
+    first = train.group_by("f_6").agg(pl.col("f_1").min().alias("first"))
+    rows = train.join(first, on="f_6").filter(pl.col("first") > 47)
+    # fresh ads draw curiosity clicks
+    fresh = rows.filter(pl.col("f_1") == pl.col("first"))["is_clicked"].mean()
+    old = rows.filter(pl.col("f_1") > pl.col("first") + 2)["is_clicked"].mean()
+    assert fresh > old + 0.02
+    daily = train.group_by("f_1").agg(pl.col("is_installed").mean())["is_installed"]
+    assert daily.std() > 0.005

@@ -75,6 +75,8 @@ def test_hand_computed_families(tiny):
     manifest = json.loads((root / "features" / "t" / "validate" / "manifest.json").read_text())
     roles = {c["name"]: c["role"] for c in manifest["columns"]}
     assert roles["a"] == "categorical" and roles["x_a_b"] == "categorical" and roles["te_a_inst_mean"] == "numeric"
+    # plain integer codes for LightGBM under the default categorical handling
+    assert not any(c.get("native") for c in manifest["columns"])
     assert roles["install"] == "label" and "recipe" in manifest["columns"][0]
     assert set(manifest["build_seconds"]) >= {"clean+date", "cross", "count", "group", "target", "write"}
 
@@ -155,6 +157,12 @@ def test_cache_hit_and_miss(tiny):
         ({"target": {"columns": ["a"], "n_min": 0}}, "n_min must be at least 1"),
         ({"target": {"columns": ["a"], "folds": 1}}, "folds must be at least 2"),
         ({"count": {"columns": ["a"], "colour": 1}}, "unknown key 'colour'"),
+        ({"novelty": {"keys": [["a", "zz"]]}}, "column 'zz' is not a categorical or entity column"),
+        ({"novelty": {"keys": [["a"]], "stats": ["last_day"]}}, "statistic 'last_day' is not one of"),
+        ({"lagged": {"keys": ["a"], "windows": [0]}}, "windows must be positive"),
+        ({"lagged": {"keys": ["x"]}}, "'x' is numerical"),
+        ({"daycount": {"keys": ["a"], "distinct": ["zz"]}}, "column 'zz' is not"),
+        ({"categorical": {"native_max": 10, "codes_max": 5}}, "codes_max must be 0"),
     ],
 )
 def test_bad_feature_config(spec, message):
@@ -183,3 +191,72 @@ def test_cli_bad_config_exit_code(tmp_path, capsys):
 def test_show_default(capsys):
     code, out, _ = run_cli(["features", "--show-default"], capsys)
     assert code == 0 and "[target]" in out and 'scheme = "oof"' in out
+
+
+KEY_SPEC = {
+    "categorical": {"native_max": 4, "codes_max": 5},
+    "novelty": {"keys": [["u"], ["a", "c"]]},
+    "lagged": {"keys": [["u"], ["u", "c"]], "windows": [1, 2], "n_min": 10},
+    "daycount": {"keys": [["u"]], "distinct": ["a", "u"]},
+}
+
+
+def _permute_labels(raw, days, seed=9):
+    train = pl.read_parquet(raw / "train.parquet")
+    rng = np.random.default_rng(seed)
+    rows = train["day"].is_in(days).to_numpy()
+    for col in ("click", "install"):
+        values = train[col].to_numpy().copy()
+        values[rows] = 1 - rng.permutation(values[rows])
+        train = train.with_columns(pl.Series(col, values))
+    train.write_parquet(raw / "train.parquet")
+    (raw / "manifest.json").write_text(f'{{"fingerprint": "permuted-{days}"}}')
+
+
+@pytest.fixture
+def keyed(tmp_path):
+    from dataclasses import replace
+
+    raw, profile = tiny_raw(tmp_path, rows_per_day=80)
+    return tmp_path, raw, replace(profile, entities={"u": ("x", "d")})
+
+
+def test_key_families_leak_no_valid_or_test_label(keyed):
+    root, raw, profile = keyed
+    _build(root, raw, profile, KEY_SPEC)
+    before = {s: _read(root, "validate", s) for s in ("fit", "valid", "test")}
+    assert any(c.startswith("lr_k_u_c_2d") for c in before["fit"].columns)
+    _permute_labels(raw, [4])
+    _build(root, raw, profile, KEY_SPEC)
+    features = [c for c in before["valid"].columns if c not in ("click", "install", "is_like")]
+    for split in ("fit", "valid", "test"):
+        assert _read(root, "validate", split).select(features).equals(before[split].select(features)), split
+
+
+def test_lagged_rates_of_a_day_ignore_labels_of_that_day_and_later(keyed):
+    root, raw, profile = keyed
+    _build(root, raw, profile, KEY_SPEC)
+    lagged = [c for c in _read(root, "validate", "fit").columns if c.startswith("lr_")]
+    before = _read(root, "validate", "fit").select("id", "day", *lagged)
+    _permute_labels(raw, [2, 3, 4])
+    _build(root, raw, profile, KEY_SPEC)
+    after = _read(root, "validate", "fit").select("id", "day", *lagged)
+    early = pl.col("day") <= 2
+    assert after.filter(early).equals(before.filter(early))
+    assert not after.filter(pl.col("day") == 3).equals(before.filter(pl.col("day") == 3))
+
+
+def test_categorical_handling_by_vocabulary_size(keyed):
+    root, raw, profile = keyed
+    _build(root, raw, profile, KEY_SPEC)
+    manifest = json.loads((root / "features" / "t" / "validate" / "manifest.json").read_text())
+    native = {c["name"]: c.get("native") for c in manifest["columns"]}
+    # vocabularies: a 4, b 6, c 3, d 2, e binary -> b (6 > codes_max 5) leaves the inputs, a/c/d/e native
+    assert "b" not in native
+    assert [native[c] for c in ("a", "c", "d", "e")] == [True] * 4
+    _build(root, raw, profile, {**KEY_SPEC, "categorical": {"native_max": 2}})
+    manifest = json.loads((root / "features" / "t" / "validate" / "manifest.json").read_text())
+    native = {c["name"]: c.get("native") for c in manifest["columns"]}
+    assert [native[c] for c in ("a", "b", "c", "d", "e")] == [False, False, False, True, True]
+    cardinality = {c["name"]: c.get("cardinality") for c in manifest["columns"]}
+    assert (cardinality["a"], cardinality["b"]) == (4, 6)

@@ -7,6 +7,7 @@ import pytest
 from gbmcvr import metrics
 from gbmcvr.errors import UserError
 from gbmcvr.fe.pipeline import LIKE
+from gbmcvr.fe.spec import only_families
 from gbmcvr.gbm.models import STAGES, stage_label, train_stage
 from gbmcvr.gbm.params import gbm_config
 from gbmcvr.gbm.train import load_run, train_gbm
@@ -95,7 +96,7 @@ def test_beats_prior_and_raw_columns(small_work, trained, tmp_path):
     raw_wd = Workdir(tmp_path)
     (tmp_path / "features").mkdir()
     (tmp_path / "features" / "raw").symlink_to(wd.raw)
-    raw_cfg = replace(cfg, features={"clean": {}}, feature_set="rawcols")
+    raw_cfg = replace(cfg, features=only_families({"clean": {}}), feature_set="rawcols")
     build_features(raw_wd, raw_cfg, "validate")
     raw_tables = load_tables(raw_wd.features, "rawcols", "validate")
     # the raw columns as the files carry them: hashed categorical codes as plain numbers, no feature pipeline

@@ -1,0 +1,83 @@
+"""Lagged rates: a key's label rates over the previous labelled days, leak-free by construction.
+
+For a row of day d, the window is the last `w` labelled (fit-window) days strictly before d; rows after the
+fit window (valid, test) use the last `w` fit days, the most recent labels the toolkit may see. The rate is
+the Beta posterior mean of `fe/target.py` with the window's own rate as prior mean and strength
+max(n_min - N, 0); a key absent from the window gets the prior mean. The fit window's first day has no
+earlier labelled day: its rates are null (unknown), so no later label reaches it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from gbmcvr.fe.target import posterior
+
+SOURCE = "_source_day"
+
+
+def window_map(label_days: tuple[int, ...], days: tuple[int, ...], window: int, day: str) -> pl.DataFrame:
+    """(day, source day) pairs: for each day, the last `window` labelled days strictly before it."""
+    labelled = sorted(label_days)
+    pairs = [(d, s) for d in sorted(days) for s in [x for x in labelled if x < d][-window:]]
+    return pl.DataFrame(pairs, schema={day: pl.Int64, SOURCE: pl.Int64}, orient="row")
+
+
+def lagged_table(
+    labelled: pl.LazyFrame,
+    key: list[str],
+    day: str,
+    targets: dict[str, str],
+    pairs: pl.DataFrame,
+    days: tuple[int, ...],
+    n_min: float,
+    prefix: str,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per (key, day) rates and row counts, and per-day prior values (every one of `days`) for absent keys.
+
+    `labelled` holds the fit-window rows (key, day, label columns); `targets` maps output names to label columns.
+    """
+    sums = [pl.col(c).cast(pl.Float64).sum().alias(name) for name, c in targets.items()]
+    per_day = (
+        labelled.group_by([*key, day]).agg(pl.len().cast(pl.Float64).alias("N"), *sums).collect().rename({day: SOURCE})
+    )
+    pairs = pairs.with_columns(pl.col(day, SOURCE).cast(per_day[SOURCE].dtype))
+    windowed = per_day.join(pairs, on=SOURCE).group_by([*key, day]).agg(pl.col("N", *targets).sum())
+    totals = per_day.group_by(SOURCE).agg(pl.col("N", *targets).sum())
+    prior = (
+        totals.join(pairs, on=SOURCE)
+        .group_by(day)
+        .agg(pl.col("N", *targets).sum())
+        .select(day, *[(pl.col(t) / pl.col("N")).alias(t) for t in targets])
+    )
+    all_days = pl.DataFrame({day: pl.Series(sorted(days), dtype=pairs[day].dtype)})
+    prior = all_days.join(prior, on=day, how="left")
+    windowed = windowed.join(prior.rename({t: f"_mu_{t}" for t in targets}), on=day)
+    N = windowed["N"].to_numpy()
+    out = windowed.select(*key, day, pl.col("N").cast(pl.Int32).alias(f"{prefix}_n"))
+    for t in targets:
+        alpha, beta = posterior(N, windowed[t].to_numpy(), windowed[f"_mu_{t}"].to_numpy(), n_min)
+        out = out.with_columns(pl.Series(f"{prefix}_{t}", alpha / np.maximum(alpha + beta, 1e-300), dtype=pl.Float32))
+    prior_values = prior.select(
+        day,
+        pl.lit(0, dtype=pl.Int32).alias(f"{prefix}_n"),
+        *[pl.col(t).cast(pl.Float32).alias(f"{prefix}_{t}") for t in targets],
+    )
+    return out, prior_values
+
+
+def apply_lagged(
+    frame: pl.LazyFrame, table: pl.DataFrame, prior: pl.DataFrame, key: list[str], day: str
+) -> pl.LazyFrame:
+    """Join the rates onto rows; a key absent from its window gets that window's prior values."""
+    values = [c for c in table.columns if c not in (*key, day)]
+    dtype = frame.collect_schema()[day]
+    prior = prior.rename({c: f"_prior_{c}" for c in values}).with_columns(pl.col(day).cast(dtype))
+    table = table.with_columns(pl.col(day).cast(dtype))
+    return (
+        frame.join(table.lazy(), on=[*key, day], how="left", nulls_equal=True, maintain_order="left")
+        .join(prior.lazy(), on=day, how="left", maintain_order="left")
+        .with_columns([pl.col(c).fill_null(pl.col(f"_prior_{c}")) for c in values])
+        .drop([f"_prior_{c}" for c in values])
+    )

@@ -1,0 +1,87 @@
+import tomllib
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+import pytest
+
+from gbmcvr.fe.pipeline import build
+from gbmcvr.fe.select import (
+    CANDIDATE_SET,
+    PLAN,
+    Choice,
+    SelectOptions,
+    candidate_raw,
+    chosen_raw,
+    closure,
+    requirements,
+    run_selection,
+    toml_text,
+)
+from gbmcvr.fe.spec import feature_spec
+from gbmcvr.tables import load_tables
+from tests.factories import tiny_raw
+
+OPTS = SelectOptions(rounds=15, seed=3)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    raw, profile = tiny_raw(tmp_path, rows_per_day=500)
+    # a learnable signal, so candidates differ in score
+    train = pl.read_parquet(raw / "train.parquet")
+    rng = np.random.default_rng(5)
+    p = 0.2 + 0.5 * (train["a"] == 7).to_numpy() + 0.2 * (train["x"].to_numpy() > 1)
+    train = train.with_columns(pl.Series("install", (rng.random(train.height) < p).astype(np.int8)))
+    train.write_parquet(raw / "train.parquet")
+    return tmp_path, raw, replace(profile, entities={"u": ("x", "d")})
+
+
+def _select(root, raw, profile):
+    raw_spec = candidate_raw(profile)
+    build(raw, profile, feature_spec(raw_spec, profile, "t"), CANDIDATE_SET, PLAN, root / "features")
+    return run_selection(load_tables(root / "features", CANDIDATE_SET, PLAN), OPTS, requirements(raw_spec))
+
+
+def test_selection_is_deterministic_and_blind_to_the_holdout_day(setup):
+    root, raw, profile = setup
+    first = _select(root, raw, profile)
+    assert len(first.steps) > 5 and first.holdout["selected set"]["logloss"] > 0
+    again = _select(root, raw, profile)
+    assert again.choice == first.choice and again.steps == first.steps
+    # permute the labels of the backtest test day (day 4 = the profile's validation day)
+    train = pl.read_parquet(raw / "train.parquet")
+    day4 = (train["day"] == 4).to_numpy()
+    rng = np.random.default_rng(1)
+    for col in ("click", "install"):
+        values = train[col].to_numpy().copy()
+        values[day4] = 1 - rng.permutation(values[day4])
+        train = train.with_columns(pl.Series(col, values))
+    train.write_parquet(raw / "train.parquet")
+    (raw / "manifest.json").write_text('{"fingerprint": "permuted-day-4"}')
+    permuted = _select(root, raw, profile)
+    assert permuted.choice == first.choice and permuted.steps == first.steps
+    assert permuted.holdout["selected set"] != first.holdout["selected set"]
+
+
+def test_chosen_set_round_trips_through_toml(setup):
+    _, _, profile = setup
+    candidates = candidate_raw(profile)
+    raw = chosen_raw(candidates, Choice(("count", "lagged"), "codes"))
+    parsed = tomllib.loads(toml_text(raw, "chosen\nby a test"))
+    spec = feature_spec(parsed, profile, "round trip")
+    assert spec.lagged is not None and spec.count is not None and spec.target is None
+    assert spec.categorical.native_max == 1 and spec.lagged.keys[0] == ("u",)
+
+
+def test_requirements_keep_built_columns_buildable():
+    candidates = {
+        "date": {},
+        "cross": {"pairs": [["day_mod_7", "a"]]},
+        "target": {"columns": ["a", "x_day_mod_7_a"]},
+        "count": {"columns": ["a"]},
+    }
+    requires = requirements(candidates)
+    assert requires["cross"] == {"date"} and requires["target"] == {"cross", "date"} and requires["count"] == set()
+    order = ("date", "cross", "count", "target")
+    assert closure({"target"}, requires, order) == ("date", "cross", "target")
