@@ -24,6 +24,7 @@ from gbmcvr.config import PipelineConfig
 from gbmcvr.data.ingest import ingest
 from gbmcvr.data.profile import SHARECHAT
 from gbmcvr.data.synth import write_synth
+from gbmcvr.fe.spec import only_families
 from gbmcvr.gbm.params import gbm_config
 from gbmcvr.gbm.train import train_gbm
 from gbmcvr.post.calibrate import prior_shift
@@ -57,7 +58,7 @@ def main() -> None:
     test_day: dict[str, float] = {}
     for label, name in SETS.items():
         cfg = PipelineConfig(
-            data=str(data), feature_set=name, features={"clean": {}} if name == "raw" else None, gbm=gbm
+            data=str(data), feature_set=name, features=only_families({"clean": {}}) if name == "raw" else None, gbm=gbm
         )
         build_features(wd, cfg, "validate", progress=print)
         tables = load_tables(wd.features, name, "validate")
