@@ -49,7 +49,7 @@ def test_dask_run_matches_a_local_run(small_work, tmp_path, cluster, kind):
     assert a.columns == b.columns and a.select("row_id", "split").equals(b.select("row_id", "split"))
     loss_local = local.metrics["valid"]["p"]["logloss"]
     loss_dask = on_dask.metrics["valid"]["p"]["logloss"]
-    assert abs(loss_dask - loss_local) < 0.01 * loss_local
+    assert abs(loss_dask - loss_local) < 0.02 * loss_local
     first = on_dask.params[next(iter(on_dask.params))]
     assert 1 < first["best_iteration"] <= 150
     if refit:
