@@ -1,6 +1,6 @@
 """Atomic file and directory writes: build under a temporary name, rename when complete.
 
-Temporary names carry the writer's pid (`.NAME.<pid>.XXXX.tmp`), so the next writer of the same target removes
+Temporary names carry the writer's pid (`.NAME.<pid>.<random>.tmp`), so the next writer of the same target removes
 what a killed process left behind. Files and folders get the permissions the umask gives (not mkstemp's 0600),
 and a folder that cannot be written (read-only, disk full) is a UserError naming the path."""
 
