@@ -80,12 +80,15 @@ feature_set = "default"       # name of the feature tables under features/<set>/
 select = false                # true: `gbmcvr run` first chooses the feature set (`gbmcvr select`) as "selected"
 models = ["e2e", "ts"]        # what `gbmcvr run` trains; add "mtdm" for the deep model
 
-# [features]                  # feature families; `gbmcvr features --show-default` prints the default set
+# [features]                  # families you name replace the default's keys; `family = false` removes one;
+                              # `gbmcvr features --show-default` prints the default set
 
 [gbm]
 num_boost_round = 3000        # upper bound; early stopping on the validation day picks the count
 early_stopping_rounds = 100
 log_every = 100
+# refit = false               # true | "auto" (refit on the full plan where the backtest says it pays)
+# dask = "tcp://scheduler:8786"   # train on a Dask cluster (pip install "gbmcvr[dask]")
 # [gbm.e2e]                   # LightGBM parameters per model (override the built-in defaults)
 # learning_rate = 0.05
 # [gbm.ts_like]
@@ -93,6 +96,10 @@ log_every = 100
 
 # [mtdm]                      # deep model; `gbmcvr train mtdm --help`
 # epochs = 10
+
+# [tune]                      # `gbmcvr tune MODEL --show-space` prints a model's search space
+# pruner = "median"           # median | hyperband | none
+# threads_per_worker = 0      # 0: cores / workers
 
 [submit]
 calibration = "scaling"       # auto (chosen on the backtest) | none | scaling | scaling-fit | isotonic | platt

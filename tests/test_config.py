@@ -1,0 +1,22 @@
+"""The pipeline config: the `gbmcvr init` template is a valid config, with and without its commented keys."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+from gbmcvr.config import DEFAULT_TOML, config_from_dict
+
+
+def test_init_template_is_a_valid_config():
+    cfg = config_from_dict(tomllib.loads(DEFAULT_TOML), "init")
+    assert cfg.models == ("e2e", "ts") and cfg.submit["weights"] == "simplex"
+
+
+def test_commented_scalar_keys_of_the_template_are_valid_when_uncommented():
+    lines = []
+    for line in DEFAULT_TOML.splitlines():
+        match = re.match(r"# (\[(gbm|tune)\]|(refit|dask|pruner|threads_per_worker) = .*)$", line.split("  ")[0])
+        lines.append(line[2:] if match else line)
+    cfg = config_from_dict(tomllib.loads("\n".join(lines)), "init, uncommented")
+    assert cfg.gbm["dask"] == "tcp://scheduler:8786" and cfg.tune == {"pruner": "median", "threads_per_worker": 0}
