@@ -80,7 +80,7 @@ def train_kaml_run(
     spec = fit_inputs(clicks["fit"], cats, nums, cfg.mtdm.numeric_transform)
     mask = training_mask(clicks["fit"], cfg, day, TASK, TARGET, labels)
     fit_t = kaml_tensors(clicks["fit"], spec, labels, TARGET, mask)
-    coverage = fit_t.mask.mean(dim=0).numpy().round(4).tolist()
+    coverage = fit_t.mask.double().mean(dim=0).numpy().round(4).tolist()
     progress(f"kaml: training mask covers {dict(zip(names, coverage, strict=True))} of the fit clicks")
     valid_t = kaml_tensors(clicks["valid"], spec, labels, TARGET, None) if "valid" in clicks else None
     result = train_kaml(fit_t, valid_t, spec, cfg, names, seed, device_name, progress)
