@@ -94,7 +94,7 @@ def ablation(train, test, profile, args, mt: MtdmConfig, seed: int) -> dict:
     cover = {k: m.mean(axis=0).round(4).tolist() for k, m in coverage.items()}
     log(f"mask coverage per action (fit clicks): {cover}")
     variants = {
-        "base": KamlConfig(mt, dynamic_average=True),
+        "base": KamlConfig(mt, mask="base", dynamic_average=True),
         "+ADM": KamlConfig(mt, mask="adm", alpha=tuple(alpha), window_days=args.window, dynamic_average=True),
     }
     variants["+ADM+HKE"] = replace(variants["+ADM"], hke=True)

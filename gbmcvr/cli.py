@@ -267,6 +267,11 @@ def train(
         )
         if not is_main():
             return
+        if "actions" in run.metrics:  # KAML: several conversion actions
+            from gbmcvr.deep.kaml_run import kaml_summary
+
+            out.print(f"{run_id or kind} -> {wd.run(run_id or kind, plan)}\n{kaml_summary(run.metrics)}")
+            return
         m = run.metrics["valid"]["p"]
     else:
         raise UserError(f"unknown model '{kind}' (choose e2e, ts or mtdm)")

@@ -96,7 +96,7 @@ def model_input_key(
     if kind == "mtdm":
         from gbmcvr.deep.params import mtdm_config
 
-        return mtdm_input_key(manifest, mtdm_config(cfg.mtdm, f"{cfg.source} [mtdm]"), cfg.seed)
+        return mtdm_input_key(manifest, mtdm_config(cfg.mtdm, f"{cfg.source} [mtdm]"), cfg.seed, _kaml_of(cfg))
     gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
     refit = gcfg.refit if refit is None else refit
     return gbm_input_key(manifest, kind, resolve_gbm_params(wd, cfg, kind, None), refit, gcfg)
@@ -404,11 +404,23 @@ def submit_stage(
     return tsv, result
 
 
-def mtdm_input_key(manifest: dict, mcfg, seed: int) -> str:
-    """The MTDM's input key from its resolved config (tuned or file parameters included)."""
+def mtdm_input_key(manifest: dict, mcfg, seed: int, kaml=None) -> str:
+    """The MTDM's input key from its resolved config (tuned or file parameters included; KAML options too)."""
     from dataclasses import asdict
 
-    return input_key("mtdm", manifest["config_hash"], manifest["raw_fingerprint"], asdict(mcfg), seed)
+    parts = ["mtdm", manifest["config_hash"], manifest["raw_fingerprint"], asdict(mcfg), seed]
+    return input_key(*parts, *([asdict(kaml)] if kaml is not None else []))
+
+
+def _kaml_of(cfg: PipelineConfig):
+    """The KAML config when the profile has several conversion actions, else None (`[mtdm.kaml]` refused)."""
+    from gbmcvr.deep.params import mtdm_kaml_config
+
+    if len(cfg.load_profile().conversion_labels) > 1:
+        return mtdm_kaml_config(cfg.mtdm, f"{cfg.source} [mtdm]")
+    if "kaml" in cfg.mtdm:
+        raise UserError(f"{cfg.source} [mtdm.kaml]: KAML needs a profile with several conversions")
+    return None
 
 
 def train_mtdm_stage(
@@ -450,6 +462,9 @@ def _train_mtdm(wd, cfg, run_id, run_dir, device, feature_set, progress, params,
     if params is not None:
         mcfg = mtdm_config({**cfg.mtdm, **_mtdm_params(wd, params)}, f"{params} (MTDM parameters)")
     fs = feature_set or cfg.feature_set
+    kaml = _kaml_of(cfg)
+    if kaml is not None:
+        return _train_kaml(wd, cfg, kaml, mcfg, run_dir, device, fs, progress, plan, ddp)
     teacher = None
     if mcfg.distill_run:
         teacher = wd.run(mcfg.distill_run, plan)
@@ -471,6 +486,31 @@ def _train_mtdm(wd, cfg, run_id, run_dir, device, feature_set, progress, params,
         run.metrics["backtest"] = _backtest_metrics(tables, run.preds)
         _report_backtest(run_id, run.metrics["backtest"], progress)
     write_mtdm_run(run_dir, run, mcfg, meta)
+    return run
+
+
+def _train_kaml(wd, cfg, kaml, mcfg, run_dir, device, fs, progress, plan, ddp):
+    """The KAML network for a profile with several conversion actions (`[mtdm.kaml]` options)."""
+    from dataclasses import replace
+
+    from gbmcvr.deep.kaml_run import train_kaml_run, write_kaml_run
+    from gbmcvr.tables import load_tables
+
+    if ddp:
+        raise UserError("--ddp: data-parallel training is for the MTDM of one conversion, not KAML")
+    if mcfg.distill_run or mcfg.mutual_weight > 0:
+        raise UserError(f"{cfg.source} [mtdm]: distill_run and mutual_weight are not used by KAML; remove them")
+    kaml = replace(kaml, mtdm=mcfg)
+    actions = len(cfg.load_profile().conversions)
+    for key in ("alpha", "rlu_beta", "action_weights"):
+        kaml.per_action(getattr(kaml, key), actions, 1.0, key)
+    tables = load_tables(wd.features, fs, plan)
+    key = mtdm_input_key(tables.manifest, mcfg, cfg.seed, kaml)
+    run = train_kaml_run(tables, wd.raw, cfg.load_profile(), kaml, cfg.seed, device, progress)
+    write_kaml_run(run_dir, run, kaml, {"feature_set": fs, "input_key": key, "seed": cfg.seed, "plan": plan})
+    weighted = run.metrics.get("valid", {}).get("weighted", {})
+    if weighted:
+        progress(f"kaml: valid weighted AUC {weighted['auc']:.4f}, log loss {weighted['logloss']:.5f}")
     return run
 
 

@@ -1,6 +1,7 @@
 """KAML for incomplete multi-label conversions: masks, per-task losses and the per-action evaluation.
 
 Reading of "No One Left Behind" (KAML) used here, with N conversion actions and o_i the target of sample i:
+- no mask (the default): every sample trains every action's tower, unreported actions read as 0;
 - base mask (eq. 6): M_ij = 1 iff o_i = j;
 - ADM (eqs. 7-8): M_ij = 1 also when sample i's advertising task reported at least alpha_j conversions of
   action j on the T days before the sample's day (never its own or a later day: leak-free);
@@ -16,7 +17,6 @@ Reading of "No One Left Behind" (KAML) used here, with N conversion actions and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -25,47 +25,28 @@ import torch
 from torch.nn import functional as F
 
 from gbmcvr import metrics
-from gbmcvr.deep.params import MtdmConfig, mtdm_config
+from gbmcvr.deep.params import KAML_KEYS, KamlConfig, kaml_options, mtdm_config
 from gbmcvr.errors import UserError
 from gbmcvr.tomlfile import check_keys
 
 
-@dataclass(frozen=True)
-class KamlConfig:
-    """The KAML options (each off by default) on top of the MTDM architecture and optimiser settings."""
-
-    mtdm: MtdmConfig = field(default_factory=MtdmConfig)
-    mask: str = "base"  # base (eq. 6) | adm (eqs. 7-8)
-    alpha: tuple[float, ...] = ()  # ADM threshold per action (empty: 1 for every action)
-    window_days: int = 7  # ADM window T
-    hke: bool = False
-    rlu_gamma: float = 1.0  # share of BCE; 1 = no ranking loss
-    rlu_beta: tuple[float, ...] = ()  # ranking weight per action (empty: 1 each)
-    dynamic_average: bool = False
-    action_weights: tuple[float, ...] = ()  # loss weight w_k per action (empty: 1 each)
-
-    def per_action(self, values: tuple[float, ...], n: int, default: float, name: str) -> list[float]:
-        """A per-action setting expanded to N values (empty -> default), or a UserError on a length mismatch."""
-        if not values:
-            return [default] * n
-        if len(values) != n:
-            raise UserError(f"[kaml] {name} has {len(values)} values for {n} conversion actions")
-        return [float(v) for v in values]
-
-
 def kaml_config(raw: dict[str, Any], where: str) -> KamlConfig:
-    """Parse and check a `[kaml]` section (its `mtdm` sub-table is an `[mtdm]` section)."""
-    check_keys(raw, [f.name for f in fields(KamlConfig)], where)
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    kwargs["mtdm"] = mtdm_config(raw.get("mtdm", {}), f"{where}.mtdm")
-    cfg = KamlConfig(**kwargs)
-    if cfg.mask not in ("base", "adm"):
-        raise UserError(f"{where}: mask must be 'base' or 'adm', not '{cfg.mask}'")
-    if cfg.window_days < 1:
-        raise UserError(f"{where}: window_days must be at least 1, got {cfg.window_days}")
-    if not 0.0 <= cfg.rlu_gamma <= 1.0:
-        raise UserError(f"{where}: rlu_gamma must be in [0, 1]")
-    return cfg
+    """Parse and check a `[kaml]` section: the KAML options plus an `mtdm` sub-table (an `[mtdm]` section)."""
+    check_keys(raw, ["mtdm", *KAML_KEYS], where)
+    options = kaml_options({k: v for k, v in raw.items() if k != "mtdm"}, where)
+    return KamlConfig(mtdm_config(raw.get("mtdm", {}), f"{where}.mtdm"), **options)
+
+
+def training_mask(
+    frame: pl.DataFrame, cfg: KamlConfig, day: str, task: str, target: str, labels: list[str]
+) -> np.ndarray | None:
+    """The training mask of `cfg.mask`: all ones (none), None (the base mask, eq. 6) or ADM (eqs. 7-8)."""
+    if cfg.mask == "none":
+        return np.ones((frame.height, len(labels)), dtype=np.float32)
+    if cfg.mask == "base":
+        return None
+    alpha = cfg.per_action(cfg.alpha, len(labels), 1.0, "alpha")
+    return adm_mask(frame, day, task, target, labels, alpha, cfg.window_days)
 
 
 def base_mask(target: np.ndarray, actions: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from gbmcvr.errors import UserError
@@ -57,9 +57,63 @@ _CHOICES = {
 }
 
 
+@dataclass(frozen=True)
+class KamlConfig:
+    """The KAML options (each off by default) on top of the MTDM architecture and optimiser settings."""
+
+    mtdm: MtdmConfig = field(default_factory=MtdmConfig)
+    mask: str = "none"  # none (every sample trains every action) | base (eq. 6) | adm (eqs. 7-8)
+    alpha: tuple[float, ...] = ()  # ADM threshold per action (empty: 1 for every action)
+    window_days: int = 7  # ADM window T
+    hke: bool = False
+    rlu_gamma: float = 1.0  # share of BCE; 1 = no ranking loss
+    rlu_beta: tuple[float, ...] = ()  # ranking weight per action (empty: 1 each)
+    dynamic_average: bool = False
+    action_weights: tuple[float, ...] = ()  # loss weight w_k per action (empty: 1 each)
+
+    def per_action(self, values: tuple[float, ...], n: int, default: float, name: str) -> list[float]:
+        """A per-action setting expanded to N values (empty -> default), or a UserError on a length mismatch."""
+        if not values:
+            return [default] * n
+        if len(values) != n:
+            raise UserError(f"[mtdm.kaml] {name} has {len(values)} values for {n} conversion actions")
+        return [float(v) for v in values]
+
+
+KAML_KEYS = tuple(f.name for f in fields(KamlConfig) if f.name != "mtdm")
+
+
+def kaml_options(raw: Any, where: str) -> dict[str, Any]:
+    """Parse and check the KAML options of an `[mtdm.kaml]` table (every KamlConfig field but `mtdm`)."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must be a table, got {raw!r}")
+    check_keys(raw, KAML_KEYS, where)
+    kwargs = typed_fields(KamlConfig, raw, where)
+    if kwargs.get("mask", "none") not in ("none", "base", "adm"):
+        raise UserError(f"{where}: mask must be one of 'none', 'base', 'adm', not '{kwargs['mask']}'")
+    if kwargs.get("window_days", 1) < 1:
+        raise UserError(f"{where}: window_days must be at least 1, got {kwargs['window_days']}")
+    gamma = kwargs.get("rlu_gamma", 1.0)
+    if not 0.0 <= gamma <= 1.0:
+        raise UserError(f"{where}: rlu_gamma must be in [0, 1]")
+    if gamma < 1.0 and kwargs.get("mask", "none") == "none":
+        raise UserError(f"{where}: rlu_gamma < 1 ranks positives above masked samples; set mask = 'base' or 'adm'")
+    for key in ("alpha", "rlu_beta", "action_weights"):
+        if any(v < 0 for v in kwargs.get(key, ())):
+            raise UserError(f"{where}: {key} values must be >= 0")
+    return kwargs
+
+
+def mtdm_kaml_config(raw: dict[str, Any], where: str) -> KamlConfig:
+    """The `[mtdm]` section with its `[mtdm.kaml]` table, for a profile with several conversion actions."""
+    return KamlConfig(mtdm_config(raw, where), **kaml_options(raw.get("kaml", {}), f"{where}.kaml"))
+
+
 def mtdm_config(raw: dict[str, Any], where: str) -> MtdmConfig:
-    """Parse and check the `[mtdm]` section."""
-    kwargs = typed_fields(MtdmConfig, raw, where)
+    """Parse and check the `[mtdm]` section (its `kaml` table checked by `kaml_options`, not part of it)."""
+    if "kaml" in raw:
+        kaml_options(raw["kaml"], f"{where}.kaml")
+    kwargs = typed_fields(MtdmConfig, {k: v for k, v in raw.items() if k != "kaml"}, where)
     if "loss_weights" in kwargs:
         check_keys(kwargs["loss_weights"], ["ctr", "cvr", "ctcvr"], f"{where}.loss_weights")
         for task, weight in kwargs["loss_weights"].items():

@@ -20,6 +20,7 @@ from gbmcvr.deep.model import MTDM
 from gbmcvr.deep.params import MtdmConfig, mtdm_config
 from gbmcvr.deep.qr import table_rows
 from gbmcvr.deep.train import MtdmResult, ensemble_predict, resolve_device, task_metrics, train_mtdm
+from gbmcvr.errors import UserError
 from gbmcvr.fe.pipeline import LIKE
 from gbmcvr.runs import PREDS, prediction_table, read_run_meta
 from gbmcvr.tables import FeatureTables
@@ -131,6 +132,8 @@ def load_mtdm_run(run_dir: Path) -> LoadedMtdm:
     run_dir = Path(run_dir)
     read_run_meta(run_dir)
     conf = json.loads((run_dir / "config.json").read_text())
+    if "kaml" in conf:
+        raise UserError(f"{run_dir}: a KAML run (several conversion actions) cannot be loaded as an MTDM")
     raw_cfg = {k: v for k, v in conf["mtdm"].items()}
     cfg = mtdm_config(raw_cfg, f"{run_dir}/config.json")
     spec = InputSpec.from_json(conf["inputs"])
