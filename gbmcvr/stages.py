@@ -280,7 +280,11 @@ def aligned_runs(wd: Workdir, runs: list[str], plan: str, refit: dict[str, bool]
                 f"{run_dir}: no backtest run for '{run}' ('auto' chooses on the backtest: "
                 f"`gbmcvr features --plan backtest` then `gbmcvr train MODEL --plan backtest --run-id {run}`)"
             )
-        read_run_meta(run_dir)
+        if read_run_meta(run_dir).get("kaml"):
+            raise UserError(
+                f"{run_dir}: a KAML run predicts each clicked row's target action, not installs per impression; "
+                "it cannot enter a submission"
+            )
         preds[run] = read_preds(run_dir)
         if refit is not None and not refit.get(run, True) and UNREFIT in preds[run].columns:
             frame = preds[run]

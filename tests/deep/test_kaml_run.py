@@ -84,6 +84,8 @@ def test_train_mtdm_on_several_actions_writes_a_kaml_run(multi_workdir, capsys):
     conf = json.loads((run / "config.json").read_text())
     assert conf["kaml"]["mask"] == "adm" and conf["kaml"]["hke"] and conf["kaml"]["mtdm"]["epochs"] == 2
     assert metrics["mask_coverage"]["act_3"] >= 0  # ADM coverage recorded per action
+    code, _, err = run_cli(["submit", "--runs", "mtdm", "--workdir", wd], capsys)
+    assert code == 2 and "KAML run" in err and "cannot enter a submission" in err
 
 
 def test_unknown_or_mistyped_kaml_key_is_exit_2(multi_workdir, tmp_path, capsys):
