@@ -1,3 +1,4 @@
+import json
 import tomllib
 from dataclasses import replace
 
@@ -85,3 +86,25 @@ def test_requirements_keep_built_columns_buildable():
     assert requires["cross"] == {"date"} and requires["target"] == {"cross", "date"} and requires["count"] == set()
     order = ("date", "cross", "count", "target")
     assert closure({"target"}, requires, order) == ("date", "cross", "target")
+
+
+def test_select_command_writes_a_feature_set_the_pipeline_builds(small_work, tmp_path, capsys):
+    from gbmcvr.workdir import Workdir
+    from tests.factories import run_cli
+
+    wd, _, _ = small_work
+    own = Workdir(tmp_path / "w")
+    (own.root / "features").mkdir(parents=True)
+    (own.root / "features" / "raw").symlink_to(wd.raw)
+    code, out, err = run_cli(["select", "--rounds", "10", "--max-fits", "6", "--workdir", own.root], capsys)
+    assert code == 0, err
+    chosen = tomllib.loads((own.features / "selected.toml").read_text())
+    assert "clean" in chosen and "categorical" in chosen
+    assert (own.features / "selected-selection" / "report.md").is_file()
+    code, out, err = run_cli(["features", "--set", "selected", "--workdir", own.root], capsys)
+    assert code == 0, err
+    manifest = json.loads((own.features / "selected" / "validate" / "manifest.json").read_text())
+    built = {c["family"] for c in manifest["columns"]}
+    assert set(chosen) - {"clean", "categorical"} <= built
+    code, _, err = run_cli(["select", "--rounds", "0", "--workdir", own.root], capsys)
+    assert code == 2 and "--rounds and --max-fits must be at least 1" in err
