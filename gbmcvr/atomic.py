@@ -33,8 +33,8 @@ def _umask() -> int:
     return mask
 
 
-def _apply_umask(path: Path, is_dir: bool) -> None:
-    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
+def _apply_umask(path: Path, is_dir: bool, mask: int | None = None) -> None:
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~(_umask() if mask is None else mask))
 
 
 def write_error(path: Path, exc: OSError) -> UserError:
@@ -97,8 +97,9 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         remove_leftovers(target)
         tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent))
         yield tmp
+        mask = _umask()
         for path in [tmp, *tmp.rglob("*")]:
-            _apply_umask(path, is_dir=path.is_dir())
+            _apply_umask(path, is_dir=path.is_dir(), mask=mask)
         old = None
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".old", dir=target.parent))

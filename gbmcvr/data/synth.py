@@ -93,16 +93,17 @@ def _card(full: int, scale: float) -> int:
     return int(max(min(full, 6), round(full * min(1.0, scale) ** 0.5)))
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function."""
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _intercept(logit: np.ndarray, target: float) -> float:
+def intercept(logit: np.ndarray, target: float) -> float:
     """Shift that makes mean(sigmoid(logit + shift)) equal `target` (bisection)."""
     lo, hi = -15.0, 15.0
     for _ in range(50):
         mid = (lo + hi) / 2
-        if _sigmoid(logit + mid).mean() < target:
+        if sigmoid(logit + mid).mean() < target:
             lo = mid
         else:
             hi = mid
@@ -151,7 +152,7 @@ class _World:
             mean = np.exp(np.clip(signal + 0.5 * rng.normal(size=n_users), -6, 4)) * (4 + 3 * (j % 4))
             self.user_numerical[c] = rng.poisson(mean).astype(np.float64)
         self.user_flags = (
-            rng.random((n_users, 9)) < _sigmoid(self.user_activity[:, None] * 0.5 + rng.normal(0, 1, 9))
+            rng.random((n_users, 9)) < sigmoid(self.user_activity[:, None] * 0.5 + rng.normal(0, 1, 9))
         ).astype(np.int8)
 
         n_ads, n_adv = _card(ADS, scale), _card(ADVERTISERS, scale)
@@ -234,7 +235,7 @@ class _World:
             cols[f"f_{c}"] = self.small_codes[c][(rng.random(n) < 0.3).astype(np.int64)]
         missing_f30 = MISSING_F30_F31[1 if is_test else 0]
         for c in (30, 31):
-            v = (rng.random(n) < _sigmoid(self.user_activity[user])).astype(np.float64)
+            v = (rng.random(n) < sigmoid(self.user_activity[user])).astype(np.float64)
             v[rng.random(n) < missing_f30] = np.nan
             cols[f"f_{c}"] = v
         flags = self.user_flags[user]
@@ -317,11 +318,11 @@ def generate(scale: float = 1.0, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFr
     del parts
     test = world.day(TEST_DAY, n_test, True)
 
-    like_shift = _intercept(train["_like_logit"][:200_000], LIKE_RATE)
-    install_shift = _intercept(train["_install_logit"][:200_000], INSTALL_RATE / LIKE_RATE)
+    like_shift = intercept(train["_like_logit"][:200_000], LIKE_RATE)
+    install_shift = intercept(train["_install_logit"][:200_000], INSTALL_RATE / LIKE_RATE)
     for cols in (train, test):
-        cols["_p_like"] = _sigmoid(cols.pop("_like_logit") + like_shift)
-        cols["_p_igl"] = _sigmoid(cols.pop("_install_logit") + install_shift)
+        cols["_p_like"] = sigmoid(cols.pop("_like_logit") + like_shift)
+        cols["_p_igl"] = sigmoid(cols.pop("_install_logit") + install_shift)
         cols["is_clicked"], cols["is_installed"] = _draw_labels(rng, cols["_p_like"], cols["_p_igl"])
 
     # duplicates: the same impression logged twice; a few copies carry a conflicting install label

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from gbmcvr.atomic import atomic_dir
-from gbmcvr.data.synth import SYNTH_MARKER
+from gbmcvr.data.synth import SYNTH_MARKER, intercept, sigmoid
 from gbmcvr.errors import UserError
 
 ROWS = 1_000_000
@@ -49,19 +49,6 @@ class MultiSynthResult:
 def action_names(n: int) -> list[str]:
     """Conversion label columns act_1 .. act_n."""
     return [f"act_{j}" for j in range(1, n + 1)]
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _shift(logit: np.ndarray, rate: float) -> float:
-    """Intercept making mean(sigmoid(logit + shift)) equal to `rate` (bisection)."""
-    lo, hi = -15.0, 15.0
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _sigmoid(logit + mid).mean() < rate else (lo, mid)
-    return (lo + hi) / 2
 
 
 def _profile_shares(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -124,10 +111,10 @@ def generate(scale: float = 1.0, seed: int = 0, actions: int = 4) -> tuple[pl.Da
     n_ad_quality = task_shared[task] + rng.normal(0, 0.3, n)
 
     click_logit = u1_click[user_cat["u_1"][user]] + task_click[task] + 0.3 * np.log(n_activity)
-    p_click = _sigmoid(click_logit + _shift(click_logit, CLICK_RATE))
+    p_click = sigmoid(click_logit + intercept(click_logit, CLICK_RATE))
     clicked = rng.random(n) < p_click
     cvr_logit = (user_latent[user] + task_shared[task])[:, None] + user_own[user] + task_own[task]
-    p_act = np.column_stack([_sigmoid(cvr_logit[:, j] + _shift(cvr_logit[:, j], rate[j])) for j in range(actions)])
+    p_act = np.column_stack([sigmoid(cvr_logit[:, j] + intercept(cvr_logit[:, j], rate[j])) for j in range(actions)])
     converted = clicked[:, None] & (rng.random((n, actions)) < p_act)
     reported = (
         converted & (day[:, None] >= start[task]) & (rng.random((n, actions)) < completeness[task]) & reports[task]
