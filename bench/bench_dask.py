@@ -11,8 +11,9 @@ import json
 import time
 from pathlib import Path
 
-from gbmcvr.config import PipelineConfig
-from gbmcvr.stages import train_gbm_stage
+from gbmcvr import stages
+from gbmcvr.config import config_from_dict
+from gbmcvr.context import Context
 from gbmcvr.workdir import Workdir
 
 
@@ -25,10 +26,10 @@ def main() -> None:
     parser.add_argument("--scheduler", help="an existing scheduler address instead of a LocalCluster")
     args = parser.parse_args()
     wd = Workdir(args.workdir)
-    cfg = PipelineConfig(gbm={"log_every": 100})
+    ctx = Context(wd, config_from_dict({"gbm": {"log_every": 100}}, "bench"), print)
     results = {}
     start = time.perf_counter()
-    run = train_gbm_stage(wd, cfg, args.kind, f"bench-{args.kind}-local", overwrite=True, progress=print)
+    run = stages.train(ctx, args.kind, run_id=f"bench-{args.kind}-local", overwrite=True)
     results["local"] = (time.perf_counter() - start, run)
     cluster = None
     address = args.scheduler
@@ -40,7 +41,7 @@ def main() -> None:
         )
         address = cluster.scheduler_address
     start = time.perf_counter()
-    run = train_gbm_stage(wd, cfg, args.kind, f"bench-{args.kind}-dask", overwrite=True, progress=print, dask=address)
+    run = stages.train(ctx, args.kind, run_id=f"bench-{args.kind}-dask", overwrite=True, dask=address)
     results["dask"] = (time.perf_counter() - start, run)
     if cluster is not None:
         cluster.close()

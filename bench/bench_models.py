@@ -17,15 +17,16 @@ from pathlib import Path
 
 import polars as pl
 
-from gbmcvr import metrics
-from gbmcvr.config import PipelineConfig
+from gbmcvr import metrics, stages
+from gbmcvr.config import config_from_dict
+from gbmcvr.context import Context
 from gbmcvr.data.ingest import ingest
 from gbmcvr.data.profile import SHARECHAT
 from gbmcvr.data.synth import write_synth
 from gbmcvr.fe.spec import only_families
 from gbmcvr.post.options import submit_options
 from gbmcvr.post.scoring import read_truth
-from gbmcvr.stages import build_features, submit_stage, train_gbm_stage, train_mtdm_stage
+from gbmcvr.stages import build_features
 from gbmcvr.workdir import Workdir
 
 
@@ -48,34 +49,37 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--skip-mtdm", action="store_true")
+    parser.add_argument(
+        "--models", nargs="+", default=["e2e", "ts"], help="boosted kinds, trained with and without refit"
+    )
     args = parser.parse_args()
     data, wd = args.root / "data", Workdir(args.root / "work")
     if not (data / "truth").exists():
         write_synth(data, args.scale, args.seed)
     if not (wd.raw / "manifest.json").exists():
         ingest(data, SHARECHAT, wd.raw)
-    cfg = PipelineConfig(data=str(data), seed=args.seed, gbm={"log_every": 0}, mtdm={"epochs": 6})
+    raw = {"data": str(data), "seed": args.seed, "gbm": {"log_every": 0}, "mtdm": {"epochs": 6}}
+    cfg = config_from_dict(raw, "bench")
+    ctx = Context(wd, cfg, device="cpu")
     for plan in ("validate", "full"):
-        build_features(wd, cfg, plan)
-    raw_cfg = replace(
-        cfg, features=only_families({"clean": {}}), feature_set="rawcols", gbm={**cfg.gbm, "max_cat_cardinality": 0}
+        build_features(ctx, plan=plan)
+    raw_cfg = config_from_dict(
+        {**raw, "features": only_families({"clean": {}}), "feature_set": "rawcols", "gbm": {"max_cat_cardinality": 0}},
+        "bench (raw columns)",
     )
-    build_features(wd, raw_cfg, "validate")
+    build_features(replace(ctx, cfg=raw_cfg), plan="validate")
     runs: dict[str, float] = {}
-    jobs = [
-        ("rawcols", raw_cfg, "e2e", False),
-        ("e2e", cfg, "e2e", False),
-        ("ts", cfg, "ts", False),
-        ("e2e-refit", cfg, "e2e", True),
-        ("ts-refit", cfg, "ts", True),
+    jobs = [("rawcols", raw_cfg, "e2e", False)]
+    jobs += [
+        (kind + suffix, cfg, kind, refit) for suffix, refit in (("", False), ("-refit", True)) for kind in args.models
     ]
     for run_id, c, kind, refit in jobs:
         start = time.perf_counter()
-        train_gbm_stage(wd, c, kind, run_id, refit=refit, overwrite=True, feature_set=c.feature_set)
+        stages.train(replace(ctx, cfg=c), kind, run_id=run_id, refit=refit, overwrite=True)
         runs[run_id] = time.perf_counter() - start
     if not args.skip_mtdm:
         start = time.perf_counter()
-        train_mtdm_stage(wd, cfg, "mtdm", "cpu", True)
+        stages.train(ctx, "mtdm", overwrite=True)
         runs["mtdm"] = time.perf_counter() - start
     truth = read_truth(data).select("row_id", "is_installed", "p_install")
     train = pl.read_parquet(wd.raw / "train.parquet", columns=["f_0", "f_1", "is_installed"])
@@ -104,12 +108,12 @@ def main() -> None:
     for run_id, seconds in runs.items():
         preds = pl.read_parquet(wd.run(run_id) / "preds.parquet")
         emit({**score(run_id, preds, y_valid, truth, rate), "train_seconds": round(seconds, 1)})
-    inputs = ["e2e-refit", "ts-refit"] + ([] if args.skip_mtdm else ["mtdm"])
+    inputs = [f"{kind}-refit" for kind in args.models][:2] + ([] if args.skip_mtdm else ["mtdm"])
     for runs_set in (inputs[:2], inputs):
         for calibration in ("none", "scaling", "scaling-fit", "isotonic", "platt"):
             for weights in ("0.5,0.5" if len(runs_set) == 2 else ",".join(["0.3333"] * 3), "auto"):
                 opts = submit_options({"calibration": calibration, "weights": weights, "name": "bench"}, "bench")
-                _, result = submit_stage(wd, cfg, runs_set, opts, True, data)
+                result = stages.submit(ctx, runs_set, opts=opts, overwrite=True, truth=data).result
                 for row in result.table:
                     emit(
                         {

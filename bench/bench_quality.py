@@ -20,16 +20,17 @@ import numpy as np
 import polars as pl
 
 from gbmcvr import metrics
-from gbmcvr.config import PipelineConfig
+from gbmcvr.config import config_from_dict
+from gbmcvr.context import Context
 from gbmcvr.data.ingest import ingest
 from gbmcvr.data.profile import SHARECHAT
 from gbmcvr.data.synth import write_synth
 from gbmcvr.fe.spec import only_families
-from gbmcvr.gbm.params import gbm_config
 from gbmcvr.gbm.train import train_gbm
+from gbmcvr.models import registry
 from gbmcvr.post.calibrate import prior_shift
 from gbmcvr.post.ensemble import combine, fit_weights
-from gbmcvr.stages import build_features, resolve_gbm_params, select_stage
+from gbmcvr.stages import build_features, select
 from gbmcvr.tables import load_tables
 from gbmcvr.workdir import Workdir
 
@@ -52,17 +53,18 @@ def main() -> None:
         ingest(data, SHARECHAT, wd.raw, print)
     gbm = {"num_boost_round": 2000, "early_stopping_rounds": 50, "log_every": 200}
     gbm |= {s: {"learning_rate": args.learning_rate} for s in ("e2e", "ts_like", "ts_install")}
-    selection = select_stage(wd, PipelineConfig(data=str(data), gbm=gbm), "selected", progress=print)
+    base = config_from_dict({"data": str(data), "gbm": gbm}, "bench")
+    selection = select(Context(wd, base, print), name="selected")
     truth = pl.read_parquet(data / "truth" / "test_truth.parquet")
     results: dict[str, dict] = {}
     test_day: dict[str, float] = {}
     for label, name in SETS.items():
-        cfg = PipelineConfig(
-            data=str(data), feature_set=name, features=only_families({"clean": {}}) if name == "raw" else None, gbm=gbm
-        )
-        build_features(wd, cfg, "validate", progress=print)
+        raw = {"data": str(data), "feature_set": name, "gbm": gbm}
+        cfg = config_from_dict(raw | ({"features": only_families({"clean": {}})} if name == "raw" else {}), "bench")
+        ctx = Context(wd, cfg, print)
+        build_features(ctx, plan="validate")
         tables = load_tables(wd.features, name, "validate")
-        gcfg = gbm_config(cfg.gbm, "bench")
+        gcfg = cfg.section("gbm")
         y_valid = tables.splits["valid"][tables.install_label].to_numpy()
         test_ids = tables.splits["test"][tables.id_column]
         y = pl.DataFrame({"row_id": test_ids}).join(truth, on="row_id", how="left")
@@ -72,7 +74,7 @@ def main() -> None:
         ll_truth = metrics.log_loss(y_test, p_truth)
         valid_p, test_p = {}, {}
         for kind in ("e2e", "ts"):
-            run = train_gbm(kind, tables, gcfg, resolve_gbm_params(wd, cfg, kind, None), print)
+            run = train_gbm(kind, tables, gcfg, registry.get(kind).params(ctx, None), print)
             preds = run.preds
             valid_p[kind] = preds.filter(pl.col("split") == "valid")["p"].to_numpy()
             test_p[kind] = preds.filter(pl.col("split") == "test")["p"].to_numpy()

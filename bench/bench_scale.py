@@ -21,22 +21,24 @@ import numpy as np
 STEP = r"""
 import json, resource, sys, time
 from pathlib import Path
-from gbmcvr.config import PipelineConfig
+from gbmcvr.config import config_from_dict
+from gbmcvr.context import Context
 from gbmcvr.data.ingest import ingest
 from gbmcvr.data.profile import SHARECHAT
-from gbmcvr.stages import build_features, train_gbm_stage
+from gbmcvr.stages import build_features, train
 from gbmcvr.workdir import Workdir
 
 step, data, work, rounds = sys.argv[1], Path(sys.argv[2]), Workdir(Path(sys.argv[3])), int(sys.argv[4])
-cfg = PipelineConfig(gbm={"num_boost_round": rounds, "early_stopping_rounds": 50, "log_every": 0})
+cfg = config_from_dict({"gbm": {"num_boost_round": rounds, "early_stopping_rounds": 50, "log_every": 0}}, "bench")
+ctx = Context(work, cfg)
 start = time.perf_counter()
 if step == "ingest":
     rows = ingest(data, SHARECHAT, work.raw)
     rows = rows.train_rows + rows.test_rows
 elif step == "features":
-    rows = sum(build_features(work, cfg, "validate", force=True).rows.values())
+    rows = sum(build_features(ctx, plan="validate", force=True).rows.values())
 else:
-    run = train_gbm_stage(work, cfg, "e2e", "scale-e2e", overwrite=True)
+    run = train(ctx, "e2e", run_id="scale-e2e", overwrite=True)
     rows = run.params["e2e"]["fit_rows"]
 print(json.dumps({"step": step, "rows": rows, "seconds": round(time.perf_counter() - start, 2),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))

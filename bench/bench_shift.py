@@ -18,7 +18,8 @@ import numpy as np
 import polars as pl
 
 from gbmcvr import stages
-from gbmcvr.config import PipelineConfig
+from gbmcvr.config import config_from_dict
+from gbmcvr.context import Context
 from gbmcvr.data.ingest import ingest
 from gbmcvr.post import backtest as bt
 from gbmcvr.post.options import SubmitOptions
@@ -35,33 +36,32 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     wd = Workdir(args.workdir)
-    cfg = PipelineConfig(
-        data=str(args.data),
-        models=tuple(args.models),
-        gbm={"num_boost_round": args.rounds, "early_stopping_rounds": 30, "log_every": 0},
-        mtdm={"epochs": 2},
+    cfg = config_from_dict(
+        {
+            "data": str(args.data),
+            "models": list(args.models),
+            "gbm": {"num_boost_round": args.rounds, "early_stopping_rounds": 30, "log_every": 0},
+            "mtdm": {"epochs": 2},
+        },
+        "bench",
     )
+    ctx = Context(wd, cfg, print, "cpu")
     profile = cfg.load_profile()
     if not (wd.raw / "train.parquet").is_file():
         ingest(args.data, profile, wd.raw, print)
     for plan in ("validate", "backtest"):
-        stages.build_features(wd, cfg, plan, progress=print)
+        stages.build_features(ctx, plan=plan)
     for kind in args.models:
         for plan in ("backtest", "validate"):
             if (wd.run(kind, plan) / "run.json").is_file():
                 continue
-            if kind == "mtdm":
-                stages.train_mtdm_stage(wd, cfg, kind, "cpu", True, progress=print, plan=plan)
-            else:
-                stages.train_gbm_stage(wd, cfg, kind, kind, overwrite=True, progress=print, plan=plan)
+            stages.train(ctx, kind, plan=plan, overwrite=True)
     opts = SubmitOptions(calibration="auto", weights="auto")
-    choice = stages.backtest_choice(wd, cfg, list(args.models), opts, print)
+    choice = stages.backtest_choice(ctx, list(args.models), opts=opts)
 
     aligned = stages.aligned_runs(wd, list(args.models), "validate")
-    y_valid = stages.valid_labels(wd, cfg, aligned.valid_ids)
-    inputs = bt.PostInputs(
-        aligned.valid, y_valid, aligned.test, stages.day_rates(wd, cfg, "validate"), profile.test_day
-    )
+    y_valid = stages.valid_labels(ctx, aligned.valid_ids)
+    inputs = bt.PostInputs(aligned.valid, y_valid, aligned.test, stages.day_rates(ctx, "validate"), profile.test_day)
     pairs = [(r["calibration"], r["weights"]) for r in choice["rows"]]
     preds = bt.candidate_predictions(inputs, pairs, opts.space, opts.folds, cfg.seed, opts.trend_days)
     truth = read_truth(args.data)
@@ -82,7 +82,7 @@ def main() -> None:
         values += [round(t["logloss"], 5), round(t["calibration_ratio"], 4)]
         return values + (["chosen"] if pair == chosen else [])
 
-    rates = stages.day_rates(wd, cfg, "validate")
+    rates = stages.day_rates(ctx, "validate")
     print(
         json.dumps(
             {

@@ -12,26 +12,24 @@ import resource
 import time
 from pathlib import Path
 
-from gbmcvr.config import PipelineConfig
-from gbmcvr.stages import train_gbm_stage, train_mtdm_stage
+from gbmcvr import stages
+from gbmcvr.config import config_from_dict
+from gbmcvr.context import Context
 from gbmcvr.workdir import Workdir
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--kind", choices=["e2e", "ts", "mtdm"], required=True)
+    parser.add_argument("--kind", required=True, help="a registered model kind (e2e, ts, mtdm, ...)")
     parser.add_argument("--epochs", type=int, default=2, help="MTDM epochs")
     args = parser.parse_args()
     wd = Workdir(args.workdir)
-    cfg = PipelineConfig(gbm={"log_every": 100}, mtdm={"epochs": args.epochs})
+    cfg = config_from_dict({"gbm": {"log_every": 100}, "mtdm": {"epochs": args.epochs}}, "bench")
     start = time.perf_counter()
-    if args.kind == "mtdm":
-        run = train_mtdm_stage(wd, cfg, f"bench-{args.kind}", "auto", True, progress=print)
-        extra = {"samples_per_s": round(run.result.samples_per_s), "best_epoch": run.result.best_epoch}
-    else:
-        run = train_gbm_stage(wd, cfg, args.kind, f"bench-{args.kind}", overwrite=True, progress=print)
-        extra = {"best_iterations": {k: v["best_iteration"] for k, v in run.params.items()}}
+    run = stages.train(Context(wd, cfg, print), args.kind, run_id=f"bench-{args.kind}", overwrite=True)
+    extra = {k: run.metrics[k] for k in ("samples_per_s", "best_epoch") if k in run.metrics}
+    extra |= {"best_iterations": {k: v["best_iteration"] for k, v in run.params.items() if isinstance(v, dict)}}
     seconds = time.perf_counter() - start
     print(
         json.dumps(

@@ -16,12 +16,13 @@ import optuna
 import polars as pl
 
 from gbmcvr import metrics
-from gbmcvr.config import PipelineConfig
+from gbmcvr.config import config_from_dict
+from gbmcvr.context import Context
 from gbmcvr.data.ingest import ingest
 from gbmcvr.data.profile import SHARECHAT
 from gbmcvr.data.synth import write_synth
 from gbmcvr.post.scoring import read_truth
-from gbmcvr.stages import build_features, train_gbm_stage, tune_stage
+from gbmcvr.stages import build_features, train, tune
 from gbmcvr.workdir import Workdir
 
 
@@ -42,13 +43,15 @@ def main() -> None:
         write_synth(data, args.scale, 0)
     if not (wd.raw / "manifest.json").exists():
         ingest(data, SHARECHAT, wd.raw)
-    cfg = PipelineConfig(data=str(data), gbm={"log_every": 0})
-    build_features(wd, cfg, "validate")
+    raw = {"data": str(data), "gbm": {"log_every": 0}}
+    ctx = Context(wd, config_from_dict(raw, "bench"))
+    build_features(ctx, plan="validate")
     truth = read_truth(data).select("row_id", "is_installed")
     for mode, pruner, workers in (("pruned", "median", 1), ("unpruned", "none", 1), ("pruned-2-workers", "median", 2)):
         shutil.rmtree(wd.models, ignore_errors=True)
         start = time.perf_counter()
-        study, _ = tune_stage(wd, replace(cfg, tune={"pruner": pruner}), "e2e", args.trials, workers=workers)
+        tuning_ctx = replace(ctx, cfg=config_from_dict({**raw, "tune": {"pruner": pruner}}, "bench"))
+        study = tune(tuning_ctx, "e2e", trials=args.trials, workers=workers).study
         seconds = time.perf_counter() - start
         if workers > 1:
             study = optuna.load_study(study_name=study.study_name, storage=study._storage)
@@ -63,8 +66,8 @@ def main() -> None:
             "best_valid_logloss": round(study.best_value, 5),
         }
         if mode == "pruned":
-            train_gbm_stage(wd, cfg, "e2e", "default", overwrite=True)
-            train_gbm_stage(wd, cfg, "e2e", "tuned-best", params="tuned", overwrite=True)
+            train(ctx, "e2e", run_id="default", overwrite=True)
+            train(ctx, "e2e", run_id="tuned-best", params="tuned", overwrite=True)
             for run_id in ("default", "tuned-best"):
                 m = json.loads((wd.run(run_id) / "metrics.json").read_text())
                 row[f"{run_id}_valid_logloss"] = round(m["valid"]["p"]["logloss"], 5)

@@ -5,14 +5,32 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
-from gbmcvr.atomic import WRITE_ERRNOS, write_error
+from gbmcvr import stages
+from gbmcvr import tune as tuning
+from gbmcvr.atomic import WRITE_ERRNOS, write_error, write_text
+from gbmcvr.config import DEFAULT_TOML, PipelineConfig, load_config
+from gbmcvr.context import Context, is_main
+from gbmcvr.data.analyze_report import analyze_store
+from gbmcvr.data.synth import check_synth_target, write_synth
+from gbmcvr.data.synth_multi import write_synth_multi
+from gbmcvr.deep.params import check_mtdm
 from gbmcvr.errors import UserError
+from gbmcvr.fe.select import SelectOptions
+from gbmcvr.fe.spec import config_feature_spec, default_toml_text
+from gbmcvr.models import registry
+from gbmcvr.pipeline import demo as run_demo
+from gbmcvr.pipeline import run_pipeline
+from gbmcvr.post.options import submit_options
+from gbmcvr.post.scoring import format_score, score_submission
+from gbmcvr.space import model_space, space_toml
 from gbmcvr.workdir import Workdir
 
 app = typer.Typer(
@@ -35,18 +53,15 @@ def progress(message: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
 
 
-def _config(workdir: Path, config: Path | None):
-    from gbmcvr.config import load_config
-
-    return load_config(config, Workdir(workdir).config_file)
+def _context(workdir: Path, config: Path | None, device: str = "auto") -> Context:
+    """The work directory and its config (--config, else WORKDIR/gbmcvr.toml, else the defaults), parsed once."""
+    wd = Workdir(workdir)
+    return Context(wd, load_config(config, wd.config_file), progress, device)
 
 
 @app.command()
 def init(workdir: WorkdirOpt = Path("."), overwrite: bool = False) -> None:
     """Write a commented default gbmcvr.toml into the work directory."""
-    from gbmcvr.atomic import write_text
-    from gbmcvr.config import DEFAULT_TOML
-
     path = Workdir(workdir).config_file
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists (use --overwrite to replace it)")
@@ -66,16 +81,12 @@ def synth(
     force: Annotated[bool, typer.Option("--force", help="Replace OUT even if it holds other files.")] = False,
 ) -> None:
     """Generate a dataset in the ShareChat challenge layout, with the test day's true probabilities."""
-    from gbmcvr.data.synth import check_synth_target, write_synth
-
     if scale <= 0:
         raise UserError(f"--scale must be positive, got {scale}")
     if kind not in ("sharechat", "multi-action"):
         raise UserError(f"--kind must be sharechat or multi-action, not '{kind}'")
     check_synth_target(out_dir, force)
     if kind == "multi-action":
-        from gbmcvr.data.synth_multi import write_synth_multi
-
         progress(f"generating multi-action scale {scale} (seed {seed}, {actions} actions) into {out_dir}")
         multi = write_synth_multi(out_dir, scale, seed, actions)
         out.print(
@@ -94,17 +105,17 @@ def synth(
 @app.command()
 def ingest(
     data_dir: Annotated[Path, typer.Argument(metavar="DATA_DIR")],
-    profile: Annotated[str, typer.Option(help="Built-in profile name or a profile TOML file.")] = "sharechat2023",
+    profile: Annotated[
+        str | None, typer.Option(help="Built-in profile name or a profile TOML file (default from config).")
+    ] = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Raw store folder (default WORKDIR/features/raw).")
     ] = None,
+    config: ConfigOpt = None,
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Validate a raw dataset folder and write the typed Parquet raw store."""
-    from gbmcvr.data.ingest import ingest as run_ingest
-    from gbmcvr.data.profile import load_profile
-
-    result = run_ingest(data_dir, load_profile(profile), out_dir or Workdir(workdir).raw, progress)
+    result = stages.ingest(_context(workdir, config), data_dir, profile=profile, out=out_dir)
     out.print(
         f"ingested {result.train_rows:,} train and {result.test_rows:,} test rows into {result.out} in {result.seconds:.1f}s"
     )
@@ -123,12 +134,9 @@ def analyze(
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Data analysis of the raw store (or --data): analyze.md, analyze.json and plots."""
-    from gbmcvr.data.analyze_report import analyze_store
-
-    cfg = _config(workdir, config)
-    wd = Workdir(workdir)
-    target = out_dir or wd.root / "reports" / "analyze"
-    result = analyze_store(wd.raw, profile or cfg.profile, target, data, cfg.seed, progress)
+    ctx = _context(workdir, config)
+    target = out_dir or ctx.wd.root / "reports" / "analyze"
+    result = analyze_store(ctx.wd.raw, profile or ctx.cfg.profile, target, data, ctx.cfg.seed, progress)
     out.print(f"wrote {target / 'analyze.md'} ({result['summary']['seconds']:.1f}s)")
 
 
@@ -139,27 +147,8 @@ def validate(
     profile: str = "sharechat2023",
 ) -> None:
     """Check a submission file against the test ids of a dataset."""
-    from gbmcvr.data.ingest import source_files
-    from gbmcvr.data.profile import load_profile
-    from gbmcvr.post import submission as sub
-
-    prof = load_profile(profile)
-    import polars as pl
-
-    _, test_files = source_files(data, prof)
-    ids = pl.concat(
-        [
-            pl.read_csv(
-                f,
-                separator=prof.separator,
-                columns=[prof.id_column],
-                schema_overrides={prof.id_column: pl.Int64},
-            )
-            for f in test_files
-        ]
-    )[prof.id_column]
-    sub.validate(sub.read(submission), ids, str(submission))
-    out.print(f"{submission}: valid ({len(ids):,} rows)")
+    rows = stages.validate_submission(submission, data=data, profile=profile)
+    out.print(f"{submission}: valid ({rows:,} rows)")
 
 
 @app.command()
@@ -171,8 +160,6 @@ def score(
     ] = None,
 ) -> None:
     """Score a submission against a truth file: log loss, NCE, AUC, calibration; the truth's own log loss."""
-    from gbmcvr.post.scoring import format_score, score_submission
-
     result = score_submission(submission, truth, base_rate)
     out.print(format_score(result))
 
@@ -187,20 +174,15 @@ def features(
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Build feature tables from the raw store into features/<set>/<plan>/."""
-    from gbmcvr.fe.spec import default_toml_text
-    from gbmcvr.stages import build_features
-
     if show_default:
         out.print(default_toml_text(), markup=False)
         return
-    from gbmcvr.fe.spec import config_feature_spec
-
-    cfg = _config(workdir, config)
-    _, sources = config_feature_spec(cfg.features, cfg.load_profile(), cfg.source)
+    ctx = _context(workdir, config)
+    _, sources = config_feature_spec(ctx.cfg.features, ctx.cfg.load_profile(), ctx.cfg.source)
     out.print("feature families: " + ", ".join(f"{family} ({where})" for family, where in sources.items()))
     plans = ["validate", "full"] if plan == "both" else [plan]
     for p in plans:
-        result = build_features(Workdir(workdir), cfg, p, feature_set, force, progress)
+        result = stages.build_features(ctx, plan=p, feature_set=feature_set, force=force)
         verb = "built" if result.rebuilt else "up to date:"
         out.print(f"{verb} {result.out} ({result.columns} columns, rows {result.rows}, {result.seconds:.1f}s)")
 
@@ -216,21 +198,17 @@ def select_cmd(
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Choose feature families and categorical handling on the backtest plan's selection day."""
-    from gbmcvr.fe.select import SelectOptions
-    from gbmcvr.stages import select_stage
-
-    cfg = _config(workdir, config)
+    ctx = _context(workdir, config)
     if rounds < 1 or max_fits < 1:
         raise UserError("--rounds and --max-fits must be at least 1")
-    selection = select_stage(
-        Workdir(workdir), cfg, name, SelectOptions(rounds, max_fits=max_fits, seed=cfg.seed), progress
-    )
+    opts = SelectOptions(rounds, max_fits=max_fits, seed=ctx.cfg.seed)
+    selection = stages.select(ctx, name=name, opts=opts)
     out.print(f'selected {selection.choice.label()}; use it with feature_set = "{name}" in gbmcvr.toml')
 
 
 @app.command()
 def train(
-    kind: Annotated[str, typer.Argument(metavar="MODEL", help="e2e | ts | mtdm")],
+    kind: Annotated[str, typer.Argument(metavar="MODEL", help=" | ".join(registry.names()))],
     config: ConfigOpt = None,
     feature_set: Annotated[str | None, typer.Option("--features", help="Feature set (default from config).")] = None,
     params: Annotated[str | None, typer.Option("--params", help="JSON params file, or 'tuned'.")] = None,
@@ -238,47 +216,42 @@ def train(
     run_id: Annotated[
         str | None, typer.Option("--run-id", help="Run directory name (default: the model name).")
     ] = None,
-    device: Annotated[str, typer.Option(help="MTDM only: auto | cpu | cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="Deep models: auto | cpu | cuda.")] = "auto",
     plan: Annotated[
         str, typer.Option(help="validate, or backtest (the rehearsal one day earlier: models/backtest/<run-id>/).")
     ] = "validate",
     dask: Annotated[
-        str | None, typer.Option("--dask", help="e2e/ts: Dask scheduler address to train on (or [gbm] dask).")
+        str | None, typer.Option("--dask", help="LightGBM: Dask scheduler address to train on (or [gbm] dask).")
     ] = None,
     ddp: Annotated[bool, typer.Option("--ddp", help="MTDM: data parallel over the processes torchrun starts.")] = False,
     overwrite: bool = False,
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Train a model on the feature tables and write models/<run-id>/ (models/backtest/<run-id>/)."""
-    from gbmcvr import stages
-
-    cfg = _config(workdir, config)
-    wd = Workdir(workdir)
-    if kind in ("e2e", "ts"):
-        run = stages.train_gbm_stage(
-            wd, cfg, kind, run_id or kind, params, refit, overwrite, feature_set, progress, plan, dask
-        )
-        m = run.metrics["valid"]["p"]
-    elif kind == "mtdm":
-        from gbmcvr.deep.distributed import is_main
-
-        run = stages.train_mtdm_stage(
-            wd, cfg, run_id or kind, device, overwrite, feature_set, progress, params, plan, ddp
-        )
-        if not is_main():
-            return
-        if "actions" in run.metrics:  # KAML: several conversion actions
-            from gbmcvr.deep.kaml_run import kaml_summary
-
-            out.print(f"{run_id or kind} -> {wd.run(run_id or kind, plan)}\n{kaml_summary(run.metrics)}")
-            return
-        m = run.metrics["valid"]["p"]
-    else:
-        raise UserError(f"unknown model '{kind}' (choose e2e, ts or mtdm)")
+    ctx = _context(workdir, config, device)
+    run_id = run_id or kind
+    run = stages.train(
+        ctx,
+        kind,
+        run_id=run_id,
+        plan=plan,
+        params=params,
+        refit=refit,
+        feature_set=feature_set,
+        dask=dask,
+        ddp=ddp,
+        overwrite=overwrite,
+    )
+    if not is_main():
+        return
+    where = ctx.wd.run(run_id, plan)
+    if not run.predicts_installs:
+        out.print(f"{run_id} -> {where}\n{run.summary}")
+        return
+    m = run.metrics["valid"]["p"]
     out.print(
-        f"{run_id or kind}: valid log loss {m['logloss']:.5f}, NCE {m['nce']:.5f} (base rate {m['nce_base_rate']:.4f}, "
-        f"fit-window install rate), AUC {m['auc']:.5f}, calibration {m['calibration_ratio']:.3f} "
-        f"-> {wd.run(run_id or kind, plan)}"
+        f"{run_id}: valid log loss {m['logloss']:.5f}, NCE {m['nce']:.5f} (base rate {m['nce_base_rate']:.4f}, "
+        f"fit-window install rate), AUC {m['auc']:.5f}, calibration {m['calibration_ratio']:.3f} -> {where}"
     )
     if "backtest" in run.metrics:
         t = run.metrics["backtest"]["test"]
@@ -309,19 +282,13 @@ def submit(
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Calibrate and ensemble runs, write submissions/<name>.tsv with a Table-5-like report."""
-    from dataclasses import replace
-
-    from gbmcvr import stages
-    from gbmcvr.post.options import submit_options
-
-    cfg = _config(workdir, config)
-    opts = submit_options(cfg.submit, f"{cfg.source} [submit]")
+    ctx = _context(workdir, config)
     changes = {
         k: v for k, v in {"calibration": calibration, "weights": weights, "space": space, "name": name}.items() if v
     }
-    opts = submit_options({**vars(replace(opts, **changes))}, "command line")
+    opts = submit_options({**vars(replace(ctx.cfg.submit, **changes))}, "command line")
     run_ids = [r for item in runs for r in item.split()]
-    tsv, _ = stages.submit_stage(Workdir(workdir), cfg, run_ids, opts, overwrite, truth, progress)
+    tsv = stages.submit(ctx, run_ids, opts=opts, overwrite=overwrite, truth=truth).tsv
     out.print((tsv.with_suffix(".md")).read_text(), markup=False)
     out.print(f"wrote {tsv}")
 
@@ -334,13 +301,10 @@ def run_cmd(
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Whole pipeline from one config: ingest -> features -> train -> submit (current steps are skipped)."""
-    from gbmcvr.pipeline import run_pipeline
-
-    cfg = _config(workdir, config)
-    result = run_pipeline(Workdir(workdir), cfg, data, truth, progress)
-    for step, state in result["steps"].items():
+    result = run_pipeline(_context(workdir, config), data=data, truth=truth)
+    for step, state in result.steps.items():
         out.print(f"  {step:<22} {state}")
-    out.print(result["submission"].with_suffix(".md").read_text(), markup=False)
+    out.print(result.submission.tsv.with_suffix(".md").read_text(), markup=False)
 
 
 @app.command()
@@ -350,23 +314,20 @@ def demo(
     workdir: WorkdirOpt = Path("gbmcvr-demo"),
 ) -> None:
     """Generate ~100k rows, run the whole pipeline (e2e, ts, MTDM), analyze the data, score against the truth."""
-    from gbmcvr.pipeline import demo as run_demo
-    from gbmcvr.post.scoring import format_score
-
     start = time.perf_counter()
     wd = Workdir(workdir)
     wd.root.mkdir(parents=True, exist_ok=True)
-    result = run_demo(wd, scale, seed, progress)
-    out.print(result["submission"].with_suffix(".md").read_text(), markup=False)
+    result = run_demo(Context(wd, PipelineConfig(), progress), scale=scale, seed=seed)
+    out.print(result.submission.tsv.with_suffix(".md").read_text(), markup=False)
     out.print("Submission scored against the generated truth (gbmcvr score):")
-    out.print(format_score(result["score"]), markup=False)
+    out.print(format_score(result.score), markup=False)
     out.print(f"data analysis: {wd.root / 'reports' / 'analyze' / 'analyze.md'}")
     out.print(f"demo finished in {time.perf_counter() - start:.0f}s; outputs under {wd.root}")
 
 
 @app.command()
 def tune(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="e2e | ts-like | ts-install | mtdm")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="A model kind, or one stage of a kind (ts-like).")],
     trials: Annotated[int, typer.Option(help="Total finished trials wanted in the study.")] = 30,
     timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")] = None,
     storage: Annotated[
@@ -378,28 +339,32 @@ def tune(
     seed: Annotated[int | None, typer.Option(help="Sampler seed (default: the config seed).")] = None,
     pruner: Annotated[str | None, typer.Option(help="median | hyperband | none")] = None,
     show_space: Annotated[bool, typer.Option("--show-space", help="Print the search space and exit.")] = False,
-    device: Annotated[str, typer.Option(help="MTDM only: auto | cpu | cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="Deep models: auto | cpu | cuda.")] = "auto",
     worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
     config: ConfigOpt = None,
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Tune a model's parameters with Optuna against its validation log loss (resumable, prunable)."""
-    from rich.table import Table
-
-    from gbmcvr import stages
-    from gbmcvr import tune as tuning
-    from gbmcvr.space import check_model, model_space, space_toml
-
-    cfg = _config(workdir, config)
-    check_model(model)
+    ctx = _context(workdir, config, device)
+    registry.target_kind(model)
     if show_space:
-        out.print(space_toml(model, model_space(model, cfg.tune.get(model), cfg.source)), markup=False)
+        out.print(space_toml(model, model_space(model, ctx.cfg.tune.spaces.get(model), ctx.cfg.source)), markup=False)
         return
-    the_study, completed = stages.tune_stage(
-        Workdir(workdir), cfg, model, trials, timeout, storage, study, workers, seed, pruner, worker, device, progress
+    tuned = stages.tune(
+        ctx,
+        model,
+        trials=trials,
+        timeout=timeout,
+        storage=storage,
+        study=study,
+        workers=workers,
+        seed=seed,
+        pruner=pruner,
+        worker=worker,
     )
     if worker:
         return
+    the_study, completed = tuned.study, tuned.completed
     rows = tuning.summary_rows(the_study)
     if not rows:
         out.print("no completed trials yet")
@@ -435,12 +400,14 @@ def aliexpress(
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Train the MTDM on AliExpress-format files; print test AUCs beside the published MMoE results."""
-    from gbmcvr.deep import aliexpress as ax
-    from gbmcvr.deep.params import mtdm_config
+    from gbmcvr.deep import aliexpress as ax  # imports torch: only for this command
 
-    cfg = _config(workdir, config)
-    mcfg = mtdm_config({**cfg.mtdm, **({"epochs": epochs} if epochs else {})}, "[mtdm]")
-    result = ax.evaluate(train_csv, test_csv, mcfg, cfg.seed, device, progress)
+    ctx = _context(workdir, config, device)
+    mcfg = ctx.cfg.section("mtdm").config
+    if epochs:
+        mcfg = replace(mcfg, epochs=epochs)
+        check_mtdm(mcfg, "--epochs")
+    result = ax.evaluate(train_csv, test_csv, mcfg, ctx.cfg.seed, device, progress)
     out.print(f"AliExpress test rows: {result['test_rows']:,}")
     out.print(f"{'task':<8}{'ours (AUC)':>12}{'MMoE, published (NL)':>24}")
     for task in ("ctr", "cvr", "ctcvr"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 from gbmcvr.errors import UserError
 
@@ -17,3 +17,34 @@ def dask_modules() -> tuple[ModuleType, ModuleType]:
             f"training on Dask needs dask[distributed] ({exc.name} is missing): pip install 'gbmcvr[dask]'"
         ) from None
     return dd, distributed
+
+
+def deep() -> SimpleNamespace:
+    """The torch-backed modules of the deep models (importing torch takes seconds, so only when a deep model
+    trains or loads), or a UserError saying how to install PyTorch."""
+    try:
+        import torch
+    except ImportError:
+        raise UserError("the deep model needs PyTorch: pip install torch (CPU: torch==2.13.0)") from None
+    from gbmcvr.deep import distributed, kaml_run, run, train
+
+    return SimpleNamespace(torch=torch, distributed=distributed, kaml_run=kaml_run, run=run, train=train)
+
+
+def catboost() -> ModuleType:
+    """The `catboost` package, or a UserError saying how to install it."""
+    try:
+        import catboost as cb
+    except ImportError:
+        raise UserError("the CatBoost model needs catboost: pip install catboost") from None
+    return cb
+
+
+def pyplot() -> ModuleType:
+    """matplotlib's pyplot on the file-only Agg backend (reports write PNGs; no display is needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

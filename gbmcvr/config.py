@@ -1,27 +1,32 @@
-"""The pipeline config (`gbmcvr.toml`): TOML to a frozen dataclass; unknown keys are errors."""
+"""The pipeline config (`gbmcvr.toml`): TOML to a frozen dataclass of typed sections, parsed and checked once
+when the file is read; unknown keys are errors. Each model kind parses its own table (`models.registry`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from gbmcvr.data.profile import Profile, load_profile
-from gbmcvr.deep.params import mtdm_config
 from gbmcvr.errors import UserError
 from gbmcvr.fe.spec import config_feature_spec
-from gbmcvr.gbm.params import gbm_config
-from gbmcvr.post.options import submit_options
-from gbmcvr.space import check_tune
+from gbmcvr.models import registry
+from gbmcvr.post.options import SubmitOptions, submit_options
+from gbmcvr.space import TuneConfig, tune_config
 from gbmcvr.tomlfile import check_keys, read_toml, typed_fields
 
-MODEL_KINDS = ("e2e", "ts", "mtdm")
 BUILTIN_SOURCE = "built-in defaults"
+
+
+def default_sections() -> dict[str, Any]:
+    """Every kind's config table at its defaults."""
+    return {name: kind.parse_section({}, f"[{name}]") for name, kind in registry.sections().items()}
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """One pipeline: dataset profile, data folder, seed, feature set and per-stage sections."""
+    """One pipeline: dataset profile, data folder, seed, feature set, and the typed sections of the stages."""
 
     profile: str = "sharechat2023"
     data: str = "data"
@@ -29,37 +34,52 @@ class PipelineConfig:
     feature_set: str = "default"
     select: bool = False
     models: tuple[str, ...] = ("e2e", "ts")
-    features: dict[str, Any] | None = None
-    gbm: dict[str, Any] = field(default_factory=dict)
-    mtdm: dict[str, Any] = field(default_factory=dict)
-    tune: dict[str, Any] = field(default_factory=dict)
-    submit: dict[str, Any] = field(default_factory=dict)
+    features: dict[str, Any] | None = None  # [features]: merged over the default set by `fe.spec`
+    sections: dict[str, Any] = field(default_factory=default_sections)  # each kind's table, typed
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    submit: SubmitOptions = field(default_factory=SubmitOptions)
     source: str = BUILTIN_SOURCE
 
-    def load_profile(self) -> Profile:
+    def section(self, name: str) -> Any:
+        """A kind's typed config table (`gbm`, `mtdm`, ...)."""
+        return self.sections[name]
+
+    @cached_property
+    def _profile(self) -> Profile:
         return load_profile(self.profile)
 
+    def load_profile(self) -> Profile:
+        """The dataset profile, read once per config."""
+        return self._profile
 
-_SECTIONS = ("features", "gbm", "mtdm", "tune", "submit")
-_TOP = ("profile", "data", "seed", "feature_set", "select", "models", *_SECTIONS)
+
+_SCALARS = ("profile", "data", "seed", "feature_set", "select", "models")
 
 
 def config_from_dict(raw: dict[str, Any], where: str) -> PipelineConfig:
-    """Validate the top level and each stage's section (stages own their own keys)."""
-    check_keys(raw, _TOP, where)
-    for section in ("features", "gbm", "mtdm", "tune", "submit"):
+    """Validate and type the whole config: the top level, [features], every kind's table, [tune], [submit]."""
+    kind_sections = registry.sections()
+    tables = ("features", *kind_sections, "tune", "submit")
+    check_keys(raw, (*_SCALARS, *tables), where)
+    for section in tables:
         if section in raw and not isinstance(raw[section], dict):
             raise UserError(f"{where}: [{section}] must be a table, got {raw[section]!r}")
-    values = typed_fields(PipelineConfig, {k: v for k, v in raw.items() if k not in _SECTIONS}, where)
+    values = typed_fields(PipelineConfig, {k: v for k, v in raw.items() if k in _SCALARS}, where)
     for m in values.get("models", ()):
-        if m not in MODEL_KINDS:
-            raise UserError(f"{where}: unknown model '{m}' in models (choose from {', '.join(MODEL_KINDS)})")
-    cfg = PipelineConfig(**values, **{k: dict(raw[k]) for k in _SECTIONS if k in raw}, source=where)
+        if m not in registry.names():
+            raise UserError(f"{where}: unknown model '{m}' in models (choose from {', '.join(registry.names())})")
+    cfg = PipelineConfig(
+        **values,
+        features=dict(raw["features"]) if "features" in raw else None,
+        sections={
+            name: kind.parse_section(dict(raw.get(name, {})), f"{where} [{name}]")
+            for name, kind in kind_sections.items()
+        },
+        tune=tune_config(dict(raw.get("tune", {})), f"{where} [tune]"),
+        submit=submit_options(dict(raw.get("submit", {})), f"{where} [submit]"),
+        source=where,
+    )
     config_feature_spec(cfg.features, cfg.load_profile(), f"{where} [features]")
-    gbm_config(cfg.gbm, f"{where} [gbm]")
-    mtdm_config(cfg.mtdm, f"{where} [mtdm]")
-    check_tune(cfg.tune, f"{where} [tune]")
-    submit_options(cfg.submit, f"{where} [submit]")
     return cfg
 
 

@@ -1,16 +1,56 @@
-"""Run directories (models/<run-id>/): the prediction table every model kind writes, and run metadata."""
+"""Run directories (models/<run-id>/): the one writer and the readers of run.json, params.json,
+metrics.json and the prediction table every model kind writes, the input key and the "is current" check."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
+from gbmcvr import metrics
+from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.errors import UserError
+from gbmcvr.models.base import TrainedRun
+from gbmcvr.schema import PRED_ID, PRED_P, PRED_SPLIT
 
 PREDS = "preds.parquet"
+RUN = "run.json"
+PARAMS = "params.json"
+METRICS = "metrics.json"
+UNREFIT = "p_without_refit"  # a backtest run's test-day predictions before its refit
+
+
+def input_key(*parts: object) -> str:
+    """Hash of everything a run depends on (for `gbmcvr run` to skip current steps)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_run(run_dir: Path, run: TrainedRun, meta: dict[str, Any]) -> None:
+    """Write a run directory atomically: the kind's model files, then params, metrics, predictions, run.json."""
+    with atomic_dir(run_dir) as tmp:
+        run.save(tmp)
+        write_json(tmp / PARAMS, run.params)
+        write_json(tmp / METRICS, run.metrics)
+        run.preds.write_parquet(tmp / PREDS)
+        record = {**meta, "input_key": run.input_key, **run.meta, "kind": run.kind, "stages": run.stages}
+        write_json(tmp / RUN, {"refit": False, **record})
+
+
+def is_current(run_dir: Path, key: str) -> bool:
+    """Whether the run exists and was trained from inputs with this key."""
+    path = Path(run_dir) / RUN
+    return path.is_file() and json.loads(path.read_text()).get("input_key") == key
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no {METRICS} (train the run again)")
+    return json.loads(path.read_text())
 
 
 def prediction_table(ids: dict[str, np.ndarray], columns: dict[str, dict[str, np.ndarray]]) -> pl.DataFrame:
@@ -20,8 +60,8 @@ def prediction_table(ids: dict[str, np.ndarray], columns: dict[str, dict[str, np
         if split not in ids:
             continue
         cols = {
-            "row_id": pl.Series(ids[split], dtype=pl.Int64),
-            "split": pl.Series([split] * len(ids[split])),
+            PRED_ID: pl.Series(ids[split], dtype=pl.Int64),
+            PRED_SPLIT: pl.Series([split] * len(ids[split])),
         }
         cols.update({k: pl.Series(v, dtype=pl.Float64) for k, v in columns[split].items()})
         parts.append(pl.DataFrame(cols))
@@ -49,20 +89,24 @@ def check_train_plan(plan: str) -> str:
 
 
 def backtest_scores(
-    preds: pl.DataFrame, labels: pl.DataFrame, id_column: str, install_label: str, base_rate: float, column: str = "p"
+    preds: pl.DataFrame,
+    labels: pl.DataFrame,
+    id_column: str,
+    install_label: str,
+    base_rate: float,
+    column: str = PRED_P,
 ) -> dict:
     """Metrics of a backtest run's test-day predictions against the labels the backtest plan kept aside."""
-    from gbmcvr import metrics
-
-    test = preds.filter(pl.col("split") == "test").select("row_id", column)
-    joined = test.join(labels.select(pl.col(id_column).alias("row_id"), install_label), on="row_id", how="left")
+    test = preds.filter(pl.col(PRED_SPLIT) == "test").select(PRED_ID, column)
+    joined = test.join(labels.select(pl.col(id_column).alias(PRED_ID), install_label), on=PRED_ID, how="left")
     if joined[install_label].null_count():
         raise UserError(f"{joined[install_label].null_count():,} backtest test rows have no kept-aside label")
     return metrics.report(joined[install_label].to_numpy(), joined[column].to_numpy(), base_rate)
 
 
 def read_run_meta(run_dir: Path) -> dict:
-    path = Path(run_dir) / "run.json"
+    """A run's run.json (kind, stages, refit, input key, feature set, plan, seed)."""
+    path = Path(run_dir) / RUN
     if not path.is_file():
         raise UserError(f"{run_dir}: not a run directory (no run.json; train one with `gbmcvr train`)")
     return json.loads(path.read_text())
@@ -74,11 +118,11 @@ def read_preds(run_dir: Path) -> pl.DataFrame:
     if not path.is_file():
         raise UserError(f"{run_dir}: no {PREDS} (train the run again)")
     preds = pl.read_parquet(path)
-    for col in [c for c in preds.columns if c == "p" or c.startswith("p_")]:
+    for col in [c for c in preds.columns if c == PRED_P or c.startswith(f"{PRED_P}_")]:
         values = preds[col].cast(pl.Float64)
         for split in ("valid", "test"):
-            part = values.filter(preds["split"] == split)
-            if col != "p" and part.null_count() == len(part):
+            part = values.filter(preds[PRED_SPLIT] == split)
+            if col != PRED_P and part.null_count() == len(part):
                 continue  # a component some splits do not carry (e.g. p_without_refit on valid rows)
             n_bad = int(part.is_null().sum() + part.is_nan().sum())
             if n_bad:

@@ -13,3 +13,5 @@ TRUTH_P_INSTALL = "p_install"  # the true probability, where the data was genera
 PRED_ID = "row_id"
 PRED_SPLIT = "split"
 PRED_P = "p"
+
+LIKE = "is_like"  # clicked OR installed: the two-step model's first target, a label column of the feature tables

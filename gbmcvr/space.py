@@ -1,44 +1,15 @@
-"""Optuna search spaces as data: built-in defaults per model, overridable from `[tune.<model>]` in TOML."""
+"""Optuna search spaces as data (each kind declares its defaults) and the `[tune]` config section."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 
 from gbmcvr.errors import UserError
-from gbmcvr.tomlfile import check_keys
-
-_LGBM_SPACE: dict[str, dict[str, Any]] = {
-    "num_leaves": {"type": "int", "low": 15, "high": 255, "log": True},
-    "learning_rate": {"type": "float", "low": 0.01, "high": 0.2, "log": True},
-    "min_data_in_leaf": {"type": "int", "low": 20, "high": 2000, "log": True},
-    "feature_fraction": {"type": "float", "low": 0.3, "high": 1.0},
-    "bagging_fraction": {"type": "float", "low": 0.5, "high": 1.0},
-    "bagging_freq": {"type": "int", "low": 0, "high": 5},
-    "lambda_l1": {"type": "float", "low": 1e-3, "high": 10.0, "log": True},
-    "lambda_l2": {"type": "float", "low": 1e-3, "high": 100.0, "log": True},
-    "min_gain_to_split": {"type": "float", "low": 0.0, "high": 1.0},
-    "max_bin": {"type": "categorical", "choices": [63, 127, 255]},
-    "cat_smooth": {"type": "float", "low": 1.0, "high": 100.0, "log": True},
-    "cat_l2": {"type": "float", "low": 1.0, "high": 100.0, "log": True},
-}
-
-DEFAULT_SPACES: dict[str, dict[str, dict[str, Any]]] = {
-    "e2e": _LGBM_SPACE,
-    "ts-like": _LGBM_SPACE,
-    "ts-install": _LGBM_SPACE,
-    "mtdm": {
-        "learning_rate": {"type": "float", "low": 3e-4, "high": 1e-2, "log": True},
-        "weight_decay": {"type": "float", "low": 1e-7, "high": 1e-3, "log": True},
-        "embedding_dim": {"type": "int", "low": 4, "high": 32, "log": True},
-        "experts": {"type": "int", "low": 2, "high": 8},
-        "dropout": {"type": "float", "low": 0.0, "high": 0.3},
-        "batch_size": {"type": "categorical", "choices": [1024, 2048, 4096, 8192]},
-    },
-}
-MODELS = tuple(DEFAULT_SPACES)
+from gbmcvr.models import registry
+from gbmcvr.tomlfile import check_keys, typed_fields
 
 
 @dataclass(frozen=True)
@@ -61,12 +32,6 @@ class Dimension:
         if self.type == "categorical":
             return {"type": self.type, "choices": list(self.choices)}
         return {"type": self.type, "low": self.low, "high": self.high, "log": self.log}
-
-
-def check_model(model: str) -> str:
-    if model not in MODELS:
-        raise UserError(f"unknown model '{model}' to tune (choose from {', '.join(MODELS)})")
-    return model
 
 
 def parse_space(raw: dict[str, dict[str, Any]], where: str) -> list[Dimension]:
@@ -99,25 +64,36 @@ def parse_space(raw: dict[str, dict[str, Any]], where: str) -> list[Dimension]:
 PRUNERS = ("median", "hyperband", "none")
 
 
-def check_tune(raw: dict[str, Any], where: str) -> None:
-    """The `[tune]` section: `pruner` and one `[tune.<model>]` space table per model; anything else is an error."""
-    check_keys(raw, ["pruner", "threads_per_worker", *MODELS], where)
-    threads = raw.get("threads_per_worker", 0)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise UserError(f"{where}: 'threads_per_worker' must be an integer >= 0 (0: cores / workers), got {threads!r}")
-    if "pruner" in raw and raw["pruner"] not in PRUNERS:
-        raise UserError(f"{where}: pruner must be one of {', '.join(PRUNERS)}, got {raw['pruner']!r}")
-    for model in MODELS:
-        if model in raw:
-            if not isinstance(raw[model], dict):
-                raise UserError(f"{where}: [tune.{model}] must be a table of dimensions, got {raw[model]!r}")
-            model_space(model, raw[model], where.removesuffix(" [tune]"))
+@dataclass(frozen=True)
+class TuneConfig:
+    """The `[tune]` section: the pruner, threads per worker, and `[tune.<target>]` space overrides."""
+
+    pruner: str = "median"
+    threads_per_worker: int = 0  # 0: cores / workers
+    spaces: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def model_space(model: str, overrides: dict[str, Any] | None, where: str) -> list[Dimension]:
-    """The built-in space of a model with `[tune.<model>]` entries replacing or adding dimensions."""
-    raw = {**DEFAULT_SPACES[check_model(model)], **(overrides or {})}
-    return parse_space(raw, f"{where} [tune.{model}]")
+def tune_config(raw: dict[str, Any], where: str) -> TuneConfig:
+    """Parse the `[tune]` section; unknown keys, a bad pruner or a bad space table are errors."""
+    targets = registry.tune_targets()
+    check_keys(raw, ["pruner", "threads_per_worker", *targets], where)
+    scalars = typed_fields(TuneConfig, {k: v for k, v in raw.items() if k not in targets}, where)
+    cfg = TuneConfig(**scalars, spaces={t: raw[t] for t in targets if t in raw})
+    if cfg.threads_per_worker < 0:
+        raise UserError(f"{where}: 'threads_per_worker' must be an integer >= 0 (0: cores / workers)")
+    if cfg.pruner not in PRUNERS:
+        raise UserError(f"{where}: pruner must be one of {', '.join(PRUNERS)}, got {cfg.pruner!r}")
+    for target, table in cfg.spaces.items():
+        if not isinstance(table, dict):
+            raise UserError(f"{where}: [tune.{target}] must be a table of dimensions, got {table!r}")
+        model_space(target, table, where.removesuffix(" [tune]"))
+    return cfg
+
+
+def model_space(target: str, overrides: dict[str, Any] | None, where: str) -> list[Dimension]:
+    """The built-in space of a tuning target with `[tune.<target>]` entries replacing or adding dimensions."""
+    raw = {**registry.target_kind(target).default_space(target), **(overrides or {})}
+    return parse_space(raw, f"{where} [tune.{target}]")
 
 
 def space_toml(model: str, dims: list[Dimension]) -> str:

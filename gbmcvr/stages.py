@@ -1,18 +1,76 @@
-"""Stage runners: resolve config and work-directory paths, then call the pure stage functions."""
+"""Stage runners: each takes a `Context` (work directory, resolved config, progress, device) and keyword-only
+options, resolves paths, calls the pure stage functions and returns a typed result. The CLI only parses,
+calls and prints; model kinds come from the registry, never by name."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import optuna
+import polars as pl
+
+from gbmcvr import tune as tuning
+from gbmcvr.atomic import atomic_dir, write_json, write_text
 from gbmcvr.config import BUILTIN_SOURCE, PipelineConfig
+from gbmcvr.context import Context, is_main
+from gbmcvr.data.ingest import IngestResult, source_files
+from gbmcvr.data.ingest import ingest as ingest_raw
+from gbmcvr.data.profile import load_profile
+from gbmcvr.data.split import TEST_LABELS, plan_days
 from gbmcvr.errors import UserError
-from gbmcvr.fe.pipeline import BuildResult, build
+from gbmcvr.fe import select as selection
+from gbmcvr.fe.pipeline import BuildResult, build, read_manifest
 from gbmcvr.fe.spec import FeatureSpec, config_feature_spec, default_spec, feature_spec
 from gbmcvr.lock import exclusive
-from gbmcvr.schema import TRUTH_INSTALL, TRUTH_P_INSTALL
+from gbmcvr.metrics import log_loss
+from gbmcvr.models import registry
+from gbmcvr.models.base import TrainedRun, TrainOptions
+from gbmcvr.post import backtest as bt
+from gbmcvr.post import submission as sub
+from gbmcvr.post.options import SubmitOptions
+from gbmcvr.post.scoring import read_truth
+from gbmcvr.post.submit import Aligned, SubmitResult, align, make_submission, write_submission
+from gbmcvr.runs import (
+    UNREFIT,
+    backtest_scores,
+    check_new_run,
+    check_train_plan,
+    input_key,
+    read_metrics,
+    read_preds,
+    read_run_meta,
+    write_run,
+)
+from gbmcvr.schema import PRED_P, PRED_SPLIT, TRUTH_INSTALL, TRUTH_P_INSTALL
+from gbmcvr.space import model_space
+from gbmcvr.tables import load_tables
 from gbmcvr.tomlfile import read_toml
 from gbmcvr.workdir import Workdir
+
+
+def ingest(ctx: Context, data: Path, *, profile: str | None = None, out: Path | None = None) -> IngestResult:
+    """Validate a raw dataset folder and write the typed Parquet raw store (WORKDIR/features/raw by default)."""
+    prof = load_profile(profile) if profile is not None else ctx.cfg.load_profile()
+    return ingest_raw(data, prof, out or ctx.wd.raw, ctx.progress)
+
+
+def validate_submission(submission: Path, *, data: Path, profile: str = "sharechat2023") -> int:
+    """Check a submission file against the test ids of a raw dataset folder; returns its row count."""
+    prof = load_profile(profile)
+    _, test_files = source_files(data, prof)
+    ids = pl.concat(
+        [
+            pl.read_csv(
+                f, separator=prof.separator, columns=[prof.id_column], schema_overrides={prof.id_column: pl.Int64}
+            )
+            for f in test_files
+        ]
+    )[prof.id_column]
+    sub.validate(sub.read(submission), ids, str(submission))
+    return len(ids)
 
 
 def feature_spec_of(cfg: PipelineConfig, wd: Workdir | None = None, feature_set: str | None = None) -> FeatureSpec:
@@ -28,250 +86,117 @@ def feature_spec_of(cfg: PipelineConfig, wd: Workdir | None = None, feature_set:
 
 
 def build_features(
-    wd: Workdir,
-    cfg: PipelineConfig,
-    plan: str,
-    feature_set: str | None = None,
-    force: bool = False,
-    progress: Callable[[str], None] = lambda _: None,
+    ctx: Context, *, plan: str = "validate", feature_set: str | None = None, force: bool = False
 ) -> BuildResult:
     """Build (or reuse) the feature tables of one plan for the config's feature set."""
-    fs = feature_set or cfg.feature_set
-    with exclusive(wd.feature_plan(fs, plan), "feature plan"):
-        return build(wd.raw, cfg.load_profile(), feature_spec_of(cfg, wd, fs), fs, plan, wd.features, progress, force)
+    fs = feature_set or ctx.cfg.feature_set
+    spec = feature_spec_of(ctx.cfg, ctx.wd, fs)
+    with exclusive(ctx.wd.feature_plan(fs, plan), "feature plan"):
+        return build(ctx.wd.raw, ctx.cfg.load_profile(), spec, fs, plan, ctx.wd.features, ctx.progress, force)
 
 
-def resolve_gbm_params(wd: Workdir, cfg: PipelineConfig, kind: str, params: str | None) -> dict[str, dict]:
-    """Per-stage LightGBM parameters: config defaults, overridden by a params file or the tuned export."""
-    from gbmcvr.errors import UserError
-    from gbmcvr.gbm.params import STAGES, gbm_config, read_params_file
-
-    gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
-    stages = STAGES[kind]
-    overrides: dict[str, dict] = {}
-    if params == "tuned":
-        for stage in stages:
-            path = wd.models / "tuned" / f"{stage.replace('_', '-')}.json"
-            if path.is_file():
-                overrides.update({stage: read_params_file(path, (stage,))[stage]})
-        if not overrides:
-            names = ", ".join(f"models/tuned/{s.replace('_', '-')}.json" for s in stages)
-            raise UserError(f"no tuned parameters ({names}); run `gbmcvr tune {stages[0].replace('_', '-')}` first")
-    elif params is not None:
-        overrides = read_params_file(Path(params), stages)
-    return {s: gcfg.params(s, cfg.seed, overrides.get(s)) for s in stages}
-
-
-def input_key(*parts: object) -> str:
-    """Hash of everything a stage's output depends on (for `gbmcvr run` to skip current steps)."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def gbm_input_key(manifest: dict, kind: str, params: dict, refit: bool, gcfg) -> str:
-    return input_key(
-        kind,
-        manifest["config_hash"],
-        manifest["raw_fingerprint"],
-        params,
-        refit,
-        gcfg.num_boost_round,
-        gcfg.early_stopping_rounds,
-        gcfg.max_cat_cardinality,
-        gcfg.numeric_categoricals,
-    )
-
-
-def model_input_key(
-    wd: Workdir, cfg: PipelineConfig, kind: str, plan: str = "validate", refit: bool | None = None
-) -> str:
+def model_input_key(ctx: Context, kind: str, *, plan: str = "validate", refit: bool | None = None) -> str:
     """The input key a fresh run of `kind` on `plan` would record: equal keys mean the run is current."""
-    from gbmcvr.fe.pipeline import read_manifest
-    from gbmcvr.gbm.params import gbm_config
-
-    plan_dir = wd.feature_plan(cfg.feature_set, plan)
-    manifest = read_manifest(plan_dir, f"gbmcvr features --set {cfg.feature_set} --plan {plan}")
-    if kind == "mtdm":
-        from gbmcvr.deep.params import mtdm_config
-
-        return mtdm_input_key(manifest, mtdm_config(cfg.mtdm, f"{cfg.source} [mtdm]"), cfg.seed, _kaml_of(cfg))
-    gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
-    refit = gcfg.refit if refit is None else refit
-    return gbm_input_key(manifest, kind, resolve_gbm_params(wd, cfg, kind, None), refit, gcfg)
+    fs = ctx.cfg.feature_set
+    manifest = read_manifest(ctx.wd.feature_plan(fs, plan), f"gbmcvr features --set {fs} --plan {plan}")
+    opts = TrainOptions(run_id=kind, plan=plan, feature_set=fs, refit=refit)
+    return registry.get(kind).input_key(ctx, manifest, opts)
 
 
-def train_gbm_stage(
-    wd: Workdir,
-    cfg: PipelineConfig,
+def train(
+    ctx: Context,
     kind: str,
-    run_id: str,
-    params: str | None = None,
-    refit: bool = False,
-    overwrite: bool = False,
-    feature_set: str | None = None,
-    progress: Callable[[str], None] = lambda _: None,
+    *,
+    run_id: str | None = None,
     plan: str = "validate",
+    params: str | None = None,
+    refit: bool | None = False,
+    feature_set: str | None = None,
     dask: str | None = None,
-):
-    """Load feature tables, train a LightGBM run (on a Dask cluster with a scheduler address) and write
-    models/<run-id>/ (models/backtest/<run-id>/).
+    ddp: bool = False,
+    overwrite: bool = False,
+) -> TrainedRun:
+    """Train one model kind and write models/<run-id>/ (models/backtest/<run-id>/ on the backtest plan).
 
-    On the backtest plan the refit trains on the validate plan's fit days and predicts its valid day (the
-    backtest's test day), and the run records its test-day scores with and without the refit.
+    A backtest run also records its test-day scores against the labels the plan kept aside (with and without
+    the refit, when it has one). Under torchrun, rank 0 alone checks, locks and writes the run.
     """
-    from gbmcvr.runs import check_new_run, check_train_plan
-
+    model = registry.get(kind)
     check_train_plan(plan)
-    run_dir = wd.run(run_id, plan)
+    opts = TrainOptions(run_id or kind, plan, feature_set or ctx.cfg.feature_set, params, refit, dask, ddp)
+    run_dir = ctx.wd.run(opts.run_id, plan)
+    if not is_main():
+        return model.train(ctx, opts)
     with exclusive(run_dir, "run"):
         check_new_run(run_dir, overwrite)
-        return _train_gbm(wd, cfg, kind, run_id, run_dir, params, refit, feature_set, progress, plan, dask)
-
-
-def _train_gbm(wd, cfg, kind, run_id, run_dir, params, refit, feature_set, progress, plan, dask):
-    from gbmcvr.gbm.models import predict_kind
-    from gbmcvr.gbm.params import gbm_config
-    from gbmcvr.gbm.train import train_gbm, write_gbm_run
-    from gbmcvr.runs import prediction_table
-    from gbmcvr.tables import FeatureTables, load_tables
-
-    fs = feature_set or cfg.feature_set
-    resolved = resolve_gbm_params(wd, cfg, kind, params)
-    gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
-    address = dask or gcfg.dask
-    if address and plan != "validate":
-        raise UserError("--dask trains on the validate plan only")
-    if address:
-        from functools import partial
-
-        from gbmcvr.gbm import dask_train
-
-        tables = dask_train.load_label_tables(wd.features, fs, "validate", ("fit", "valid", "test"))
-        full = dask_train.load_label_tables(wd.features, fs, "full", ("fit", "test")) if refit else None
-        with dask_train.connect(address) as client:
-            progress(f"training on the Dask cluster at {address}")
-            trainer = partial(dask_train.train_stage_dask, client=client)
-            run = train_gbm(kind, tables, gcfg, resolved, progress, full, stage_trainer=trainer)
-    else:
-        tables = load_tables(wd.features, fs, plan)
-        full = None
-        if refit and plan == "validate":
-            full = load_tables(wd.features, fs, "full", ("fit", "test"))
-        elif refit:
-            later = load_tables(wd.features, fs, "validate", ("fit", "valid"))
-            full = FeatureTables(
-                later.plan_dir, later.manifest, {"fit": later.splits["fit"], "test": later.splits["valid"]}
-            )
-        run = train_gbm(kind, tables, gcfg, resolved, progress, full)
-    if plan == "backtest":
-        first = None
-        if refit:
-            ids = {"test": tables.splits["test"][tables.id_column].to_numpy()}
-            first = prediction_table(ids, {"test": predict_kind(kind, run.models, tables.splits["test"])})
-        run.metrics["backtest"] = _backtest_metrics(tables, run.preds, first)
-        if first is not None:
-            run.preds = _with_unrefit_column(run.preds, first)
-        _report_backtest(run_id, run.metrics["backtest"], progress)
-    key = gbm_input_key(tables.manifest, kind, resolved, refit, gcfg)
-    meta = {"feature_set": fs, "input_key": key, "seed": cfg.seed, "plan": plan}
-    write_gbm_run(run_dir, run, {**meta, **({"dask": address} if address else {})})
+        run = model.train(ctx, opts)
+        if not run.write:
+            return run
+        if plan == "backtest" and run.predicts_installs:
+            run.metrics["backtest"] = backtest_metrics(ctx, opts.feature_set, run.preds, run.metrics["base_rate"])
+            _report_backtest(ctx, opts.run_id, run.metrics["backtest"])
+        write_run(run_dir, run, {"feature_set": opts.feature_set, "seed": ctx.cfg.seed, "plan": plan})
     return run
 
 
-UNREFIT = "p_without_refit"
-
-
-def _with_unrefit_column(preds, first):
-    """Keep the backtest's test-day predictions before the refit beside the refit's (`p_without_refit`)."""
-    import polars as pl
-
-    unrefit = first.select("row_id", "split", pl.col("p").alias(UNREFIT))
-    return preds.join(unrefit, on=["row_id", "split"], how="left", maintain_order="left")
-
-
-def _backtest_metrics(tables, preds, without_refit=None) -> dict:
+def backtest_metrics(ctx: Context, feature_set: str, preds: pl.DataFrame, base_rate: float) -> dict[str, Any]:
     """Test-day scores of a backtest run against the labels its plan kept aside (scoring only)."""
-    import polars as pl
-
-    from gbmcvr.data.split import TEST_LABELS
-    from gbmcvr.runs import backtest_scores
-
-    labels = pl.read_parquet(tables.plan_dir / TEST_LABELS)
-    args = (labels, tables.id_column, tables.install_label, tables.base_rate())
+    profile = ctx.cfg.load_profile()
+    labels = pl.read_parquet(ctx.wd.feature_plan(feature_set, "backtest") / TEST_LABELS)
+    args = (labels, profile.id_column, profile.install_label, base_rate)
     out = {"test": backtest_scores(preds, *args)}
-    if without_refit is not None:
-        out["test_without_refit"] = backtest_scores(without_refit, *args)
+    if UNREFIT in preds.columns:
+        out["test_without_refit"] = backtest_scores(preds, *args, column=UNREFIT)
     return out
 
 
-def _report_backtest(run_id: str, scores: dict, progress: Callable[[str], None]) -> None:
+def _report_backtest(ctx: Context, run_id: str, scores: dict[str, Any]) -> None:
     t = scores["test"]
-    progress(
+    without = scores.get("test_without_refit")
+    ctx.progress(
         f"{run_id} (backtest): test-day log loss {t['logloss']:.5f}, calibration ratio {t['calibration_ratio']:.3f}"
-        + (
-            f"; without the refit {scores['test_without_refit']['logloss']:.5f}"
-            if "test_without_refit" in scores
-            else ""
-        )
+        + (f"; without the refit {without['logloss']:.5f}" if without else "")
     )
 
 
-def day_rates(wd: Workdir, cfg: PipelineConfig, plan: str):
+def day_rates(ctx: Context, plan: str) -> bt.DayRates:
     """Install rate of each labelled day of a plan (its fit and validation days), from the raw store."""
-    import numpy as np
-    import polars as pl
-
-    from gbmcvr.data.split import plan_days
-    from gbmcvr.post.backtest import DayRates
-
-    profile = cfg.load_profile()
+    profile = ctx.cfg.load_profile()
     days = plan_days(profile, plan)
     labelled = [*days["fit"], *days.get("valid", ())]
     rates = (
-        pl.scan_parquet(wd.raw / "train.parquet")
+        pl.scan_parquet(ctx.wd.raw / "train.parquet")
         .filter(pl.col(profile.day_column).is_in(labelled))
         .group_by(profile.day_column)
         .agg(pl.col(profile.install_label).mean().alias("rate"))
         .sort(profile.day_column)
         .collect()
     )
-    return DayRates(rates[profile.day_column].to_numpy(), rates["rate"].to_numpy().astype(np.float64))
+    return bt.DayRates(rates[profile.day_column].to_numpy(), rates["rate"].to_numpy().astype(np.float64))
 
 
-def valid_labels(wd: Workdir, cfg: PipelineConfig, ids):
+def valid_labels(ctx: Context, ids: np.ndarray) -> np.ndarray:
     """Install labels of the given valid rows from the raw store, in their order."""
-    import polars as pl
-
-    from gbmcvr.errors import UserError
-
-    profile = cfg.load_profile()
+    profile = ctx.cfg.load_profile()
     id_col = profile.id_column
     labels = (
-        pl.scan_parquet(wd.raw / "train.parquet")
+        pl.scan_parquet(ctx.wd.raw / "train.parquet")
         .select(id_col, profile.install_label)
         .filter(pl.col(id_col).is_in(ids.tolist()))
         .collect()
     )
     valid = pl.DataFrame({id_col: ids}).join(labels, on=id_col, how="left", maintain_order="left")
     if valid[profile.install_label].null_count():
-        raise UserError(f"{valid[profile.install_label].null_count():,} valid rows of the runs are not in {wd.raw}")
+        raise UserError(f"{valid[profile.install_label].null_count():,} valid rows of the runs are not in {ctx.wd.raw}")
     return valid[profile.install_label].to_numpy()
 
 
-def aligned_runs(wd: Workdir, runs: list[str], plan: str, refit: dict[str, bool] | None = None):
+def aligned_runs(wd: Workdir, runs: list[str], plan: str, refit: dict[str, bool] | None = None) -> Aligned:
     """The runs' prediction tables of one plan, aligned on the same rows.
 
     A backtest run trained with the refit also holds its test-day predictions without it; `refit` says,
     per run, which of the two stands in for the submission's run (the refit's, by default).
     """
-    import polars as pl
-
-    from gbmcvr.errors import UserError
-    from gbmcvr.post.submit import align
-    from gbmcvr.runs import read_preds, read_run_meta
-
     preds = {}
     for run in runs:
         run_dir = wd.run(run, plan)
@@ -289,45 +214,29 @@ def aligned_runs(wd: Workdir, runs: list[str], plan: str, refit: dict[str, bool]
         if refit is not None and not refit.get(run, True) and UNREFIT in preds[run].columns:
             frame = preds[run]
             preds[run] = frame.with_columns(
-                pl.when(pl.col("split") == "test").then(pl.col(UNREFIT)).otherwise(pl.col("p")).alias("p")
+                pl.when(pl.col(PRED_SPLIT) == "test").then(pl.col(UNREFIT)).otherwise(pl.col(PRED_P)).alias(PRED_P)
             )
     return align(preds)
 
 
 def backtest_choice(
-    wd: Workdir,
-    cfg: PipelineConfig,
-    runs: list[str],
-    opts,
-    progress: Callable[[str], None] = lambda _: None,
-    refit: dict[str, bool] | None = None,
-) -> dict:
+    ctx: Context, runs: list[str], *, opts: SubmitOptions, refit: dict[str, bool] | None = None
+) -> dict[str, Any]:
     """Try every candidate method on the backtest runs; choose by their test-day scores only."""
-    import json
-
-    import numpy as np
-    import polars as pl
-
-    from gbmcvr.data.split import TEST_LABELS
-    from gbmcvr.errors import UserError
-    from gbmcvr.post import backtest as bt
-    from gbmcvr.runs import read_run_meta
-
-    profile = cfg.load_profile()
-    aligned = aligned_runs(wd, runs, "backtest", refit)
+    profile = ctx.cfg.load_profile()
+    aligned = aligned_runs(ctx.wd, runs, "backtest", refit)
     target_day = profile.valid_day
     inputs = bt.PostInputs(
-        aligned.valid,
-        valid_labels(wd, cfg, aligned.valid_ids),
-        aligned.test,
-        day_rates(wd, cfg, "backtest"),
-        target_day,
+        aligned.valid, valid_labels(ctx, aligned.valid_ids), aligned.test, day_rates(ctx, "backtest"), target_day
     )
     pairs = bt.candidates(opts.calibration, opts.weights, len(runs))
-    progress(f"backtest: {len(pairs)} post-processing candidates on {len(aligned.test_ids):,} day-{target_day} rows")
-    preds = bt.candidate_predictions(inputs, pairs, opts.space, opts.folds, cfg.seed, opts.trend_days)
-    fs = read_run_meta(wd.run(runs[0], "backtest")).get("feature_set", cfg.feature_set)
-    labels_path = wd.feature_plan(fs, "backtest") / TEST_LABELS
+    ctx.progress(
+        f"backtest: {len(pairs)} post-processing candidates on {len(aligned.test_ids):,} day-{target_day} rows"
+    )
+    preds = bt.candidate_predictions(inputs, pairs, opts.space, opts.folds, ctx.cfg.seed, opts.trend_days)
+    first = ctx.wd.run(runs[0], "backtest")
+    fs = read_run_meta(first).get("feature_set", ctx.cfg.feature_set)
+    labels_path = ctx.wd.feature_plan(fs, "backtest") / TEST_LABELS
     if not labels_path.is_file():
         raise UserError(f"{labels_path}: no kept-aside labels (rebuild with `gbmcvr features --plan backtest --force`)")
     labels = pl.read_parquet(labels_path, columns=[profile.id_column, profile.install_label])
@@ -336,11 +245,10 @@ def backtest_choice(
         .join(labels, on=profile.id_column, how="left", maintain_order="left")[profile.install_label]
         .to_numpy()
     )
-    base_rate = float(json.loads((wd.run(runs[0], "backtest") / "metrics.json").read_text())["base_rate"])
-    rows = bt.score_candidates(preds, y, base_rate)
+    rows = bt.score_candidates(preds, y, float(read_metrics(first)["base_rate"]))
     choice = bt.choose(rows)
     chosen = next(r for r in rows if (r["calibration"], r["weights"]) == choice)
-    progress(
+    ctx.progress(
         f"backtest: chose calibration '{choice[0]}', weights '{choice[1]}' "
         f"(day-{target_day} log loss {chosen['logloss']:.5f}, calibration ratio {chosen['calibration_ratio']:.3f})"
     )
@@ -354,234 +262,67 @@ def backtest_choice(
     }
 
 
-def submit_stage(
-    wd: Workdir,
-    cfg: PipelineConfig,
+@dataclass(frozen=True)
+class Submission:
+    """A written submission: its TSV (the .json, .md and plots lie beside it) and what made it."""
+
+    tsv: Path
+    result: SubmitResult
+
+
+def submit(
+    ctx: Context,
     runs: list[str],
-    opts,
+    *,
+    opts: SubmitOptions | None = None,
     overwrite: bool = False,
     truth: Path | None = None,
-    progress: Callable[[str], None] = lambda _: None,
-    refit_evidence: dict | None = None,
-) -> tuple[Path, object]:
+    refit_evidence: dict[str, Any] | None = None,
+) -> Submission:
     """Calibrate and ensemble the runs' predictions; write submissions/<name>.* (validated first).
 
     `auto` calibration or weights are chosen on the backtest runs (models/backtest/<run>) first;
     `refit_evidence` (per model: backtest test-day log loss with and without the refit) goes into the report.
     """
-    import json
-    from dataclasses import replace
-
-    import polars as pl
-
-    from gbmcvr.errors import UserError
-    from gbmcvr.post.scoring import read_truth
-    from gbmcvr.post.submit import make_submission, write_submission
-    from gbmcvr.runs import read_run_meta
-
     if not runs:
         raise UserError("no runs given (pass --runs RUN [RUN ...])")
-    profile = cfg.load_profile()
-    aligned = aligned_runs(wd, runs, "validate")
+    opts = opts or ctx.cfg.submit
+    profile = ctx.cfg.load_profile()
+    aligned = aligned_runs(ctx.wd, runs, "validate")
     backtest = None
     if "auto" in (opts.calibration, opts.weights):
-        refit = {r: read_run_meta(wd.run(r)).get("refit", False) for r in runs}
-        backtest = backtest_choice(wd, cfg, runs, opts, progress, refit)
+        refit = {r: read_run_meta(ctx.wd.run(r)).get("refit", False) for r in runs}
+        backtest = backtest_choice(ctx, runs, opts=opts, refit=refit)
         opts = replace(opts, calibration=backtest["calibration"], weights=backtest["weights"])
-    y_valid = valid_labels(wd, cfg, aligned.valid_ids)
-    run_metrics = json.loads((wd.run(runs[0]) / "metrics.json").read_text())
-    base_rate = float(run_metrics["base_rate"])
+    y_valid = valid_labels(ctx, aligned.valid_ids)
+    base_rate = float(read_metrics(ctx.wd.run(runs[0]))["base_rate"])
     truth_table = read_truth(truth) if truth is not None else None
-    history = day_rates(wd, cfg, "validate")
+    history = day_rates(ctx, "validate")
     result = make_submission(
-        aligned, y_valid, base_rate, opts, cfg.seed, truth_table, history, profile.test_day, backtest
+        aligned, y_valid, base_rate, opts, ctx.cfg.seed, truth_table, history, profile.test_day, backtest
     )
     result.refit = refit_evidence
     truth_ll = None
     if truth_table is not None and TRUTH_P_INSTALL in truth_table.columns:
-        from gbmcvr.metrics import log_loss
-
         truth_ll = log_loss(truth_table[TRUTH_INSTALL].to_numpy(), truth_table[TRUTH_P_INSTALL].to_numpy())
-    test_ids = pl.read_parquet(wd.raw / "test.parquet", columns=[profile.id_column])[profile.id_column]
-    tsv = write_submission(wd.submissions, opts.name, result, opts, test_ids, {"runs": runs}, truth_ll, overwrite)
-    progress(f"wrote {tsv}")
-    return tsv, result
+    test_ids = pl.read_parquet(ctx.wd.raw / "test.parquet", columns=[profile.id_column])[profile.id_column]
+    tsv = write_submission(ctx.wd.submissions, opts.name, result, opts, test_ids, {"runs": runs}, truth_ll, overwrite)
+    ctx.progress(f"wrote {tsv}")
+    return Submission(tsv, result)
 
 
-def mtdm_input_key(manifest: dict, mcfg, seed: int, kaml=None) -> str:
-    """The MTDM's input key from its resolved config (tuned or file parameters included; KAML options too)."""
-    from dataclasses import asdict
+@dataclass(frozen=True)
+class Tuning:
+    """A tuning call's study, and whether every asked trial ran (False when interrupted)."""
 
-    parts = ["mtdm", manifest["config_hash"], manifest["raw_fingerprint"], asdict(mcfg), seed]
-    return input_key(*parts, *([asdict(kaml)] if kaml is not None else []))
-
-
-def _kaml_of(cfg: PipelineConfig):
-    """The KAML config when the profile has several conversion actions, else None (`[mtdm.kaml]` refused)."""
-    from gbmcvr.deep.params import mtdm_kaml_config
-
-    if len(cfg.load_profile().conversion_labels) > 1:
-        return mtdm_kaml_config(cfg.mtdm, f"{cfg.source} [mtdm]")
-    if "kaml" in cfg.mtdm:
-        raise UserError(f"{cfg.source} [mtdm.kaml]: KAML needs a profile with several conversions")
-    return None
+    study: optuna.Study
+    completed: bool
 
 
-def train_mtdm_stage(
-    wd: Workdir,
-    cfg: PipelineConfig,
-    run_id: str,
-    device: str = "auto",
-    overwrite: bool = False,
-    feature_set: str | None = None,
-    progress: Callable[[str], None] = lambda _: None,
-    params: str | None = None,
-    plan: str = "validate",
-    ddp: bool = False,
-):
-    """Load feature tables, train the MTDM and write models/<run-id>/ (models/backtest/<run-id>/); data
-    parallel under torchrun, where rank 0 alone checks, locks and writes the run."""
-    from gbmcvr.deep.distributed import is_main
-    from gbmcvr.runs import check_new_run, check_train_plan
-
-    check_train_plan(plan)
-    run_dir = wd.run(run_id, plan)
-    if not is_main():
-        return _train_mtdm(wd, cfg, run_id, run_dir, device, feature_set, progress, params, plan, ddp)
-    with exclusive(run_dir, "run"):
-        check_new_run(run_dir, overwrite)
-        return _train_mtdm(wd, cfg, run_id, run_dir, device, feature_set, progress, params, plan, ddp)
-
-
-def _train_mtdm(wd, cfg, run_id, run_dir, device, feature_set, progress, params, plan, ddp):
-    from gbmcvr.deep.distributed import launched_by_torchrun, process_group
-    from gbmcvr.deep.params import mtdm_config
-    from gbmcvr.deep.run import train_mtdm_run, write_mtdm_run
-    from gbmcvr.deep.train import resolve_device
-    from gbmcvr.runs import read_run_meta
-    from gbmcvr.tables import load_tables
-
-    resolve_device(device)
-    mcfg = mtdm_config(cfg.mtdm, f"{cfg.source} [mtdm]")
-    if params is not None:
-        mcfg = mtdm_config({**cfg.mtdm, **_mtdm_params(wd, params)}, f"{params} (MTDM parameters)")
-    fs = feature_set or cfg.feature_set
-    kaml = _kaml_of(cfg)
-    if kaml is not None:
-        return _train_kaml(wd, cfg, kaml, mcfg, run_dir, device, fs, progress, plan, ddp)
-    teacher = None
-    if mcfg.distill_run:
-        teacher = wd.run(mcfg.distill_run, plan)
-        read_run_meta(teacher)
-    tables = load_tables(wd.features, fs, plan)
-    meta = {"feature_set": fs, "input_key": mtdm_input_key(tables.manifest, mcfg, cfg.seed), "seed": cfg.seed}
-    meta["plan"] = plan
-    if ddp or launched_by_torchrun():
-        with process_group(resolve_device(device), cfg.seed) as parallel:
-            main = parallel.rank == 0
-            run = train_mtdm_run(tables, mcfg, cfg.seed, device, teacher, progress if main else _quiet, None, parallel)
-            if main:
-                if plan == "backtest":
-                    run.metrics["backtest"] = _backtest_metrics(tables, run.preds)
-                write_mtdm_run(run_dir, run, mcfg, {**meta, "world_size": parallel.world_size})
-        return run
-    run = train_mtdm_run(tables, mcfg, cfg.seed, device, teacher, progress)
-    if plan == "backtest":
-        run.metrics["backtest"] = _backtest_metrics(tables, run.preds)
-        _report_backtest(run_id, run.metrics["backtest"], progress)
-    write_mtdm_run(run_dir, run, mcfg, meta)
-    return run
-
-
-def _train_kaml(wd, cfg, kaml, mcfg, run_dir, device, fs, progress, plan, ddp):
-    """The KAML network for a profile with several conversion actions (`[mtdm.kaml]` options)."""
-    from dataclasses import replace
-
-    from gbmcvr.deep.kaml_run import train_kaml_run, write_kaml_run
-    from gbmcvr.tables import load_tables
-
-    if ddp:
-        raise UserError("--ddp: data-parallel training is for the MTDM of one conversion, not KAML")
-    if mcfg.distill_run or mcfg.mutual_weight > 0:
-        raise UserError(f"{cfg.source} [mtdm]: distill_run and mutual_weight are not used by KAML; remove them")
-    kaml = replace(kaml, mtdm=mcfg)
-    actions = len(cfg.load_profile().conversions)
-    for key in ("alpha", "rlu_beta", "action_weights"):
-        kaml.per_action(getattr(kaml, key), actions, 1.0, key)
-    tables = load_tables(wd.features, fs, plan)
-    key = mtdm_input_key(tables.manifest, mcfg, cfg.seed, kaml)
-    run = train_kaml_run(tables, wd.raw, cfg.load_profile(), kaml, cfg.seed, device, progress)
-    write_kaml_run(run_dir, run, kaml, {"feature_set": fs, "input_key": key, "seed": cfg.seed, "plan": plan})
-    weighted = run.metrics.get("valid", {}).get("weighted", {})
-    if weighted:
-        progress(f"kaml: valid weighted AUC {weighted['auc']:.4f}, log loss {weighted['logloss']:.5f}")
-    return run
-
-
-def _quiet(_: str) -> None:
-    """Progress of ranks other than 0 under torchrun: silent."""
-
-
-def _lgbm_objective(tables, stage: str, gcfg, seed: int, space, threads: int | None):
-    import json
-
-    import optuna
-    from optuna_integration import LightGBMPruningCallback
-
-    from gbmcvr.gbm.models import STAGES, binning_of, stage_data, train_stage
-
-    shared: dict = {}  # Datasets by binning parameters: built once per binning, shared by the trials
-
-    def fn(trial: optuna.Trial) -> tuple[float, dict]:
-        suggested = {d.name: d.suggest(trial) for d in space}
-        # no feature pre-filter: one Dataset serves trials with any min_data_in_leaf (kept in the export)
-        params = {**gcfg.params(stage, seed, suggested), "feature_pre_filter": False}
-        if threads:
-            params["num_threads"] = threads
-        key = json.dumps(binning_of(params), sort_keys=True)
-        if key not in shared:
-            shared[key] = stage_data(tables, STAGES[stage], params, gcfg, reusable=True)
-        data = shared[key]
-        pruning = LightGBMPruningCallback(trial, "binary_logloss", valid_name="valid", report_interval=5)
-        model = train_stage(tables, STAGES[stage], params, gcfg, lambda _: None, extra_callbacks=[pruning], data=data)
-        value = float(model.booster.best_score["valid"]["binary_logloss"])
-        return value, {
-            "params": {k: v for k, v in params.items() if k not in ("seed", "num_threads")},
-            "best_iteration": model.best_iteration,
-        }
-
-    return fn
-
-
-def _mtdm_objective(tables, mcfg, seed: int, space, device: str):
-    import optuna
-
-    from gbmcvr.deep.params import check_mtdm
-    from gbmcvr.deep.run import train_mtdm_run
-
-    def fn(trial: optuna.Trial) -> tuple[float, dict]:
-        suggested = {d.name: d.suggest(trial) for d in space}
-        trial_cfg = mcfg.with_overrides(**suggested)
-        check_mtdm(trial_cfg, "search space")
-
-        def report(epoch: int, value: float) -> None:
-            trial.report(value, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-
-        run = train_mtdm_run(tables, trial_cfg, seed, device, None, lambda _: None, report)
-        return float(run.metrics["valid"]["p"]["logloss"]), {
-            "params": suggested,
-            "best_iteration": run.result.best_epoch,
-        }
-
-    return fn
-
-
-def tune_stage(
-    wd: Workdir,
-    cfg: PipelineConfig,
-    model: str,
+def tune(
+    ctx: Context,
+    target: str,
+    *,
     trials: int,
     timeout: float | None = None,
     storage: str | None = None,
@@ -590,116 +331,63 @@ def tune_stage(
     seed: int | None = None,
     pruner: str | None = None,
     worker: bool = False,
-    device: str = "cpu",
-    progress: Callable[[str], None] = lambda _: None,
-):
-    """Tune one model; returns the study (None in a worker process that only runs trials)."""
-    from gbmcvr import tune
-    from gbmcvr.errors import UserError
-    from gbmcvr.space import check_model, model_space
-    from gbmcvr.tables import load_tables
-
-    check_model(model)
+) -> Tuning:
+    """Tune one target (a kind, or one stage of a kind) against its validation log loss; with several
+    workers, start them on a shared journal storage and wait."""
+    kind = registry.target_kind(target)
+    cfg = ctx.cfg
     if trials < 1 or workers < 1:
         raise UserError("--trials and --workers must be at least 1")
-    tune_cfg = dict(cfg.tune)
-    pruner = pruner or tune_cfg.get("pruner", "median")
-    tune.make_pruner(pruner)
-    space = model_space(model, tune_cfg.get(model), cfg.source)
+    pruner = pruner or cfg.tune.pruner
+    tuning.make_pruner(pruner)
+    space = model_space(target, cfg.tune.spaces.get(target), cfg.source)
     seed = cfg.seed if seed is None else seed
     if storage is None:
-        storage = (
-            f"journal:{wd.models / 'optuna-journal.log'}" if workers > 1 else f"sqlite:///{wd.models / 'optuna.db'}"
-        )
-    setup = tune.TuneSetup(
-        model, study or f"{model}-{cfg.feature_set}", storage, trials, timeout, seed, pruner, space, wd.models / "tuned"
-    )
-    the_study = tune.load_study(setup, cfg.feature_set)
+        models = ctx.wd.models
+        storage = f"journal:{models / 'optuna-journal.log'}" if workers > 1 else f"sqlite:///{models / 'optuna.db'}"
+    study_name = study or f"{target}-{cfg.feature_set}"
+    setup = tuning.TuneSetup(target, study_name, storage, trials, timeout, seed, pruner, space, ctx.wd.models / "tuned")
+    the_study = tuning.load_study(setup, cfg.feature_set)
     if not worker and storage.startswith("journal:"):
-        n = tune.fail_running(the_study)
+        n = tuning.fail_running(the_study)
         if n:
-            progress(f"marked {n} trial(s) left running by a dead process as failed")
+            ctx.progress(f"marked {n} trial(s) left running by a dead process as failed")
     if workers > 1:
-        args = [model, "--trials", str(trials), "--study", setup.study_name, "--pruner", pruner]
-        args += ["--workdir", str(wd.root), "--device", device]
+        args = [target, "--trials", str(trials), "--study", study_name, "--pruner", pruner]
+        args += ["--workdir", str(ctx.wd.root), "--device", ctx.device]
         if cfg.source != BUILTIN_SOURCE:
             args += ["--config", str(Path(cfg.source).resolve())]
         if timeout:
             args += ["--timeout", str(timeout)]
-        progress(f"starting {workers} workers on {tune.redact(storage)}, study '{setup.study_name}'")
-        tune.spawn_workers(args, workers, seed, storage, tune_cfg.get("threads_per_worker", 0))
-        return the_study, True
-    threads = tune.worker_threads(tune_cfg.get("threads_per_worker", 0)) if worker else None
-    tables = load_tables(wd.features, cfg.feature_set, "validate")
-    if model == "mtdm":
-        from gbmcvr.deep.params import mtdm_config
-
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        objective = _mtdm_objective(tables, mtdm_config(cfg.mtdm, f"{cfg.source} [mtdm]"), seed, space, device)
-    else:
-        from gbmcvr.gbm.params import gbm_config
-
-        gcfg = gbm_config(cfg.gbm, f"{cfg.source} [gbm]")
-        objective = _lgbm_objective(tables, tune.STAGE_OF[model], gcfg, seed, space, threads)
-    progress(
-        f"tuning {model}: study '{setup.study_name}' on {tune.redact(storage)}, {tune.finished(the_study)} of {trials} trials done"
+        ctx.progress(f"starting {workers} workers on {tuning.redact(storage)}, study '{study_name}'")
+        tuning.spawn_workers(args, workers, seed, storage, cfg.tune.threads_per_worker)
+        return Tuning(the_study, True)
+    threads = tuning.worker_threads(cfg.tune.threads_per_worker) if worker else None
+    tables = load_tables(ctx.wd.features, cfg.feature_set, "validate")
+    objective = kind.objective(ctx, target, tables, space, seed, threads)
+    ctx.progress(
+        f"tuning {target}: study '{study_name}' on {tuning.redact(storage)}, "
+        f"{tuning.finished(the_study)} of {trials} trials done"
     )
-    completed = tune.run_trials(the_study, setup, tune.timed(objective), progress)
-    return the_study, completed
+    return Tuning(the_study, tuning.run_trials(the_study, setup, tuning.timed(objective), ctx.progress))
 
 
-def _mtdm_params(wd: Workdir, params: str) -> dict:
-    """MTDM overrides from `tuned` (models/tuned/mtdm.json) or a JSON file ({"params": {...}} or flat)."""
-    import json
-
-    from gbmcvr.errors import UserError
-
-    path = wd.models / "tuned" / "mtdm.json" if params == "tuned" else Path(params)
-    if not path.is_file():
-        hint = "run `gbmcvr tune mtdm` first" if params == "tuned" else "file not found"
-        raise UserError(f"{path}: no MTDM parameters ({hint})")
-    raw = json.loads(path.read_text())
-    return dict(raw.get("params", raw))
-
-
-def select_stage(
-    wd: Workdir,
-    cfg: PipelineConfig,
-    name: str = "selected",
-    opts=None,
-    progress: Callable[[str], None] = lambda _: None,
-):
+def select(ctx: Context, *, name: str = "selected", opts: selection.SelectOptions | None = None) -> selection.Selection:
     """Build the candidate families on the backtest plan, search, write features/<name>.toml and its report."""
-    from dataclasses import asdict
-
-    from gbmcvr.atomic import atomic_dir, write_json, write_text
-    from gbmcvr.fe import select
-    from gbmcvr.tables import load_tables
-
-    profile = cfg.load_profile()
-    opts = opts or select.SelectOptions(seed=cfg.seed)
-    candidates = select.candidate_raw(profile)
-    select.check_selectable(profile, candidates)
-    build(
-        wd.raw,
-        profile,
-        feature_spec(candidates, profile, "candidate families"),
-        select.CANDIDATE_SET,
-        select.PLAN,
-        wd.features,
-        progress,
-    )
-    tables = load_tables(wd.features, select.CANDIDATE_SET, select.PLAN)
-    selection = select.run_selection(tables, opts, select.requirements(candidates), progress)
-    raw = select.chosen_raw(candidates, selection.choice)
-    header = f"Chosen by `gbmcvr select` on the backtest plan's selection day: {selection.choice.label()}"
+    wd, profile = ctx.wd, ctx.cfg.load_profile()
+    opts = opts or selection.SelectOptions(seed=ctx.cfg.seed)
+    candidates = selection.candidate_raw(profile)
+    selection.check_selectable(profile, candidates)
+    spec = feature_spec(candidates, profile, "candidate families")
+    build(wd.raw, profile, spec, selection.CANDIDATE_SET, selection.PLAN, wd.features, ctx.progress)
+    tables = load_tables(wd.features, selection.CANDIDATE_SET, selection.PLAN)
+    chosen = selection.run_selection(tables, opts, selection.requirements(candidates), ctx.progress)
+    raw = selection.chosen_raw(candidates, chosen.choice)
+    header = f"Chosen by `gbmcvr select` on the backtest plan's selection day: {chosen.choice.label()}"
     feature_spec(raw, profile, "selected families")
-    write_text(wd.features / f"{name}.toml", select.toml_text(raw, header))
+    write_text(wd.features / f"{name}.toml", selection.toml_text(raw, header))
     with atomic_dir(wd.features / f"{name}-selection") as tmp:
-        write_text(tmp / "report.md", select.report_markdown(selection, name))
+        write_text(tmp / "report.md", selection.report_markdown(chosen, name))
         write_json(
             tmp / "report.json",
             {
@@ -707,13 +395,13 @@ def select_stage(
                 "input_key": input_key(
                     tables.manifest["config_hash"], tables.manifest["raw_fingerprint"], asdict(opts)
                 ),
-                "choice": asdict(selection.choice),
+                "choice": asdict(chosen.choice),
                 "options": asdict(opts),
-                "steps": selection.steps,
-                "holdout": selection.holdout,
-                "seconds": round(selection.seconds, 1),
+                "steps": chosen.steps,
+                "holdout": chosen.holdout,
+                "seconds": round(chosen.seconds, 1),
             },
         )
-        select.plot_gains(selection, tmp / "gain.png")
-    progress(f"select: wrote {wd.features / f'{name}.toml'} and {wd.features / f'{name}-selection'}/report.md")
-    return selection
+        selection.plot_gains(chosen, tmp / "gain.png")
+    ctx.progress(f"select: wrote {wd.features / f'{name}.toml'} and {wd.features / f'{name}-selection'}/report.md")
+    return chosen

@@ -8,7 +8,8 @@ from pathlib import Path
 import polars as pl
 
 from gbmcvr.errors import UserError
-from gbmcvr.fe.pipeline import LIKE, read_manifest
+from gbmcvr.fe.pipeline import read_manifest
+from gbmcvr.schema import LIKE
 
 
 @dataclass

@@ -30,7 +30,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # gbmcvr prints its own line per trial
 STORAGE_ENV = "GBMCVR_TUNE_STORAGE"
 WORKERS_ENV = "GBMCVR_TUNE_WORKERS"
-STAGE_OF = {"e2e": "e2e", "ts-like": "ts_like", "ts-install": "ts_install"}
 
 
 @dataclass(frozen=True)

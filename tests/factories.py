@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,12 @@ import polars as pl
 import pytest
 
 from gbmcvr.cli import main
-from gbmcvr.config import PipelineConfig
+from gbmcvr.config import PipelineConfig, config_from_dict
+from gbmcvr.context import Context
 from gbmcvr.data.ingest import ingest
 from gbmcvr.data.profile import SHARECHAT, Profile
 from gbmcvr.data.synth import write_synth
+from gbmcvr.models import registry
 from gbmcvr.stages import build_features
 from gbmcvr.workdir import Workdir
 
@@ -47,15 +50,26 @@ def make_workdir(
     write_synth(data, scale, seed)
     wd = Workdir(root / "work")
     ingest(data, SHARECHAT, wd.raw)
-    cfg = PipelineConfig(
-        data=str(data),
-        seed=seed,
-        features=features,
-        gbm={"num_boost_round": 300, "early_stopping_rounds": 20, "log_every": 0},
-    )
+    raw = {
+        "data": str(data),
+        "seed": seed,
+        "gbm": {"num_boost_round": 300, "early_stopping_rounds": 20, "log_every": 0},
+    }
+    cfg = config_from_dict({**raw, **({"features": features} if features is not None else {})}, "test config")
     for plan in plans:
-        build_features(wd, cfg, plan)
+        build_features(Context(wd, cfg), plan=plan)
     return wd, data, cfg
+
+
+def config(**raw) -> PipelineConfig:
+    """A config from TOML-like keyword tables (`gbm={...}`), parsed and checked as a gbmcvr.toml would be."""
+    return config_from_dict(raw, "test config")
+
+
+def with_section(cfg: PipelineConfig, name: str, table: dict) -> PipelineConfig:
+    """The config with one kind's table (`gbm`, `mtdm`, ...) replaced, parsed as it would be from TOML."""
+    kind = registry.sections()[name]
+    return replace(cfg, sections={**cfg.sections, name: kind.parse_section(table, "test config")})
 
 
 def tiny_profile(**changes) -> Profile:

@@ -392,9 +392,9 @@ def test_a_full_disk_is_one_line(pristine: Path, tmp_path: Path, capsys, monkeyp
 def test_tune_workers_get_the_same_config_and_device_and_no_password(
     pristine: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from gbmcvr import tune
+    from gbmcvr import stages, tune
     from gbmcvr.config import load_config
-    from gbmcvr.stages import tune_stage
+    from gbmcvr.context import Context
     from gbmcvr.workdir import Workdir
 
     other = tmp_path / "other.toml"
@@ -409,7 +409,7 @@ def test_tune_workers_get_the_same_config_and_device_and_no_password(
     monkeypatch.setattr(tune, "fail_running", lambda study: 0)
     cfg = load_config(other, tmp_path / "gbmcvr.toml")
     url = "journal:" + str(tmp_path / "j.log")
-    tune_stage(Workdir(tmp_path / "work"), cfg, "e2e", trials=2, storage=url, workers=2, device="cpu")
+    stages.tune(Context(Workdir(tmp_path / "work"), cfg, device="cpu"), "e2e", trials=2, storage=url, workers=2)
     args = seen["args"]
     assert args[args.index("--config") + 1] == str(other.resolve())
     assert args[args.index("--device") + 1] == "cpu"

@@ -10,7 +10,14 @@ from gbmcvr.config import DEFAULT_TOML, config_from_dict
 
 def test_init_template_is_a_valid_config():
     cfg = config_from_dict(tomllib.loads(DEFAULT_TOML), "init")
-    assert cfg.models == ("e2e", "ts") and cfg.submit["weights"] == "simplex"
+    assert cfg.models == ("e2e", "ts") and cfg.submit.weights == "simplex"
+
+
+def test_init_template_states_the_defaults():
+    """Every value the template sets is the default of its typed section: defaults live in one place."""
+    template = config_from_dict(tomllib.loads(DEFAULT_TOML), "init")
+    defaults = config_from_dict({}, "init")
+    assert template == defaults
 
 
 def test_commented_scalar_keys_of_the_template_are_valid_when_uncommented():
@@ -19,4 +26,5 @@ def test_commented_scalar_keys_of_the_template_are_valid_when_uncommented():
         match = re.match(r"# (\[(gbm|tune)\]|(refit|dask|pruner|threads_per_worker) = .*)$", line.split("  ")[0])
         lines.append(line[2:] if match else line)
     cfg = config_from_dict(tomllib.loads("\n".join(lines)), "init, uncommented")
-    assert cfg.gbm["dask"] == "tcp://scheduler:8786" and cfg.tune == {"pruner": "median", "threads_per_worker": 0}
+    assert cfg.section("gbm").dask == "tcp://scheduler:8786"
+    assert (cfg.tune.pruner, cfg.tune.threads_per_worker) == ("median", 0)

@@ -3,6 +3,7 @@ import json
 import polars as pl
 
 from gbmcvr.config import load_config
+from gbmcvr.context import Context
 from gbmcvr.data.synth import write_synth
 from gbmcvr.pipeline import run_pipeline
 from gbmcvr.workdir import Workdir
@@ -29,15 +30,15 @@ def test_run_skips_current_steps(tmp_path):
     wd = Workdir(tmp_path / "w")
     wd.root.mkdir()
     wd.config_file.write_text(CONFIG.format(data=data, lr=0.1))
-    first = run_pipeline(wd, load_config(None, wd.config_file))
-    assert set(first["steps"].values()) == {"done"}
+    first = run_pipeline(Context(wd, load_config(None, wd.config_file)))
+    assert set(first.steps.values()) == {"done"}
     assert (wd.submissions / "sub.tsv").is_file()
-    second = run_pipeline(wd, load_config(None, wd.config_file))
-    assert second["steps"]["ingest"] == "current" and second["steps"]["features/validate"] == "current"
-    assert second["steps"]["train e2e"] == "current" and second["steps"]["train ts"] == "current"
+    second = run_pipeline(Context(wd, load_config(None, wd.config_file)))
+    assert second.steps["ingest"] == "current" and second.steps["features/validate"] == "current"
+    assert second.steps["train e2e"] == "current" and second.steps["train ts"] == "current"
     wd.config_file.write_text(CONFIG.format(data=data, lr=0.2))
-    third = run_pipeline(wd, load_config(None, wd.config_file))
-    assert third["steps"]["train e2e"] == "done" and third["steps"]["train ts"] == "current"
+    third = run_pipeline(Context(wd, load_config(None, wd.config_file)))
+    assert third.steps["train e2e"] == "done" and third.steps["train ts"] == "current"
 
 
 def test_demo_end_to_end(tmp_path, capsys):
@@ -83,8 +84,8 @@ def test_run_chooses_on_the_backtest(tmp_path):
     wd = Workdir(tmp_path / "w")
     wd.root.mkdir()
     wd.config_file.write_text(AUTO_CONFIG.format(data=data))
-    result = run_pipeline(wd, load_config(None, wd.config_file), truth=data)
-    steps = result["steps"]
+    result = run_pipeline(Context(wd, load_config(None, wd.config_file)), truth=data)
+    steps = result.steps
     assert steps["train e2e (backtest)"] == "done" and steps["refit e2e"] in ("yes", "no")
     assert "p_without_refit" in pl.read_parquet(wd.run("e2e", "backtest") / "preds.parquet").columns
     report = json.loads((wd.submissions / "auto.json").read_text())
@@ -96,5 +97,5 @@ def test_run_chooses_on_the_backtest(tmp_path):
     assert json.loads((wd.run("e2e") / "run.json").read_text())["refit"] == (steps["refit e2e"] == "yes")
     md = (wd.submissions / "auto.md").read_text()
     assert "## Backtest" in md and "## Refit" in md and (wd.submissions / "auto_rates.png").is_file()
-    again = run_pipeline(wd, load_config(None, wd.config_file), truth=data)["steps"]
+    again = run_pipeline(Context(wd, load_config(None, wd.config_file)), truth=data).steps
     assert again["train e2e (backtest)"] == "current" and again["train e2e"] == "current"

@@ -8,8 +8,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from gbmcvr import stages
 from gbmcvr.config import load_config
-from gbmcvr.stages import tune_stage
+from gbmcvr.context import Context
 from gbmcvr.workdir import Workdir
 from tests.factories import run_cli
 
@@ -31,6 +32,12 @@ def work(small_work, tmp_path):
     (own.root / "features").symlink_to(wd.features)
     own.config_file.write_text(CONFIG)
     return own, load_config(None, own.config_file)
+
+
+def tune_stage(wd, cfg, target, **kwargs):
+    """Tune with the stage runner; returns (study, completed) for the assertions below."""
+    tuned = stages.tune(Context(wd, cfg, device="cpu"), target, **kwargs)
+    return tuned.study, tuned.completed
 
 
 def _study(url, name="e2e-default"):
@@ -152,17 +159,17 @@ def test_show_space(capsys):
 
 
 def test_trials_share_one_dataset_unless_the_binning_changes(work, monkeypatch):
-    from gbmcvr.gbm import models
+    from gbmcvr.models import lgbm
 
     wd, cfg = work
     calls = []
-    original = models.stage_data
+    original = lgbm.stage_data
 
     def counting(*args, **kwargs):
         calls.append(args[2].get("max_bin"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(models, "stage_data", counting)
+    monkeypatch.setattr(lgbm, "stage_data", counting)
     one_bin = '[tune.e2e]\nmax_bin = {type = "categorical", choices = [255]}\n'
     wd.config_file.write_text(CONFIG + one_bin)
     tune_stage(wd, load_config(None, wd.config_file), "e2e", trials=3)

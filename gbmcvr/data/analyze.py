@@ -7,8 +7,13 @@ The report renderer (`gbmcvr/data/analyze_report.py`) reads files and draws plot
 
 from __future__ import annotations
 
+import lightgbm as lgb
 import numpy as np
 import polars as pl
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
 
 PSI_EPS = 1e-4  # share floor in PSI, so a bin empty on one side gives a large but finite term
 
@@ -104,9 +109,6 @@ def missing_values(train: pl.DataFrame, test: pl.DataFrame, columns: list[str]) 
 
 def missing_blocks(frame: pl.DataFrame, columns: list[str], min_jaccard: float = 0.99) -> pl.DataFrame:
     """Groups of columns that are missing together (Jaccard of their missing rows >= `min_jaccard`)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     nulls = frame.select(pl.col(columns).null_count()).row(0)
     cols = [c for c, n in zip(columns, nulls, strict=True) if n > 0]
     schema = {"block": pl.Int64, "columns": pl.String, "n_columns": pl.Int64, "rows_missing_share": pl.Float64}
@@ -307,10 +309,6 @@ def adversarial(
     seed: int = 0,
 ) -> pl.DataFrame:
     """A LightGBM telling train rows from test rows on samples of each: held-out AUC and gain share per column."""
-    import lightgbm as lgb
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import train_test_split
-
     a, b = _sample(train.select(columns), sample_rows, seed), _sample(test.select(columns), sample_rows, seed)
     x = pl.concat([a, b], how="vertical_relaxed")
     y = np.r_[np.zeros(a.height), np.ones(b.height)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any
 import polars as pl
 
 from gbmcvr.atomic import atomic_dir, write_json, write_text
+from gbmcvr.compat import pyplot
 from gbmcvr.data import analyze as an
-from gbmcvr.data.profile import Profile
+from gbmcvr.data.ingest import ingest
+from gbmcvr.data.profile import Profile, load_profile
 from gbmcvr.errors import UserError
 
 ADVERSARIAL_SAMPLE = 100_000  # rows per side: the held-out AUC's standard error is then ~0.002
@@ -106,10 +109,7 @@ def markdown_table(frame: pl.DataFrame, rows: int | None = None) -> str:
 
 
 def _figure(width: float, height: float):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(width, height))
     return plt, fig, ax
@@ -341,11 +341,6 @@ def analyze_store(
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Analyze the raw store at `raw`, or `data` (a raw dataset folder ingested into a temporary store)."""
-    import tempfile
-
-    from gbmcvr.data.ingest import ingest
-    from gbmcvr.data.profile import load_profile
-
     profile = load_profile(profile_spec)
     if data is None:
         train, test = read_raw(raw)

@@ -25,6 +25,7 @@ import polars as pl
 from gbmcvr.atomic import atomic_dir
 from gbmcvr.data.profile import SHARECHAT
 from gbmcvr.errors import UserError
+from gbmcvr.metrics import log_loss
 
 TRAIN_ROWS = 3_485_852
 TEST_ROWS = 160_973
@@ -374,8 +375,6 @@ def check_synth_target(out: Path, force: bool) -> None:
 
 def write_synth(out: Path, scale: float = 1.0, seed: int = 0, force: bool = False) -> SynthResult:
     """Write train/ (30 TSV files), test/ (one file) and truth/test_truth.parquet under `out`, atomically."""
-    from gbmcvr.metrics import log_loss
-
     check_synth_target(out, force)
     train, test, truth = generate(scale, seed)
     with atomic_dir(Path(out)) as tmp:

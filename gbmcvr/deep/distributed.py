@@ -27,11 +27,6 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def is_main() -> bool:
-    """Rank 0 of a torchrun launch, or a process on its own (torchrun's RANK, set before and after training)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 @dataclass(frozen=True)
 class DataParallel:
     """This process's place in the process group and the device it trains on."""

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from gbmcvr.atomic import atomic_dir, write_json
+from gbmcvr.atomic import write_json
 from gbmcvr.data.profile import Profile
 from gbmcvr.deep.batches import InputSpec, fit_inputs
 from gbmcvr.deep.kaml import action_metrics, metrics_table, training_mask
@@ -27,7 +27,7 @@ from gbmcvr.deep.params import KamlConfig
 from gbmcvr.deep.run import input_columns
 from gbmcvr.deep.train import resolve_device
 from gbmcvr.errors import UserError
-from gbmcvr.runs import PREDS, prediction_table
+from gbmcvr.runs import prediction_table
 from gbmcvr.tables import FeatureTables
 
 TARGET, TASK, LABEL = "__kaml_target", "__kaml_task", "__kaml_"
@@ -111,15 +111,10 @@ def train_kaml_run(
     return KamlRun(result, spec, names, prediction_table(ids, cols), out_metrics)
 
 
-def write_kaml_run(run_dir: Path, run: KamlRun, cfg: KamlConfig, meta: dict[str, Any]) -> None:
-    """models/<run-id>/: state_dict, JSON config, params, metrics, the prediction table and run.json."""
-    with atomic_dir(run_dir) as tmp:
-        torch.save(run.result.model.state_dict(), tmp / "model.pt")
-        write_json(tmp / "config.json", {"kaml": asdict(cfg), "inputs": run.spec.to_json(), "actions": run.actions})
-        write_json(tmp / "params.json", {"kaml": asdict(cfg), "best_epoch": run.result.best_epoch})
-        write_json(tmp / "metrics.json", run.metrics)
-        run.preds.write_parquet(tmp / PREDS)
-        write_json(tmp / "run.json", {**meta, "kind": "mtdm", "kaml": True, "stages": ["mtdm"], "refit": False})
+def save_models(folder: Path, run: KamlRun, cfg: KamlConfig) -> None:
+    """The state_dict with its JSON config (inputs, actions)."""
+    torch.save(run.result.model.state_dict(), folder / "model.pt")
+    write_json(folder / "config.json", {"kaml": asdict(cfg), "inputs": run.spec.to_json(), "actions": run.actions})
 
 
 def kaml_summary(run_metrics: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ import polars as pl
 import torch
 
 from gbmcvr import metrics
-from gbmcvr.atomic import atomic_dir, write_json
+from gbmcvr.atomic import write_json
 from gbmcvr.deep.batches import InputSpec, fit_inputs, to_tensors
 from gbmcvr.deep.distributed import DataParallel, shard_rows
 from gbmcvr.deep.model import MTDM
@@ -21,8 +21,9 @@ from gbmcvr.deep.params import MtdmConfig, mtdm_config
 from gbmcvr.deep.qr import table_rows
 from gbmcvr.deep.train import MtdmResult, ensemble_predict, resolve_device, task_metrics, train_mtdm
 from gbmcvr.errors import UserError
-from gbmcvr.fe.pipeline import LIKE
-from gbmcvr.runs import PREDS, prediction_table, read_run_meta
+from gbmcvr.models import registry
+from gbmcvr.runs import prediction_table, read_run_meta
+from gbmcvr.schema import LIKE
 from gbmcvr.tables import FeatureTables
 
 
@@ -44,11 +45,7 @@ class MtdmRun:
 
 def teacher_predictions(run_dir: Path, frame: pl.DataFrame) -> np.ndarray:
     """A teacher run's install probabilities for the given rows: LightGBM, or an MTDM (e.g. CTR + CTCVR)."""
-    if read_run_meta(run_dir).get("kind") == "mtdm":
-        return load_mtdm_run(run_dir).predict(frame)["p"]
-    from gbmcvr.gbm.train import load_run
-
-    return load_run(run_dir).predict(frame)["p"]
+    return registry.get(read_run_meta(run_dir)["kind"]).load(run_dir).predict(frame)["p"]
 
 
 def train_mtdm_run(
@@ -103,17 +100,13 @@ def train_mtdm_run(
     return MtdmRun(result, spec, prediction_table(ids, cols), out_metrics)
 
 
-def write_mtdm_run(run_dir: Path, run: MtdmRun, cfg: MtdmConfig, meta: dict[str, Any]) -> None:
-    with atomic_dir(run_dir) as tmp:
-        for i, m in enumerate(run.result.models):
-            torch.save(m.state_dict(), tmp / ("model.pt" if i == 0 else "model_peer.pt"))
-        write_json(
-            tmp / "config.json", {"mtdm": asdict(cfg), "inputs": run.spec.to_json(), "models": len(run.result.models)}
-        )
-        write_json(tmp / "params.json", {"mtdm": asdict(cfg), "best_epoch": run.result.best_epoch})
-        write_json(tmp / "metrics.json", run.metrics)
-        run.preds.write_parquet(tmp / PREDS)
-        write_json(tmp / "run.json", {**meta, "kind": "mtdm", "stages": ["mtdm"], "refit": False})
+def save_models(folder: Path, run: MtdmRun, cfg: MtdmConfig) -> None:
+    """The state_dicts (model.pt, and model_peer.pt for mutual learning) with their JSON config."""
+    for i, m in enumerate(run.result.models):
+        torch.save(m.state_dict(), folder / ("model.pt" if i == 0 else "model_peer.pt"))
+    write_json(
+        folder / "config.json", {"mtdm": asdict(cfg), "inputs": run.spec.to_json(), "models": len(run.result.models)}
+    )
 
 
 @dataclass

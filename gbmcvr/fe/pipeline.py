@@ -24,9 +24,9 @@ from gbmcvr.fe import clean, counts, crosses, daycounts, entities, groupstats, l
 from gbmcvr.fe.dates import date_exprs
 from gbmcvr.fe.spec import FeatureSpec, cross_name
 from gbmcvr.fe.target import FOLD, BetaTargetEncoder, fold_expr
+from gbmcvr.schema import LIKE
 
 SPLIT = "_split"
-LIKE = "is_like"
 FEATURE_VERSION = 5
 TARGET_SHORT = {"is_installed": "inst", "is_like": "like", "install_given_like": "igl"}
 DERIVED_FAMILIES = ("count", "group", "target", "novelty", "lagged", "daycount")

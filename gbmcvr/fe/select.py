@@ -27,10 +27,11 @@ import numpy as np
 import polars as pl
 
 from gbmcvr import metrics
+from gbmcvr.compat import pyplot
 from gbmcvr.data.profile import Profile
 from gbmcvr.data.split import TEST_LABELS
 from gbmcvr.errors import UserError
-from gbmcvr.fe.spec import feature_spec, generic_default
+from gbmcvr.fe.spec import DAY_CYCLE_COLUMN, feature_spec, generic_default
 from gbmcvr.tables import FeatureTables
 from gbmcvr.tomlfile import read_toml
 
@@ -114,7 +115,6 @@ def candidate_raw(profile: Profile) -> dict[str, Any]:
 def requirements(candidates: dict[str, Any]) -> dict[str, set[str]]:
     """Families each candidate family needs built: crosses need the date cycle when they cross it, and
     every family naming a cross column needs the crosses."""
-    from gbmcvr.fe.spec import DAY_CYCLE_COLUMN
 
     def names(value: Any) -> set[str]:
         if isinstance(value, str):
@@ -352,10 +352,7 @@ def report_markdown(selection: Selection, name: str) -> str:
 
 def plot_gains(selection: Selection, path: Path) -> None:
     """A bar per step: the selection-day gain of the candidate (kept steps in a darker colour)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps = selection.steps[1:]
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(steps) + 1.5))

@@ -22,9 +22,9 @@ import polars as pl
 from gbmcvr import metrics
 from gbmcvr.compat import dask_modules
 from gbmcvr.errors import UserError
-from gbmcvr.fe.pipeline import LIKE
 from gbmcvr.gbm.models import Stage, StageModel, _check_label, stage_features, stage_label, stage_rows
 from gbmcvr.gbm.params import GbmConfig
+from gbmcvr.schema import LIKE
 from gbmcvr.tables import FeatureTables, load_tables
 
 

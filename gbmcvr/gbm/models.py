@@ -17,9 +17,9 @@ import numpy as np
 import polars as pl
 
 from gbmcvr.errors import UserError
-from gbmcvr.fe.pipeline import LIKE
 from gbmcvr.gbm import callbacks
-from gbmcvr.gbm.params import GbmConfig
+from gbmcvr.gbm.params import KIND_STAGES, GbmConfig
+from gbmcvr.schema import LIKE
 from gbmcvr.tables import FeatureTables
 
 
@@ -38,7 +38,6 @@ STAGES = {
     "ts_like": Stage("ts_like", "like", "all", exclude_containing=("_igl_",)),
     "ts_install": Stage("ts_install", "install", "like"),
 }
-KIND_STAGES = {"e2e": ("e2e",), "ts": ("ts_like", "ts_install")}
 
 
 @dataclass
@@ -183,7 +182,7 @@ def predict_stage(model: StageModel, frame: pl.DataFrame) -> np.ndarray:
 
 def predict_kind(kind: str, models: dict[str, StageModel], frame: pl.DataFrame) -> dict[str, np.ndarray]:
     """Prediction columns of a model kind: `p`, and for two-step `p_like`, `p_install_given_like`."""
-    if kind == "e2e":
+    if KIND_STAGES[kind] == ("e2e",):
         return {"p": predict_stage(models["e2e"], frame)}
     p_like = predict_stage(models["ts_like"], frame)
     p_igl = predict_stage(models["ts_install"], frame)

@@ -10,8 +10,14 @@ from typing import Any
 from gbmcvr.errors import UserError
 from gbmcvr.tomlfile import typed_fields
 
-# one entry per model stage; the two-step model has two
-STAGES = {"e2e": ("e2e",), "ts": ("ts_like", "ts_install")}
+# the boosted stages of each LightGBM kind; the two-step model has two
+KIND_STAGES = {"e2e": ("e2e",), "ts": ("ts_like", "ts_install")}
+
+
+def tune_name(stage: str) -> str:
+    """A stage's name on the command line and in models/tuned/ (`ts_like` -> `ts-like`)."""
+    return stage.replace("_", "-")
+
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "binary",
@@ -91,7 +97,7 @@ def check_params(params: dict[str, Any], where: str) -> dict[str, Any]:
 
 def gbm_config(raw: dict[str, Any], where: str) -> GbmConfig:
     """Parse and check the `[gbm]` section; each stage's table holds LightGBM parameters."""
-    stages = [s for stage_list in STAGES.values() for s in stage_list]
+    stages = [s for stage_list in KIND_STAGES.values() for s in stage_list]
     stage_params = {}
     for stage in stages:
         if stage in raw:

@@ -13,12 +13,12 @@ import numpy as np
 import polars as pl
 
 from gbmcvr import metrics
-from gbmcvr.atomic import atomic_dir, write_json
+from gbmcvr.compat import pyplot
 from gbmcvr.errors import UserError
-from gbmcvr.fe.pipeline import LIKE
-from gbmcvr.gbm.models import KIND_STAGES, STAGES, StageModel, predict_kind, train_stage
-from gbmcvr.gbm.params import GbmConfig
-from gbmcvr.runs import PREDS, prediction_table, read_run_meta
+from gbmcvr.gbm.models import STAGES, StageModel, predict_kind, train_stage
+from gbmcvr.gbm.params import KIND_STAGES, GbmConfig
+from gbmcvr.runs import prediction_table, read_run_meta
+from gbmcvr.schema import LIKE
 from gbmcvr.tables import FeatureTables
 
 
@@ -43,7 +43,7 @@ def valid_metrics(kind: str, tables: FeatureTables, pred: dict[str, np.ndarray])
         "base_rate_source": "install rate of the fit window",
         "valid": {"p": metrics.report(y, pred["p"], rate)},
     }
-    if kind == "ts":
+    if "p_like" in pred:
         like = valid[LIKE].to_numpy()
         like_rate = float(tables.splits["fit"][LIKE].mean())
         out["valid"]["p_like"] = metrics.report(like, pred["p_like"], like_rate)
@@ -119,10 +119,7 @@ def importance_table(models: dict[str, StageModel]) -> pl.DataFrame:
 
 
 def plot_importance(table: pl.DataFrame, path: Path, top: int = 25) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     stages = table["stage"].unique(maintain_order=True).to_list()
     fig, axes = plt.subplots(1, len(stages), figsize=(7 * len(stages), 0.3 * top + 1.5), squeeze=False)
@@ -136,23 +133,15 @@ def plot_importance(table: pl.DataFrame, path: Path, top: int = 25) -> None:
     plt.close(fig)
 
 
-def write_gbm_run(run_dir: Path, run: GbmRun, meta: dict[str, Any]) -> None:
-    """Write the run directory atomically: models, params, metrics, importance, predictions, run.json."""
-    with atomic_dir(run_dir) as tmp:
-        for name, m in run.models.items():
-            m.booster.save_model(tmp / f"model_{name}.txt", num_iteration=m.best_iteration)
-        for name, m in run.refit_models.items():
-            m.booster.save_model(tmp / f"model_{name}_refit.txt", num_iteration=m.best_iteration)
-        write_json(tmp / "params.json", run.params)
-        write_json(tmp / "metrics.json", {**run.metrics, "train_seconds": round(run.seconds, 2)})
-        imp = importance_table(run.models)
-        imp.write_csv(tmp / "importance.csv")
-        plot_importance(imp, tmp / "importance.png")
-        run.preds.write_parquet(tmp / PREDS)
-        write_json(
-            tmp / "run.json",
-            {**meta, "kind": run.kind, "stages": list(run.models), "refit": bool(run.refit_models)},
-        )
+def save_models(folder: Path, run: GbmRun) -> None:
+    """The run's boosters as LightGBM text (refits beside them), with the importance table and plot."""
+    for name, m in run.models.items():
+        m.booster.save_model(folder / f"model_{name}.txt", num_iteration=m.best_iteration)
+    for name, m in run.refit_models.items():
+        m.booster.save_model(folder / f"model_{name}_refit.txt", num_iteration=m.best_iteration)
+    imp = importance_table(run.models)
+    imp.write_csv(folder / "importance.csv")
+    plot_importance(imp, folder / "importance.png")
 
 
 @dataclass

@@ -11,6 +11,7 @@ import polars as pl
 
 from gbmcvr import metrics
 from gbmcvr.atomic import atomic_path, write_json, write_text
+from gbmcvr.compat import pyplot
 from gbmcvr.errors import UserError
 from gbmcvr.post import submission as sub
 from gbmcvr.post.backtest import DayRates, PostInputs, post_process
@@ -295,10 +296,7 @@ def _backtest_lines(bt: dict[str, Any]) -> list[str]:
 
 def rate_plot(result: SubmitResult, path: Path) -> None:
     """Install rate per labelled day, the trend's test-day rate and the submission's mean prediction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     hist = result.history
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -342,10 +340,7 @@ def rate_plot(result: SubmitResult, path: Path) -> None:
 
 def reliability_plot(result: SubmitResult, path: Path, bins: int = 15) -> None:
     """Predicted vs observed install rate in equal-frequency bins of the valid rows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 6))
     for name, p in result.valid_plot.items():

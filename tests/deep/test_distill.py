@@ -61,8 +61,10 @@ def test_an_mtdm_run_can_be_the_teacher(tmp_path):
     import polars as pl
 
     from gbmcvr.deep.batches import fit_inputs, to_tensors
-    from gbmcvr.deep.run import MtdmRun, teacher_predictions, write_mtdm_run
+    from gbmcvr.deep.run import MtdmRun, save_models, teacher_predictions
     from gbmcvr.deep.train import MtdmResult, predict
+    from gbmcvr.models.base import TrainedRun
+    from gbmcvr.runs import write_run
 
     frame = pl.DataFrame({"a": [0, 1, 2, 1], "x": [0.1, 0.5, -1.0, 2.0], "like": [1, 0, 1, 0], "y": [1, 0, 0, 0]})
     spec = fit_inputs(frame, ["a"], ["x"], "log1p_standard")
@@ -70,7 +72,8 @@ def test_an_mtdm_run_can_be_the_teacher(tmp_path):
     torch.manual_seed(0)
     model = MTDM(spec.embedding_rows, 1, 1, cfg, sizes=spec.sizes)
     run = MtdmRun(MtdmResult([model], 1), spec, pl.DataFrame({"row_id": [1], "split": ["valid"], "p": [0.5]}), {})
-    write_mtdm_run(tmp_path / "teacher", run, cfg, {"seed": 0})
+    save = lambda folder: save_models(folder, run, cfg)  # noqa: E731
+    write_run(tmp_path / "teacher", TrainedRun("mtdm", run.preds, {}, {}, ["mtdm"], "key", save), {"seed": 0})
     got = teacher_predictions(tmp_path / "teacher", frame)
     want = predict(model, to_tensors(frame, spec, None, None), torch.device("cpu"))["p"]
     assert np.allclose(got, want)

@@ -6,6 +6,8 @@ import polars as pl
 import pytest
 import torch
 
+from gbmcvr import stages
+from gbmcvr.context import Context
 from gbmcvr.deep.batches import InputSpec, Tensors, fit_inputs, to_tensors
 from gbmcvr.deep.losses import masked_bce, task_losses
 from gbmcvr.deep.model import MTDM, product_logit
@@ -13,10 +15,9 @@ from gbmcvr.deep.params import MtdmConfig, mtdm_config
 from gbmcvr.deep.run import load_mtdm_run
 from gbmcvr.deep.train import predict, resolve_device, train_mtdm
 from gbmcvr.errors import UserError
-from gbmcvr.stages import train_gbm_stage, train_mtdm_stage
 from gbmcvr.tables import load_tables
 from gbmcvr.workdir import Workdir
-from tests.factories import run_cli
+from tests.factories import run_cli, with_section
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SMALL = MtdmConfig(epochs=3, batch_size=256, embedding_dim=4, experts=2, expert_hidden=(16,), tower_hidden=(8,))
@@ -124,12 +125,9 @@ def test_run_round_trip_and_distillation_from_lightgbm(small_work, tmp_path):
     wd, _, cfg = small_work
     own = Workdir(tmp_path)
     (tmp_path / "features").symlink_to(wd.features)
-    cfg = replace(
-        cfg,
-        mtdm={"epochs": 1, "batch_size": 2048, "expert_hidden": [32], "experts": 2},
-        gbm={"num_boost_round": 30, "log_every": 0},
-    )
-    run = train_mtdm_stage(own, cfg, "mtdm")
+    mtdm = {"epochs": 1, "batch_size": 2048, "expert_hidden": [32], "experts": 2}
+    cfg = with_section(with_section(cfg, "mtdm", mtdm), "gbm", {"num_boost_round": 30, "log_every": 0})
+    run = stages.train(Context(own, cfg, device="cpu"), "mtdm")
     saved = pl.read_parquet(own.run("mtdm") / "preds.parquet")
     assert {"p", "p_ctr", "p_cvr", "p_ctcvr"} <= set(saved.columns)
     loaded = load_mtdm_run(own.run("mtdm"))
@@ -137,10 +135,9 @@ def test_run_round_trip_and_distillation_from_lightgbm(small_work, tmp_path):
     again = loaded.predict(valid)["p"]
     assert np.allclose(again, saved.filter(pl.col("split") == "valid")["p"].to_numpy(), atol=1e-7)
     assert set(run.metrics["valid"]["tasks"]) == {"ctr", "cvr", "ctcvr", "product"}
-    train_gbm_stage(own, cfg, "e2e", "teacher")
-    student = train_mtdm_stage(
-        own, replace(cfg, mtdm={**cfg.mtdm, "distill_run": "teacher", "distill_weight": 1.0}), "student"
-    )
+    stages.train(Context(own, cfg), "e2e", run_id="teacher")
+    student_cfg = with_section(cfg, "mtdm", {**mtdm, "distill_run": "teacher", "distill_weight": 1.0})
+    student = stages.train(Context(own, student_cfg, device="cpu"), "mtdm", run_id="student")
     p = student.preds["p"].to_numpy()
     assert ((p > 0) & (p < 1)).all() and not np.allclose(p, saved["p"].to_numpy())
 

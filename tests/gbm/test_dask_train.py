@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import polars as pl
 import pytest
 
+from gbmcvr import stages
+from gbmcvr.context import Context
 from gbmcvr.errors import UserError
-from gbmcvr.stages import train_gbm_stage
 from gbmcvr.workdir import Workdir
+from tests.factories import with_section
 
 distributed = pytest.importorskip("distributed")
 pytest.importorskip("dask.dataframe")
@@ -33,12 +33,12 @@ def _own_workdir(small_work, root) -> Workdir:
 def test_dask_run_matches_a_local_run(small_work, tmp_path, cluster, kind):
     _, _, cfg = small_work
     own = _own_workdir(small_work, tmp_path)
-    cfg = replace(cfg, gbm={"num_boost_round": 150, "early_stopping_rounds": 15, "log_every": 0})
+    cfg = with_section(cfg, "gbm", {"num_boost_round": 150, "early_stopping_rounds": 15, "log_every": 0})
     refit = kind == "e2e"
-    local = train_gbm_stage(own, cfg, kind, "local")
+    local = stages.train(Context(own, cfg), kind, run_id="local").model
     lines: list[str] = []
     address = cluster.scheduler_address
-    on_dask = train_gbm_stage(own, cfg, kind, "dask", refit=refit, progress=lines.append, dask=address)
+    on_dask = stages.train(Context(own, cfg, lines.append), kind, run_id="dask", refit=refit, dask=address).model
     assert any("on Dask" in line for line in lines)
     for name in ("preds.parquet", "metrics.json", "params.json", "importance.csv", "run.json"):
         assert (own.run("dask") / name).is_file()

@@ -4,31 +4,34 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gbmcvr import metrics
+from gbmcvr import metrics, stages
+from gbmcvr.context import Context
 from gbmcvr.errors import UserError
-from gbmcvr.fe.pipeline import LIKE
 from gbmcvr.fe.spec import only_families
 from gbmcvr.gbm.models import STAGES, stage_label, train_stage
 from gbmcvr.gbm.params import gbm_config
 from gbmcvr.gbm.train import load_run, train_gbm
-from gbmcvr.stages import build_features, resolve_gbm_params, train_gbm_stage
+from gbmcvr.models import registry
+from gbmcvr.schema import LIKE
 from gbmcvr.tables import load_tables
-from tests.factories import run_cli
+from tests.factories import run_cli, with_section
+
+
+def e2e_params(wd, cfg) -> dict:
+    return registry.get("e2e").params(Context(wd, cfg), None)
 
 
 @pytest.fixture(scope="module")
 def trained(small_work, tmp_path_factory):
     wd, _, cfg = small_work
-    from dataclasses import replace
-
     from gbmcvr.workdir import Workdir
 
     # a private models folder per module so the session workdir's features stay shared and untouched
     own = Workdir(tmp_path_factory.mktemp("gbm"))
     own.models.mkdir()
     (own.root / "features").symlink_to(wd.features)
-    cfg = replace(cfg, gbm={"num_boost_round": 300, "early_stopping_rounds": 20, "log_every": 0})
-    runs = {kind: train_gbm_stage(own, cfg, kind, kind, refit=True) for kind in ("e2e", "ts")}
+    cfg = with_section(cfg, "gbm", {"num_boost_round": 300, "early_stopping_rounds": 20, "log_every": 0})
+    runs = {kind: stages.train(Context(own, cfg), kind, refit=True).model for kind in ("e2e", "ts")}
     return own, cfg, runs
 
 
@@ -81,7 +84,7 @@ def test_same_seed_same_predictions(small_work):
     wd, _, cfg = small_work
     tables = load_tables(wd.features, "default", "validate")
     gcfg = gbm_config({"num_boost_round": 40, "log_every": 0}, "t")
-    params = resolve_gbm_params(wd, cfg, "e2e", None)
+    params = e2e_params(wd, cfg)
     a = train_gbm("e2e", tables, gcfg, params).preds["p"].to_numpy()
     b = train_gbm("e2e", tables, gcfg, params).preds["p"].to_numpy()
     assert np.array_equal(a, b)
@@ -97,11 +100,11 @@ def test_beats_prior_and_raw_columns(small_work, trained, tmp_path):
     (tmp_path / "features").mkdir()
     (tmp_path / "features" / "raw").symlink_to(wd.raw)
     raw_cfg = replace(cfg, features=only_families({"clean": {}}), feature_set="rawcols")
-    build_features(raw_wd, raw_cfg, "validate")
+    stages.build_features(Context(raw_wd, raw_cfg), plan="validate")
     raw_tables = load_tables(raw_wd.features, "rawcols", "validate")
     # the raw columns as the files carry them: hashed categorical codes as plain numbers, no feature pipeline
-    gcfg = gbm_config({**cfg.gbm, "max_cat_cardinality": 0}, "t")
-    raw_run = train_gbm("e2e", raw_tables, gcfg, resolve_gbm_params(wd, cfg, "e2e", None))
+    gcfg = replace(cfg.section("gbm"), max_cat_cardinality=0)
+    raw_run = train_gbm("e2e", raw_tables, gcfg, e2e_params(wd, cfg))
     y = raw_tables.splits["valid"]["is_installed"].to_numpy()
     prior = metrics.log_loss(y, np.full(len(y), raw_tables.base_rate()))
     raw_ll = raw_run.metrics["valid"]["p"]["logloss"]
@@ -139,4 +142,4 @@ def test_constant_label_refused(small_work):
     tables = load_tables(wd.features, "default", "validate")
     tables.splits["fit"] = tables.splits["fit"].with_columns(pl.lit(0, dtype=pl.Int8).alias("is_installed"))
     with pytest.raises(UserError, match="stage e2e: the install label is constant"):
-        train_stage(tables, STAGES["e2e"], resolve_gbm_params(wd, cfg, "e2e", None)["e2e"], gbm_config({}, "t"), print)
+        train_stage(tables, STAGES["e2e"], e2e_params(wd, cfg)["e2e"], gbm_config({}, "t"), print)

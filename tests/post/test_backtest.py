@@ -7,6 +7,7 @@ import pytest
 
 from gbmcvr import stages
 from gbmcvr.config import PipelineConfig
+from gbmcvr.context import Context
 from gbmcvr.errors import UserError
 from gbmcvr.metrics import log_loss
 from gbmcvr.post import backtest as bt
@@ -102,7 +103,7 @@ def _choose_recording(root, monkeypatch, flip=False):
     monkeypatch.setattr(bt, "score_candidates", recording_score)
     wd = _fake_workdir(root, flip_day66=flip)
     opts = SubmitOptions(calibration="auto", weights="auto")
-    return stages.backtest_choice(wd, PipelineConfig(), ["a", "b"], opts), seen
+    return stages.backtest_choice(Context(wd, PipelineConfig()), ["a", "b"], opts=opts), seen
 
 
 def test_backtest_predictions_do_not_depend_on_day66_labels(tmp_path, monkeypatch):
@@ -126,15 +127,16 @@ def test_backtest_predictions_do_not_depend_on_day66_labels(tmp_path, monkeypatc
 
 def test_day_rates_of_the_backtest_stop_before_its_test_day(tmp_path):
     wd = _fake_workdir(tmp_path)
-    rates = stages.day_rates(wd, PipelineConfig(), "backtest")
+    rates = stages.day_rates(Context(wd, PipelineConfig()), "backtest")
     assert rates.days.tolist() == list(range(45, 66))
-    assert stages.day_rates(wd, PipelineConfig(), "validate").days.tolist() == list(range(45, 67))
+    assert stages.day_rates(Context(wd, PipelineConfig()), "validate").days.tolist() == list(range(45, 67))
 
 
 def test_submit_auto_uses_the_backtest_choice_and_reports_it(tmp_path):
     wd = _fake_workdir(tmp_path)
     opts = SubmitOptions(calibration="auto", weights="auto", name="s")
-    tsv, result = stages.submit_stage(wd, PipelineConfig(), ["a", "b"], opts)
+    done = stages.submit(Context(wd, PipelineConfig()), ["a", "b"], opts=opts)
+    tsv, result = done.tsv, done.result
     report = json.loads(tsv.with_suffix(".json").read_text())
     assert report["calibration"] == result.backtest["calibration"] and report["backtest"]["rows"]
     md = tsv.with_suffix(".md").read_text()
@@ -148,7 +150,7 @@ def test_auto_without_backtest_runs_is_a_user_error(tmp_path):
     wd = _fake_workdir(tmp_path)
     shutil.rmtree(wd.models / "backtest" / "b")
     with pytest.raises(UserError, match="no backtest run for 'b'"):
-        stages.submit_stage(wd, PipelineConfig(), ["a", "b"], SubmitOptions(calibration="auto"))
+        stages.submit(Context(wd, PipelineConfig()), ["a", "b"], opts=SubmitOptions(calibration="auto"))
 
 
 def test_ensembles_fit_and_the_stacker_is_out_of_fold():

@@ -1,0 +1,1 @@
+"""Model kinds behind one protocol (`base.ModelKind`) and the registry that lists them."""
