@@ -13,6 +13,7 @@ KINDS: dict[str, Any] = {
     "e2e": "gbmcvr.models.lgbm:E2E",
     "ts": "gbmcvr.models.lgbm:TWO_STEP",
     "mtdm": "gbmcvr.models.mtdm:MTDM",
+    "cb": "gbmcvr.models.cb:CB",
 }
 
 
