@@ -108,7 +108,7 @@ def main() -> None:
         preds = pl.read_parquet(wd.run(run_id) / "preds.parquet")
         emit({**score(run_id, preds, y_valid, truth, rate), "train_seconds": round(seconds, 1)})
     inputs = [f"{kind}-refit" for kind in args.refit_models][:2] + ([] if args.skip_mtdm else ["mtdm"])
-    for runs_set in (inputs[:2], inputs):
+    for runs_set in (inputs[:2], inputs) if len(inputs) >= 2 else ():
         for calibration in ("none", "scaling", "scaling-fit", "isotonic", "platt"):
             for weights in ("0.5,0.5" if len(runs_set) == 2 else ",".join(["0.3333"] * 3), "auto"):
                 opts = submit_options({"calibration": calibration, "weights": weights, "name": "bench"}, "bench")

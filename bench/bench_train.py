@@ -1,6 +1,7 @@
 """Benchmark: training seconds and peak RSS of one model with default parameters (JSON).
 
-Usage: python bench/bench_train.py --workdir W --kind e2e|ts|mtdm (feature tables of W's validate plan).
+Usage: python bench/bench_train.py --workdir W --kind e2e|ts|mtdm|cb [--config T.toml] (feature tables of
+W's validate plan; the config's tables, e.g. [cb] iterations, replace the bench's).
 Run one kind per process so the peak RSS belongs to that model.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from gbmcvr import stages
 from gbmcvr.config import config_from_dict
 from gbmcvr.context import Context
+from gbmcvr.tomlfile import read_toml
 from gbmcvr.workdir import Workdir
 
 
@@ -23,9 +25,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--kind", required=True, help="a registered model kind (e2e, ts, mtdm, ...)")
     parser.add_argument("--epochs", type=int, default=2, help="MTDM epochs")
+    parser.add_argument("--config", type=Path, help="a gbmcvr.toml whose tables replace the bench's (e.g. [cb])")
     args = parser.parse_args()
     wd = Workdir(args.workdir)
-    cfg = config_from_dict({"gbm": {"log_every": 100}, "mtdm": {"epochs": args.epochs}}, "bench")
+    raw = {"gbm": {"log_every": 100}, "mtdm": {"epochs": args.epochs}}
+    cfg = config_from_dict(raw | (read_toml(args.config) if args.config else {}), str(args.config or "bench"))
     start = time.perf_counter()
     run = stages.train(Context(wd, cfg, print), args.kind, run_id=f"bench-{args.kind}", overwrite=True)
     extra = {k: run.metrics[k] for k in ("samples_per_s", "best_epoch") if k in run.metrics}
