@@ -392,6 +392,7 @@ def select(ctx: Context, *, name: str = "selected", opts: selection.SelectOption
             tmp / "report.json",
             {
                 "name": name,
+                "raw_fingerprint": tables.manifest["raw_fingerprint"],
                 "input_key": input_key(
                     tables.manifest["config_hash"], tables.manifest["raw_fingerprint"], asdict(opts)
                 ),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -18,7 +19,7 @@ import polars as pl
 from optuna_integration import CatBoostPruningCallback
 
 from gbmcvr import compat, metrics
-from gbmcvr.context import Context
+from gbmcvr.context import Context, quiet
 from gbmcvr.errors import UserError
 from gbmcvr.models.base import Objective, TrainedRun, TrainOptions
 from gbmcvr.runs import input_key, prediction_table
@@ -112,7 +113,30 @@ class Booster:
         return {"p": self.model.predict_proba(data)[:, 1]}
 
 
-def _fit(tables: FeatureTables, params: dict[str, Any], cfg: CbConfig, callbacks: list | None = None) -> Any:
+class _Lines:
+    """A text stream that hands CatBoost's log to gbmcvr's progress, one line at a time."""
+
+    def __init__(self, progress: Callable[[str], None]) -> None:
+        self.progress, self.buffer = progress, ""
+
+    def write(self, text: str) -> None:
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            if line.strip():
+                self.progress(f"cb: {line.strip()}")
+
+    def flush(self) -> None:
+        """Nothing is held back beyond an unfinished line."""
+
+
+def _fit(
+    tables: FeatureTables,
+    params: dict[str, Any],
+    cfg: CbConfig,
+    progress: Callable[[str], None] = quiet,
+    callbacks: list | None = None,
+) -> Any:
     """Fit on the fit split; early-stop on the valid split and keep the best iteration."""
     model = compat.catboost().CatBoostClassifier(**params)
     model.fit(
@@ -122,6 +146,8 @@ def _fit(tables: FeatureTables, params: dict[str, Any], cfg: CbConfig, callbacks
         use_best_model=True,
         verbose=cfg.log_every or False,
         callbacks=callbacks,
+        log_cout=_Lines(progress),
+        log_cerr=_Lines(progress),
     )
     return model
 
@@ -171,7 +197,7 @@ class CatBoostKind:
         tables = load_tables(ctx.wd.features, opts.feature_set, opts.plan)
         ctx.progress(f"cb: {tables.splits['fit'].height:,} fit rows, {len(tables.columns('categorical'))} categoricals")
         start = time.perf_counter()
-        booster = Booster(_fit(tables, _params(cfg, ctx.cfg.seed), cfg))
+        booster = Booster(_fit(tables, _params(cfg, ctx.cfg.seed), cfg, ctx.progress))
         seconds = time.perf_counter() - start
         ids = {s: tables.splits[s][tables.id_column].to_numpy() for s in ("valid", "test")}
         preds = prediction_table(ids, {s: booster.predict(tables.splits[s]) for s in ids})
@@ -216,7 +242,7 @@ class CatBoostKind:
             suggested = {d.name: d.suggest(trial) for d in space}
             cfg = cb_config({**asdict(replace(base, log_every=0)), **suggested}, "search space")
             pruning = CatBoostPruningCallback(trial, "Logloss")
-            model = _fit(tables, _params(cfg, seed, threads), cfg, [pruning])
+            model = _fit(tables, _params(cfg, seed, threads), cfg, callbacks=[pruning])
             pruning.check_pruned()
             value = float(model.get_best_score()["validation"]["Logloss"])
             return value, {"params": suggested, "best_iteration": int(model.get_best_iteration() or 0) + 1}

@@ -106,5 +106,11 @@ def test_select_command_writes_a_feature_set_the_pipeline_builds(small_work, tmp
     manifest = json.loads((own.features / "selected" / "validate" / "manifest.json").read_text())
     built = {c["family"] for c in manifest["columns"]}
     assert set(chosen) - {"clean", "categorical"} <= built
+    from gbmcvr.config import PipelineConfig
+    from gbmcvr.context import Context
+    from gbmcvr.pipeline import SELECTED, _selected
+
+    steps: dict[str, str] = {}
+    assert _selected(Context(own, PipelineConfig()), steps).feature_set == SELECTED and steps == {"select": "current"}
     code, _, err = run_cli(["select", "--rounds", "0", "--workdir", own.root], capsys)
     assert code == 2 and "--rounds and --max-fits must be at least 1" in err
