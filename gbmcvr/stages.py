@@ -363,8 +363,7 @@ def tune(
         tuning.spawn_workers(args, workers, seed, storage, cfg.tune.threads_per_worker)
         return Tuning(the_study, True)
     threads = tuning.worker_threads(cfg.tune.threads_per_worker) if worker else None
-    tables = load_tables(ctx.wd.features, cfg.feature_set, "validate")
-    objective = kind.objective(ctx, target, tables, space, seed, threads)
+    objective = kind.objective(ctx, target, space, seed, threads)
     ctx.progress(
         f"tuning {target}: study '{study_name}' on {tuning.redact(storage)}, "
         f"{tuning.finished(the_study)} of {trials} trials done"

@@ -81,7 +81,8 @@ class FakeKind:
     def load(self, run_dir: Path) -> Constant:
         return Constant(json.loads((Path(run_dir) / "model.json").read_text())["p"])
 
-    def objective(self, ctx, target, tables, space, seed, threads):
+    def objective(self, ctx, target, space, seed, threads):
+        tables = load_tables(ctx.wd.features, ctx.cfg.feature_set, "validate")
         y = tables.splits["valid"][tables.install_label].to_numpy()
 
         def fn(trial: optuna.Trial) -> tuple[float, dict]:

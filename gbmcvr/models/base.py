@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
     from gbmcvr.context import Context
     from gbmcvr.space import Dimension
-    from gbmcvr.tables import FeatureTables
 
 # an Optuna objective that also returns the trial's attributes (exported parameters, best iteration)
 Objective = Callable[["optuna.Trial"], tuple[float, dict[str, Any]]]
@@ -98,10 +97,10 @@ class ModelKind(Protocol):
         self,
         ctx: Context,
         target: str,
-        tables: FeatureTables,
         space: list[Dimension],
         seed: int,
         threads: int | None,
     ) -> Objective:
-        """The Optuna objective of one tuning target: valid-day log loss, with pruning."""
+        """The Optuna objective of one tuning target on the validate plan's tables (which the kind loads, as
+        lean as it likes): valid-day log loss, with pruning."""
         ...

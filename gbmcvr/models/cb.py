@@ -231,12 +231,12 @@ class CatBoostKind:
         self,
         ctx: Context,
         target: str,
-        tables: FeatureTables,
         space: list[Dimension],
         seed: int,
         threads: int | None,
     ) -> Objective:
         base = ctx.cfg.section(self.section)
+        tables = load_tables(ctx.wd.features, ctx.cfg.feature_set, "validate")
 
         def fn(trial: optuna.Trial) -> tuple[float, dict]:
             suggested = {d.name: d.suggest(trial) for d in space}

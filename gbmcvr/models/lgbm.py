@@ -151,13 +151,13 @@ class GbmKind:
         self,
         ctx: Context,
         target: str,
-        tables: FeatureTables,
         space: list[Dimension],
         seed: int,
         threads: int | None,
     ) -> Objective:
         stage = STAGES[target.replace("-", "_")]
         gcfg = ctx.cfg.section(self.section)
+        tables = load_tables(ctx.wd.features, ctx.cfg.feature_set, "validate")
         shared: dict = {}  # Datasets by binning parameters: built once per binning, shared by the trials
 
         def fn(trial: optuna.Trial) -> tuple[float, dict]:

@@ -18,7 +18,7 @@ from gbmcvr.errors import UserError
 from gbmcvr.models.base import Objective, Predictor, TrainedRun, TrainOptions
 from gbmcvr.runs import input_key, read_run_meta
 from gbmcvr.space import Dimension
-from gbmcvr.tables import FeatureTables, load_tables
+from gbmcvr.tables import load_tables
 
 SPACE: dict[str, dict[str, Any]] = {
     "learning_rate": {"type": "float", "low": 3e-4, "high": 1e-2, "log": True},
@@ -154,7 +154,6 @@ class MtdmKind:
         self,
         ctx: Context,
         target: str,
-        tables: FeatureTables,
         space: list[Dimension],
         seed: int,
         threads: int | None,
@@ -163,6 +162,7 @@ class MtdmKind:
         if threads:
             deep.torch.set_num_threads(threads)
         mcfg = ctx.cfg.section(self.section).config
+        tables = load_tables(ctx.wd.features, ctx.cfg.feature_set, "validate")
 
         def fn(trial: optuna.Trial) -> tuple[float, dict]:
             suggested = {d.name: d.suggest(trial) for d in space}
