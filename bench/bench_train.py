@@ -33,7 +33,11 @@ def main() -> None:
     start = time.perf_counter()
     run = stages.train(Context(wd, cfg, print), args.kind, run_id=f"bench-{args.kind}", overwrite=True)
     extra = {k: run.metrics[k] for k in ("samples_per_s", "best_epoch") if k in run.metrics}
-    extra |= {"best_iterations": {k: v["best_iteration"] for k, v in run.params.items() if isinstance(v, dict)}}
+    stages_best = {
+        k: v["best_iteration"] for k, v in run.params.items() if isinstance(v, dict) and "best_iteration" in v
+    }
+    extra |= {"best_iterations": stages_best or {args.kind: run.params.get("best_iteration")}}
+    extra |= {"train_seconds": run.metrics.get("train_seconds")}
     seconds = time.perf_counter() - start
     print(
         json.dumps(
