@@ -84,26 +84,30 @@ def check_finite(frame: pl.DataFrame, columns: list[str]) -> None:
 
 
 def _numeric(frame: pl.DataFrame, spec: InputSpec) -> np.ndarray:
+    """Transformed numericals as one float32 (rows, columns) array, computed a column at a time in float64."""
+    out = np.empty((frame.height, len(spec.numerical)), dtype=np.float32)
     if not spec.numerical:
-        return np.zeros((frame.height, 0), dtype=np.float32)
+        return out
     check_finite(frame, spec.numerical)
-    x = frame.select(spec.numerical).to_numpy().astype(np.float64)
-    if spec.transform == "log1p_standard":
-        z = (_signed_log1p(x) - np.asarray(spec.stats["mean"])) / np.asarray(spec.stats["std"])
-    else:
+    if spec.transform != "log1p_standard":
         from scipy.special import ndtri
 
         levels = np.asarray(spec.stats["levels"])
-        z = np.empty_like(x)
-        for j, q in enumerate(spec.stats["quantiles"]):
-            u = np.interp(x[:, j], np.asarray(q), levels)
-            z[:, j] = ndtri(np.clip(u, 1e-3, 1 - 1e-3))
-    return z.astype(np.float32)
+    for j, c in enumerate(spec.numerical):
+        x = frame[c].to_numpy().astype(np.float64)
+        if spec.transform == "log1p_standard":
+            out[:, j] = (_signed_log1p(x) - spec.stats["mean"][j]) / spec.stats["std"][j]
+        else:
+            u = np.interp(x, np.asarray(spec.stats["quantiles"][j]), levels)
+            out[:, j] = ndtri(np.clip(u, 1e-3, 1 - 1e-3))
+    return out
 
 
 def _categorical(frame: pl.DataFrame, spec: InputSpec) -> np.ndarray:
-    """Codes plus field offsets; unseen (>= size) or null values go to the field's reserved row."""
-    out = np.empty((frame.height, len(spec.categorical)), dtype=np.int64)
+    """Codes plus field offsets as int32; unseen (>= size) or null values go to the field's reserved row."""
+    if spec.embedding_rows > np.iinfo(np.int32).max:
+        raise UserError(f"MTDM: {spec.embedding_rows:,} embedding rows do not fit int32 codes")
+    out = np.empty((frame.height, len(spec.categorical)), dtype=np.int32)
     for j, (c, size, off) in enumerate(zip(spec.categorical, spec.sizes, spec.offsets, strict=True)):
         v = frame[c].fill_null(-1).to_numpy().astype(np.int64)
         v = np.where((v < 0) | (v >= size), size, v)
@@ -113,7 +117,7 @@ def _categorical(frame: pl.DataFrame, spec: InputSpec) -> np.ndarray:
 
 @dataclass
 class Tensors:
-    """One split as tensors: categorical indices, numericals and (when labelled) like / install labels."""
+    """One split as tensors: int32 offset codes, float32 numericals, (when labelled) like / install labels."""
 
     cat: torch.Tensor
     num: torch.Tensor
@@ -123,6 +127,17 @@ class Tensors:
 
     def __len__(self) -> int:
         return self.cat.shape[0]
+
+    def to(self, device: torch.device) -> Tensors:
+        """The same split on `device` (itself when already there): the training data stays resident on a GPU."""
+        return Tensors(*(None if t is None else t.to(device) for t in self._all()))
+
+    def rows(self, idx: torch.Tensor) -> Tensors:
+        """The rows `idx` of every tensor (one index_select each)."""
+        return Tensors(*(None if t is None else t.index_select(0, idx) for t in self._all()))
+
+    def _all(self) -> tuple[torch.Tensor | None, ...]:
+        return self.cat, self.num, self.like, self.install, self.teacher
 
 
 def to_tensors(frame: pl.DataFrame, spec: InputSpec, like: str | None, install: str | None) -> Tensors:
