@@ -21,10 +21,12 @@ import torch
 
 from gbmcvr.deep.batches import fit_inputs, to_tensors
 from gbmcvr.deep.params import MtdmConfig
-from gbmcvr.deep.run import input_columns, train_mtdm_run
+from gbmcvr.deep.run import input_columns, split_inputs, train_mtdm_run
 from gbmcvr.deep.train import resolve_device, train_mtdm
 from gbmcvr.fe.pipeline import LIKE
 from gbmcvr.tables import load_tables
+
+LEAN = ("fit", "valid", "test")  # as the MTDM stage loads them: inputs read from Parquet by the run
 
 
 def _overrides(raw: list[str]) -> dict:
@@ -44,7 +46,7 @@ def profile(tables, cfg: MtdmConfig, rows: int, device: torch.device) -> list[di
     from torch.profiler import profile as torch_profile
 
     cats, nums = input_columns(tables, cfg)
-    fit = tables.splits["fit"].head(rows)
+    fit = split_inputs(tables, "fit", cats + nums).head(rows)
     spec = fit_inputs(fit, cats, nums, cfg.numeric_transform)
     data = to_tensors(fit, spec, LIKE, tables.install_label)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -79,7 +81,7 @@ def main() -> None:
     cfg = replace(MtdmConfig(), epochs=args.epochs, patience=args.epochs, **_overrides(args.set_param))
     start = time.perf_counter()
     if args.profile_rows:
-        tables = load_tables(args.workdir / "features", args.set, args.plan, ("fit",))
+        tables = load_tables(args.workdir / "features", args.set, args.plan, ("fit",), lean=("fit",))
         out = {
             "bench": "mtdm_profile",
             "rows": args.profile_rows,
@@ -87,7 +89,7 @@ def main() -> None:
         }
         print(json.dumps(out))
         return
-    tables = load_tables(args.workdir / "features", args.set, args.plan)
+    tables = load_tables(args.workdir / "features", args.set, args.plan, lean=LEAN)
     load_s = time.perf_counter() - start
     run = train_mtdm_run(tables, cfg, 0, args.device, None, lambda line: print(line, file=sys.stderr))
     history = run.metrics["history"]

@@ -473,7 +473,7 @@ def _train_mtdm(wd, cfg, run_id, run_dir, device, feature_set, progress, params,
     if mcfg.distill_run:
         teacher = wd.run(mcfg.distill_run, plan)
         read_run_meta(teacher)
-    tables = load_tables(wd.features, fs, plan)
+    tables = load_tables(wd.features, fs, plan, lean=("fit", "valid", "test"))  # MTDM reads its own columns
     meta = {"feature_set": fs, "input_key": mtdm_input_key(tables.manifest, mcfg, cfg.seed), "seed": cfg.seed}
     meta["plan"] = plan
     if ddp or launched_by_torchrun():

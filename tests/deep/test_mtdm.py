@@ -10,7 +10,7 @@ from gbmcvr.deep.batches import InputSpec, Tensors, fit_inputs, to_tensors
 from gbmcvr.deep.losses import masked_bce, task_losses
 from gbmcvr.deep.model import MTDM, product_logit
 from gbmcvr.deep.params import MtdmConfig, mtdm_config
-from gbmcvr.deep.run import load_mtdm_run
+from gbmcvr.deep.run import load_mtdm_run, train_mtdm_run
 from gbmcvr.deep.train import predict, resolve_device, train_mtdm
 from gbmcvr.errors import UserError
 from gbmcvr.stages import train_gbm_stage, train_mtdm_stage
@@ -137,6 +137,14 @@ def test_run_round_trip_and_distillation_from_lightgbm(small_work, tmp_path):
     again = loaded.predict(valid)["p"]
     assert np.allclose(again, saved.filter(pl.col("split") == "valid")["p"].to_numpy(), atol=1e-7)
     assert set(run.metrics["valid"]["tasks"]) == {"ctr", "cvr", "ctcvr", "product"}
+    mcfg = mtdm_config(cfg.mtdm, "cfg")
+    full = train_mtdm_run(load_tables(wd.features, "default", "validate"), mcfg, cfg.seed, "cpu", None)
+    assert full.preds.equals(run.preds)  # the stage's lean tables: inputs read from Parquet, same result
+    state = torch.load(own.run("mtdm") / "model.pt", weights_only=True)
+    state["bottom.experts.0.0.weight"] = state.pop("bottom.experts.weights.0")  # the layout before fusion
+    torch.save(state, own.run("mtdm") / "model.pt")
+    with pytest.raises(UserError, match="must be retrained"):
+        load_mtdm_run(own.run("mtdm"))
     train_gbm_stage(own, cfg, "e2e", "teacher")
     student = train_mtdm_stage(
         own, replace(cfg, mtdm={**cfg.mtdm, "distill_run": "teacher", "distill_weight": 1.0}), "student"
