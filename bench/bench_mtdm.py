@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -111,6 +112,7 @@ def main() -> None:
                 "valid_logloss": [round(h["valid_logloss"], 5) for h in history],
                 "run_seconds": round(time.perf_counter() - start, 1),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "load_average_1m_at_end": round(os.getloadavg()[0], 2),  # > threads: other work shared the cores
             }
         )
     )

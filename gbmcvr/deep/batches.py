@@ -56,22 +56,25 @@ def _signed_log1p(x: np.ndarray) -> np.ndarray:
 
 
 def fit_inputs(fit: pl.DataFrame, categorical: list[str], numerical: list[str], transform: str) -> InputSpec:
-    """Vocabulary sizes (max code + 1) and numeric transform statistics from the fit window."""
+    """Vocabulary sizes (max code + 1) and numeric transform statistics from the fit window (a column at a time)."""
     check_finite(fit, numerical)
     sizes = [int((fit[c].max() or 0) + 1) for c in categorical]
     for c in categorical:
         if fit[c].min() is not None and fit[c].min() < 0:
             raise UserError(f"categorical column '{c}' has negative codes; MTDM needs codes >= 0")
     stats: dict[str, list[Any]] = {}
-    if numerical:
-        x = fit.select(numerical).to_numpy().astype(np.float64)
-        if transform == "log1p_standard":
-            z = _signed_log1p(x)
-            stats = {"mean": z.mean(axis=0).tolist(), "std": np.maximum(z.std(axis=0), 1e-6).tolist()}
-        else:
-            qs = np.linspace(0, 1, 201)
-            sample = x[np.random.default_rng(0).permutation(len(x))[:200_000]]
-            stats = {"quantiles": np.quantile(sample, qs, axis=0).T.tolist(), "levels": qs.tolist()}
+    if numerical and transform == "log1p_standard":
+        means, stds = [], []
+        for c in numerical:
+            z = _signed_log1p(fit[c].to_numpy().astype(np.float64))
+            means.append(float(z.mean()))
+            stds.append(float(max(z.std(), 1e-6)))
+        stats = {"mean": means, "std": stds}
+    elif numerical:
+        qs = np.linspace(0, 1, 201)
+        rows = np.random.default_rng(0).permutation(fit.height)[:200_000]
+        sample = fit.select(numerical)[rows].to_numpy().astype(np.float64)
+        stats = {"quantiles": np.quantile(sample, qs, axis=0).T.tolist(), "levels": qs.tolist()}
     return InputSpec(categorical, sizes, numerical, transform, stats)
 
 
