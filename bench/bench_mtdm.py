@@ -1,110 +1,118 @@
-"""Benchmark: MTDM training throughput, tensor index batches vs a per-row Dataset + default DataLoader.
+"""Benchmark: MTDM training epochs at scale through the real run path (tables -> tensors -> epochs -> preds).
 
-Both feed the same default model the same rows for `--samples` training samples; prints samples/s of
-each, the estimated epoch time and peak RSS as JSON. Usage: python bench/bench_mtdm.py --workdir W.
+Runs `train_mtdm_run` on a work directory's feature tables for `--epochs` epochs and prints JSON: seconds
+and rows/s per epoch, valid install log loss per epoch, the whole run's seconds and the process's peak RSS.
+`--profile-rows N` instead trains one epoch on the first N fit rows under torch.profiler and prints the top
+operators by self CPU time (the profiler's overhead makes that run's timing meaningless).
+Usage: python bench/bench_mtdm.py --workdir W [--epochs 1] [--device cpu] [--set default --plan validate].
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import sys
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from gbmcvr.deep.batches import Tensors, batches, fit_inputs, to_tensors
-from gbmcvr.deep.losses import task_losses
+from gbmcvr.deep.batches import fit_inputs, to_tensors
 from gbmcvr.deep.params import MtdmConfig
-from gbmcvr.deep.run import input_columns
-from gbmcvr.deep.train import _autocast, _to, build_models, resolve_device, seed_everything
+from gbmcvr.deep.run import input_columns, split_inputs, train_mtdm_run
+from gbmcvr.deep.train import resolve_device, train_mtdm
 from gbmcvr.fe.pipeline import LIKE
 from gbmcvr.tables import load_tables
 
-
-class RowDataset(Dataset):
-    """The per-row feeding of popular multi-task libraries: one dict of tensors per row."""
-
-    def __init__(self, data: Tensors) -> None:
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        d = self.data
-        return {"cat": d.cat[i], "num": d.num[i], "like": d.like[i], "install": d.install[i]}
+LEAN = ("fit", "valid", "test")  # as the MTDM stage loads them: inputs read from Parquet by the run
 
 
-def run(model, opt, cfg, device, stream, samples: int) -> float:
-    model.train()
-    seen, start = 0, time.perf_counter()
-    for cat, num, like, install in stream:
-        cat, num, like, install = (_to(x, device) for x in (cat, num, like, install))
-        with _autocast(device):
-            out = model(cat, num)
-        loss = task_losses({k: v.float() for k, v in out.items()}, like, install, cfg)["total"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        seen += len(cat)
-        if seen >= samples:
-            break
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return seen / (time.perf_counter() - start)
+def _overrides(raw: list[str]) -> dict:
+    """`key=value` pairs typed like the MtdmConfig field they set (ints, floats, bools, strings)."""
+    types = {f.name: type(getattr(MtdmConfig(), f.name)) for f in fields(MtdmConfig)}
+    out = {}
+    for pair in raw:
+        key, value = pair.split("=", 1)
+        kind = types[key]
+        out[key] = value.lower() in ("1", "true") if kind is bool else kind(value)
+    return out
+
+
+def profile(tables, cfg: MtdmConfig, rows: int, device: torch.device) -> list[dict]:
+    """One epoch over the first `rows` fit rows under torch.profiler: top operators by self CPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cats, nums = input_columns(tables, cfg)
+    fit = split_inputs(tables, "fit", cats + nums).head(rows)
+    spec = fit_inputs(fit, cats, nums, cfg.numeric_transform)
+    data = to_tensors(fit, spec, LIKE, tables.install_label)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        train_mtdm(data, None, spec, replace(cfg, epochs=1), 0, device)
+    averages = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in averages) or 1
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=20), file=sys.stderr)
+    top = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
+    return [
+        {
+            "op": e.key,
+            "self_cpu_ms": round(e.self_cpu_time_total / 1000, 1),
+            "share": round(e.self_cpu_time_total / total, 3),
+            "calls": e.count,
+        }
+        for e in top
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--samples", type=int, default=400_000)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the per-row baseline")
+    parser.add_argument("--set", default="default")
+    parser.add_argument("--plan", default="validate")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--profile-rows", type=int, default=0, help="profile one epoch on this many fit rows")
+    parser.add_argument("--set-param", action="append", default=[], help="MtdmConfig override, key=value")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    cfg = MtdmConfig()
-    tables = load_tables(args.workdir / "features", "default", "validate", ("fit",))
-    cats, nums = input_columns(tables, cfg)
-    t0 = time.perf_counter()
-    spec = fit_inputs(tables.splits["fit"], cats, nums, cfg.numeric_transform)
-    data = to_tensors(tables.splits["fit"], spec, LIKE, tables.install_label)
-    to_tensor_s = time.perf_counter() - t0
-    gen = seed_everything(0)
-    results = {}
-    for name in ("index_batches", "dataset_dataloader"):
-        model = build_models(spec, cfg)[0].to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
-        if name == "index_batches":
-            stream = (
-                (data.cat[i], data.num[i], data.like[i], data.install[i])
-                for i in batches(len(data), cfg.batch_size, gen, True)
-            )
-        else:
-            loader = DataLoader(
-                RowDataset(data),
-                batch_size=cfg.batch_size,
-                shuffle=True,
-                num_workers=args.workers,
-                pin_memory=device.type == "cuda",
-            )
-            stream = ((b["cat"], b["num"], b["like"], b["install"]) for b in loader)
-        results[name] = run(model, opt, cfg, device, stream, args.samples)
+    cfg = replace(MtdmConfig(), epochs=args.epochs, patience=args.epochs, **_overrides(args.set_param))
+    start = time.perf_counter()
+    if args.profile_rows:
+        tables = load_tables(args.workdir / "features", args.set, args.plan, ("fit",), lean=("fit",))
+        out = {
+            "bench": "mtdm_profile",
+            "rows": args.profile_rows,
+            "top_ops": profile(tables, cfg, args.profile_rows, device),
+        }
+        print(json.dumps(out))
+        return
+    tables = load_tables(args.workdir / "features", args.set, args.plan, lean=LEAN)
+    load_s = time.perf_counter() - start
+    run = train_mtdm_run(tables, cfg, 0, args.device, None, lambda line: print(line, file=sys.stderr))
+    history = run.metrics["history"]
+    fit_rows = tables.splits["fit"].height
+    epoch_s = [round(fit_rows / h["samples_per_s"], 1) for h in history]
     print(
         json.dumps(
             {
-                "bench": "mtdm_throughput",
+                "bench": "mtdm_epochs",
                 "device": str(device),
-                "rows": len(data),
-                "fields": len(cats),
-                "numerical": len(nums),
-                "to_tensors_seconds": round(to_tensor_s, 2),
-                "samples_per_s": {k: round(v) for k, v in results.items()},
-                "speedup": round(results["index_batches"] / results["dataset_dataloader"], 2),
-                "epoch_seconds_estimate": {k: round(len(data) / v, 1) for k, v in results.items()},
+                "threads": torch.get_num_threads(),
+                "fit_rows": fit_rows,
+                "valid_rows": tables.splits["valid"].height,
+                "batch_size": cfg.batch_size,
+                "overrides": args.set_param,
+                "load_seconds": round(load_s, 1),
+                "epoch_seconds": epoch_s,
+                "rows_per_s": [round(h["samples_per_s"]) for h in history],
+                "valid_logloss": [round(h["valid_logloss"], 5) for h in history],
+                "run_seconds": round(time.perf_counter() - start, 1),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "load_average_1m_at_end": round(os.getloadavg()[0], 2),  # > threads: other work shared the cores
             }
         )
     )

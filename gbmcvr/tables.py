@@ -46,9 +46,15 @@ class FeatureTables:
 
 
 def load_tables(
-    features_root: Path, feature_set: str, plan: str, splits: tuple[str, ...] = ("fit", "valid", "test")
+    features_root: Path,
+    feature_set: str,
+    plan: str,
+    splits: tuple[str, ...] = ("fit", "valid", "test"),
+    lean: tuple[str, ...] = (),
 ) -> FeatureTables:
-    """Read a plan's tables; a missing plan is a UserError that names the command which builds it."""
+    """Read a plan's tables; a missing plan is a UserError that names the command which builds it.
+
+    The `lean` splits keep only their id, day and label columns in memory (LightGBM streams their features)."""
     plan_dir = Path(features_root) / feature_set / plan
     hint = f"gbmcvr features --set {feature_set} --plan {plan}"
     manifest = read_manifest(plan_dir, hint)
@@ -59,5 +65,10 @@ def load_tables(
         path = plan_dir / f"{split}.parquet"
         if not path.is_file():
             raise UserError(f"{path}: missing feature table (rebuild with `{hint} --force`)")
-        frames[split] = pl.read_parquet(path)
+        if split in lean:
+            have = pl.read_parquet_schema(path)
+            keep = [c["name"] for c in manifest["columns"] if c["role"] in ("id", "day", "label")]
+            frames[split] = pl.read_parquet(path, columns=[c for c in keep if c in have])
+        else:
+            frames[split] = pl.read_parquet(path)
     return FeatureTables(plan_dir, manifest, frames)

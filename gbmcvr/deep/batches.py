@@ -56,22 +56,25 @@ def _signed_log1p(x: np.ndarray) -> np.ndarray:
 
 
 def fit_inputs(fit: pl.DataFrame, categorical: list[str], numerical: list[str], transform: str) -> InputSpec:
-    """Vocabulary sizes (max code + 1) and numeric transform statistics from the fit window."""
+    """Vocabulary sizes (max code + 1) and numeric transform statistics from the fit window (a column at a time)."""
     check_finite(fit, numerical)
     sizes = [int((fit[c].max() or 0) + 1) for c in categorical]
     for c in categorical:
         if fit[c].min() is not None and fit[c].min() < 0:
             raise UserError(f"categorical column '{c}' has negative codes; MTDM needs codes >= 0")
     stats: dict[str, list[Any]] = {}
-    if numerical:
-        x = fit.select(numerical).to_numpy().astype(np.float64)
-        if transform == "log1p_standard":
-            z = _signed_log1p(x)
-            stats = {"mean": z.mean(axis=0).tolist(), "std": np.maximum(z.std(axis=0), 1e-6).tolist()}
-        else:
-            qs = np.linspace(0, 1, 201)
-            sample = x[np.random.default_rng(0).permutation(len(x))[:200_000]]
-            stats = {"quantiles": np.quantile(sample, qs, axis=0).T.tolist(), "levels": qs.tolist()}
+    if numerical and transform == "log1p_standard":
+        means, stds = [], []
+        for c in numerical:
+            z = _signed_log1p(fit[c].to_numpy().astype(np.float64))
+            means.append(float(z.mean()))
+            stds.append(float(max(z.std(), 1e-6)))
+        stats = {"mean": means, "std": stds}
+    elif numerical:
+        qs = np.linspace(0, 1, 201)
+        rows = np.random.default_rng(0).permutation(fit.height)[:200_000]
+        sample = fit.select(numerical)[rows].to_numpy().astype(np.float64)
+        stats = {"quantiles": np.quantile(sample, qs, axis=0).T.tolist(), "levels": qs.tolist()}
     return InputSpec(categorical, sizes, numerical, transform, stats)
 
 
@@ -84,26 +87,30 @@ def check_finite(frame: pl.DataFrame, columns: list[str]) -> None:
 
 
 def _numeric(frame: pl.DataFrame, spec: InputSpec) -> np.ndarray:
+    """Transformed numericals as one float32 (rows, columns) array, computed a column at a time in float64."""
+    out = np.empty((frame.height, len(spec.numerical)), dtype=np.float32)
     if not spec.numerical:
-        return np.zeros((frame.height, 0), dtype=np.float32)
+        return out
     check_finite(frame, spec.numerical)
-    x = frame.select(spec.numerical).to_numpy().astype(np.float64)
-    if spec.transform == "log1p_standard":
-        z = (_signed_log1p(x) - np.asarray(spec.stats["mean"])) / np.asarray(spec.stats["std"])
-    else:
+    if spec.transform != "log1p_standard":
         from scipy.special import ndtri
 
         levels = np.asarray(spec.stats["levels"])
-        z = np.empty_like(x)
-        for j, q in enumerate(spec.stats["quantiles"]):
-            u = np.interp(x[:, j], np.asarray(q), levels)
-            z[:, j] = ndtri(np.clip(u, 1e-3, 1 - 1e-3))
-    return z.astype(np.float32)
+    for j, c in enumerate(spec.numerical):
+        x = frame[c].to_numpy().astype(np.float64)
+        if spec.transform == "log1p_standard":
+            out[:, j] = (_signed_log1p(x) - spec.stats["mean"][j]) / spec.stats["std"][j]
+        else:
+            u = np.interp(x, np.asarray(spec.stats["quantiles"][j]), levels)
+            out[:, j] = ndtri(np.clip(u, 1e-3, 1 - 1e-3))
+    return out
 
 
 def _categorical(frame: pl.DataFrame, spec: InputSpec) -> np.ndarray:
-    """Codes plus field offsets; unseen (>= size) or null values go to the field's reserved row."""
-    out = np.empty((frame.height, len(spec.categorical)), dtype=np.int64)
+    """Codes plus field offsets as int32; unseen (>= size) or null values go to the field's reserved row."""
+    if spec.embedding_rows > np.iinfo(np.int32).max:
+        raise UserError(f"MTDM: {spec.embedding_rows:,} embedding rows do not fit int32 codes")
+    out = np.empty((frame.height, len(spec.categorical)), dtype=np.int32)
     for j, (c, size, off) in enumerate(zip(spec.categorical, spec.sizes, spec.offsets, strict=True)):
         v = frame[c].fill_null(-1).to_numpy().astype(np.int64)
         v = np.where((v < 0) | (v >= size), size, v)
@@ -113,7 +120,7 @@ def _categorical(frame: pl.DataFrame, spec: InputSpec) -> np.ndarray:
 
 @dataclass
 class Tensors:
-    """One split as tensors: categorical indices, numericals and (when labelled) like / install labels."""
+    """One split as tensors: int32 offset codes, float32 numericals, (when labelled) like / install labels."""
 
     cat: torch.Tensor
     num: torch.Tensor
@@ -123,6 +130,17 @@ class Tensors:
 
     def __len__(self) -> int:
         return self.cat.shape[0]
+
+    def to(self, device: torch.device) -> Tensors:
+        """The same split on `device` (itself when already there): the training data stays resident on a GPU."""
+        return Tensors(*(None if t is None else t.to(device) for t in self._all()))
+
+    def rows(self, idx: torch.Tensor) -> Tensors:
+        """The rows `idx` of every tensor (one index_select each)."""
+        return Tensors(*(None if t is None else t.index_select(0, idx) for t in self._all()))
+
+    def _all(self) -> tuple[torch.Tensor | None, ...]:
+        return self.cat, self.num, self.like, self.install, self.teacher
 
 
 def to_tensors(frame: pl.DataFrame, spec: InputSpec, like: str | None, install: str | None) -> Tensors:

@@ -32,6 +32,8 @@ class MtdmConfig:
     use_target_encoding: bool = False
     patience: int = 2
     compile: bool = False
+    threads: int = 0  # torch intra-op threads (0 = torch's default, one per core)
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (autocast on either)
     distill_run: str = ""  # teacher run id (e.g. "e2e"); empty = off
     distill_weight: float = 0.0
     distill_loss: str = "bce"  # bce | kl | mse
@@ -54,6 +56,7 @@ _CHOICES = {
     "distill_loss": ("bce", "kl", "mse"),
     "mutual_bottom": ("", "mmoe", "mmoe2", "ple"),
     "qr_combine": ("mult", "sum"),
+    "precision": ("auto", "fp32", "bf16"),
 }
 
 
@@ -148,6 +151,8 @@ def check_mtdm(cfg: MtdmConfig, where: str) -> None:
         raise UserError(f"{where}: expert_hidden needs at least one layer")
     if cfg.distill_weight > 0 and not cfg.distill_run:
         raise UserError(f"{where}: distill_weight > 0 needs distill_run (a teacher run id)")
+    if cfg.threads < 0:
+        raise UserError(f"{where}: threads must be >= 0 (0 = torch's default), got {cfg.threads}")
     if cfg.qr_threshold < 0:
         raise UserError(f"{where}: qr_threshold must be >= 0 (0 = off), got {cfg.qr_threshold}")
     if not 0.0 <= cfg.ranking_gamma <= 1.0:

@@ -35,6 +35,16 @@ def input_columns(tables: FeatureTables, cfg: MtdmConfig) -> tuple[list[str], li
     return cats, nums
 
 
+def split_inputs(tables: FeatureTables, split: str, columns: list[str]) -> pl.DataFrame:
+    """The split's in-memory frame with `columns`, read from its Parquet file when the frame lacks them
+    (tables loaded `lean`); only those columns are read."""
+    frame = tables.splits[split]
+    missing = [c for c in columns if c not in frame.columns]
+    if not missing:
+        return frame
+    return frame.hstack(pl.read_parquet(tables.plan_dir / f"{split}.parquet", columns=missing).get_columns())
+
+
 @dataclass
 class MtdmRun:
     result: MtdmResult
@@ -61,16 +71,21 @@ def train_mtdm_run(
     device = parallel.device if parallel is not None else resolve_device(device_name)
     progress(f"mtdm: device {device}")
     cats, nums = input_columns(tables, cfg)
-    fit = tables.splits["fit"]
+    fit = split_inputs(tables, "fit", cats + nums)
     spec = fit_inputs(fit, cats, nums, cfg.numeric_transform)
     if cfg.qr_threshold > 0:
         for t in table_rows(spec.categorical, spec.sizes, cfg.embedding_dim, cfg.qr_threshold):
             kind = "QR" if t["qr"] else "shared table"
             progress(f"mtdm: embedding {t['column']}: {t['rows']:,} rows ({t['bytes'] / 2**20:.2f} MiB, {kind})")
     install = tables.install_label
-    data = {s: to_tensors(f, spec, LIKE, install) for s, f in tables.splits.items()}
+    data = {"fit": to_tensors(fit, spec, LIKE, install)}
+    del fit  # one split's input frame at a time: only its tensors stay
+    for split in [s for s in tables.splits if s != "fit"]:
+        data[split] = to_tensors(split_inputs(tables, split, cats + nums), spec, LIKE, install)
     if teacher_dir is not None:
-        data["fit"].teacher = torch.from_numpy(teacher_predictions(teacher_dir, fit).astype(np.float32))
+        teacher_frame = split_inputs(tables, "fit", tables.features())
+        data["fit"].teacher = torch.from_numpy(teacher_predictions(teacher_dir, teacher_frame).astype(np.float32))
+        del teacher_frame
     valid = data.get("valid")
     if parallel is not None and valid is not None:
         valid = shard_rows(valid, parallel)
@@ -135,6 +150,12 @@ def load_mtdm_run(run_dir: Path) -> LoadedMtdm:
         bottom = (cfg.mutual_bottom or cfg.bottom) if i == 1 else None
         m = MTDM(spec.embedding_rows, len(spec.categorical), len(spec.numerical), cfg, bottom=bottom, sizes=spec.sizes)
         state = torch.load(run_dir / ("model.pt" if i == 0 else "model_peer.pt"), weights_only=True, map_location="cpu")
-        m.load_state_dict(state)
+        try:
+            m.load_state_dict(state)
+        except RuntimeError as err:
+            raise UserError(
+                f"{run_dir}: its weights do not fit this version's MTDM layout (runs written before the fused "
+                "experts must be retrained)"
+            ) from err
         models.append(m)
     return LoadedMtdm(models, spec, cfg)

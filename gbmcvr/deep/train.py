@@ -42,28 +42,31 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if x.device == device:
+        return x
     if device.type == "cuda":
         return x.pin_memory().to(device, non_blocking=True)
-    return x
+    return x.to(device)
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+def _autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast on CUDA for "auto" and on either device for "bf16"; plain fp32 otherwise."""
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 @torch.no_grad()
 def predict(model: MTDM, data: Tensors, device: torch.device) -> dict[str, np.ndarray]:
     """Probabilities p (install), p_ctr, p_cvr, p_ctcvr, p_product for every row of `data`."""
     model.eval()
-    outs: dict[str, list[np.ndarray]] = {k: [] for k in ("install", "ctr", "cvr", "ctcvr", "product")}
+    outs: dict[str, list[torch.Tensor]] = {k: [] for k in ("install", "ctr", "cvr", "ctcvr", "product")}
     for idx in batches(len(data), PREDICT_BATCH, None, shuffle=False):
-        with _autocast(device):
-            logits = model(_to(data.cat[idx], device), _to(data.num[idx], device))
+        idx = idx.to(data.cat.device)
+        with _autocast(device, model.cfg.precision):
+            logits = model(_to(data.cat.index_select(0, idx), device), _to(data.num.index_select(0, idx), device))
         for k in outs:
-            outs[k].append(torch.sigmoid(logits[k].float()).cpu().numpy().astype(np.float64))
-    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in outs.items()}
+            outs[k].append(torch.sigmoid(logits[k].float()))
+    cat = {k: torch.cat(v).cpu().numpy().astype(np.float64) if v else np.zeros(0) for k, v in outs.items()}
     return {
         "p": cat["install"],
         "p_ctr": cat["ctr"],
@@ -140,14 +143,18 @@ def train_mtdm(
         if float(y.min()) == float(y.max()):
             raise UserError(f"MTDM: the {name} label is constant in the fit rows")
     gen = seed_everything(seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     models = [m.to(device) for m in build_models(spec, cfg)]
     runners = parallel.wrap(models) if parallel is not None else models
     runners = [torch.compile(r) if cfg.compile else r for r in runners]
     batch_gen = parallel.batch_generator() if parallel is not None else gen
     params = [p for m in models for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
     best, best_epoch, best_states, stale = float("inf"), 0, [copy.deepcopy(m.state_dict()) for m in models], 0
     history: list[dict] = []
+    resident = fit.to(device)  # a GPU holds the whole fit split: batches are gathered on the device
+    valid_rows = valid.to(device) if valid is not None else None
     start, seen = time.perf_counter(), 0
     for epoch in range(1, cfg.epochs + 1):
         for m in models:
@@ -156,15 +163,12 @@ def train_mtdm(
         for idx in batches(len(fit), cfg.batch_size, batch_gen, shuffle=True):
             if parallel is not None and (idx := parallel.shard(idx)) is None:
                 continue
-            cat, num = _to(fit.cat[idx], device), _to(fit.num[idx], device)
-            like, install = _to(fit.like[idx], device), _to(fit.install[idx], device)
-            teacher = _to(fit.teacher[idx], device) if fit.teacher is not None else None
-            with _autocast(device):
-                outs = [r(cat, num) for r in runners]
-            outs = [{k: v.float() for k, v in o.items()} for o in outs]
+            batch = resident.rows(idx.to(device))
+            with _autocast(device, cfg.precision):
+                outs = [r(batch.cat, batch.num) for r in runners]
             total = torch.zeros((), device=device)
             for i, o in enumerate(outs):
-                losses = task_losses(o, like, install, cfg, teacher, gen)
+                losses = task_losses(o, batch.like, batch.install, cfg, batch.teacher, gen)
                 loss = losses["total"]
                 if len(outs) > 1:
                     peer = torch.sigmoid(outs[1 - i]["install"]).detach()
@@ -172,18 +176,19 @@ def train_mtdm(
                     loss = loss + cfg.mutual_weight * losses["mutual"]
                 total = total + loss
                 if i == 0:
-                    for k, v in losses.items():
-                        sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+                    for k, v in losses.items():  # summed on the device: no host sync per batch
+                        sums[k] = sums.get(k, 0.0) + v.detach() * len(idx)
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
             count += len(idx)
+        sums = {k: float(v) for k, v in sums.items()}
         seen += count
         rate = count / (time.perf_counter() - t0)
         record = {"epoch": epoch, "samples_per_s": rate, **{f"train_{k}": v / count for k, v in sums.items()}}
         line = f"mtdm epoch {epoch}/{cfg.epochs}: " + ", ".join(f"{k} {v / count:.4f}" for k, v in sums.items())
         if valid is not None and valid.install is not None:
-            pred = ensemble_predict(models, valid, device)
+            pred = ensemble_predict(models, valid_rows, device)
             tm = task_metrics(pred, valid.like.numpy(), valid.install.numpy())
             score = metrics.log_loss(valid.install.numpy(), pred["p"])
             if parallel is not None:

@@ -30,6 +30,9 @@ SPACE: dict[str, dict[str, Any]] = {
 }
 
 
+LEAN = ("fit", "valid", "test")  # splits loaded without features: the MTDM reads only its input columns
+
+
 @dataclass(frozen=True)
 class MtdmSection:
     """The `[mtdm]` table: the typed config, and the table itself (parameter files merge over it)."""
@@ -90,7 +93,7 @@ class MtdmKind:
         if mcfg.distill_run:
             teacher = ctx.wd.run(mcfg.distill_run, opts.plan)
             read_run_meta(teacher)
-        tables = load_tables(ctx.wd.features, opts.feature_set, opts.plan)
+        tables = load_tables(ctx.wd.features, opts.feature_set, opts.plan, lean=LEAN)  # the run reads its columns
         key = _key(tables.manifest, mcfg, ctx.cfg.seed)
         seed = ctx.cfg.seed
         if opts.ddp or deep.distributed.launched_by_torchrun():
@@ -162,7 +165,7 @@ class MtdmKind:
         if threads:
             deep.torch.set_num_threads(threads)
         mcfg = ctx.cfg.section(self.section).config
-        tables = load_tables(ctx.wd.features, ctx.cfg.feature_set, "validate")
+        tables = load_tables(ctx.wd.features, ctx.cfg.feature_set, "validate", lean=LEAN)
 
         def fn(trial: optuna.Trial) -> tuple[float, dict]:
             suggested = {d.name: d.suggest(trial) for d in space}

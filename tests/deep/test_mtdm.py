@@ -12,7 +12,7 @@ from gbmcvr.deep.batches import InputSpec, Tensors, fit_inputs, to_tensors
 from gbmcvr.deep.losses import masked_bce, task_losses
 from gbmcvr.deep.model import MTDM, product_logit
 from gbmcvr.deep.params import MtdmConfig, mtdm_config
-from gbmcvr.deep.run import load_mtdm_run
+from gbmcvr.deep.run import load_mtdm_run, train_mtdm_run
 from gbmcvr.deep.train import predict, resolve_device, train_mtdm
 from gbmcvr.errors import UserError
 from gbmcvr.tables import load_tables
@@ -135,6 +135,14 @@ def test_run_round_trip_and_distillation_from_lightgbm(small_work, tmp_path):
     again = loaded.predict(valid)["p"]
     assert np.allclose(again, saved.filter(pl.col("split") == "valid")["p"].to_numpy(), atol=1e-7)
     assert set(run.metrics["valid"]["tasks"]) == {"ctr", "cvr", "ctcvr", "product"}
+    mcfg = cfg.section("mtdm").config
+    full = train_mtdm_run(load_tables(wd.features, "default", "validate"), mcfg, cfg.seed, "cpu", None)
+    assert full.preds.equals(run.preds)  # the stage's lean tables: inputs read from Parquet, same result
+    state = torch.load(own.run("mtdm") / "model.pt", weights_only=True)
+    state["bottom.experts.0.0.weight"] = state.pop("bottom.experts.weights.0")  # the layout before fusion
+    torch.save(state, own.run("mtdm") / "model.pt")
+    with pytest.raises(UserError, match="must be retrained"):
+        load_mtdm_run(own.run("mtdm"))
     stages.train(Context(own, cfg), "e2e", run_id="teacher")
     student_cfg = with_section(cfg, "mtdm", {**mtdm, "distill_run": "teacher", "distill_weight": 1.0})
     student = stages.train(Context(own, student_cfg, device="cpu"), "mtdm", run_id="student")
