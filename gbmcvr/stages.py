@@ -155,12 +155,12 @@ def _train_gbm(wd, cfg, kind, run_id, run_dir, params, refit, feature_set, progr
             trainer = partial(dask_train.train_stage_dask, client=client)
             run = train_gbm(kind, tables, gcfg, resolved, progress, full, stage_trainer=trainer)
     else:
-        tables = load_tables(wd.features, fs, plan)
+        tables = load_tables(wd.features, fs, plan, lean=("fit",))
         full = None
         if refit and plan == "validate":
-            full = load_tables(wd.features, fs, "full", ("fit", "test"))
+            full = load_tables(wd.features, fs, "full", ("fit", "test"), lean=("fit",))
         elif refit:
-            later = load_tables(wd.features, fs, "validate", ("fit", "valid"))
+            later = load_tables(wd.features, fs, "validate", ("fit", "valid"), lean=("fit",))
             full = FeatureTables(
                 later.plan_dir, later.manifest, {"fit": later.splits["fit"], "test": later.splits["valid"]}
             )
