@@ -207,7 +207,7 @@ def stage_data(
     path = None
     if cfg.dataset_cache and not tables.in_memory("fit", features):
         path = _cache_path(tables, stage, features, cats, dataset_params)
-    dtrain = _load_binary(path, dataset_params, reusable, stage, progress) if path is not None else None
+    dtrain = _load_binary(path, dataset_params, features, cats, reusable, progress) if path is not None else None
     if dtrain is None:
         progress(f"{stage.name}: constructing its Dataset ({len(y_fit):,} rows, {len(features)} features)")
         seqs, cache = _sequences(tables, "fit", stage, features)
@@ -242,16 +242,24 @@ def stage_data(
 
 
 def _load_binary(
-    path: Path, params: dict[str, Any], reusable: bool, stage: Stage, progress: Callable[[str], None]
+    path: Path,
+    params: dict[str, Any],
+    features: list[str],
+    cats: list[str],
+    reusable: bool,
+    progress: Callable[[str], None],
 ) -> lgb.Dataset | None:
     """The cached Dataset, or None when there is none or it cannot be read (then it is rebuilt)."""
     if not path.is_file():
         return None
-    progress(f"{stage.name}: loading its Dataset from {path}")
+    progress(f"loading the Dataset from {path}")
     try:
-        return lgb.Dataset(str(path), params=params, free_raw_data=not reusable).construct()
+        # names and categoricals as when it was built, so the booster records the same parameters
+        return lgb.Dataset(
+            str(path), params=params, feature_name=features, categorical_feature=cats, free_raw_data=not reusable
+        ).construct()
     except lgb.basic.LightGBMError as exc:
-        progress(f"{stage.name}: rebuilding its Dataset, the cached one cannot be read ({exc})")
+        progress(f"rebuilding the Dataset: the cached {path} cannot be read ({exc})")
         path.unlink(missing_ok=True)
         return None
 
