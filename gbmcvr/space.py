@@ -20,6 +20,7 @@ _LGBM_SPACE: dict[str, dict[str, Any]] = {
     "lambda_l1": {"type": "float", "low": 1e-3, "high": 10.0, "log": True},
     "lambda_l2": {"type": "float", "low": 1e-3, "high": 100.0, "log": True},
     "min_gain_to_split": {"type": "float", "low": 0.0, "high": 1.0},
+    # binning (max_bin, min_data_in_bin): each value a trial draws builds its own LightGBM Dataset once
     "max_bin": {"type": "categorical", "choices": [63, 127, 255]},
     "cat_smooth": {"type": "float", "low": 1.0, "high": 100.0, "log": True},
     "cat_l2": {"type": "float", "low": 1.0, "high": 100.0, "log": True},

@@ -630,7 +630,7 @@ def tune_stage(
         tune.spawn_workers(args, workers, seed, storage, tune_cfg.get("threads_per_worker", 0))
         return the_study, True
     threads = tune.worker_threads(tune_cfg.get("threads_per_worker", 0)) if worker else None
-    tables = load_tables(wd.features, cfg.feature_set, "validate")
+    tables = load_tables(wd.features, cfg.feature_set, "validate", lean=() if model == "mtdm" else ("fit",))
     if model == "mtdm":
         from gbmcvr.deep.params import mtdm_config
 
