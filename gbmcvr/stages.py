@@ -155,10 +155,10 @@ def _train_gbm(wd, cfg, kind, run_id, run_dir, params, refit, feature_set, progr
             trainer = partial(dask_train.train_stage_dask, client=client)
             run = train_gbm(kind, tables, gcfg, resolved, progress, full, stage_trainer=trainer)
     else:
-        tables = load_tables(wd.features, fs, plan, lean=("fit",))
+        tables = load_tables(wd.features, fs, plan, lean=("fit", "valid", "test"))
         full = None
         if refit and plan == "validate":
-            full = load_tables(wd.features, fs, "full", ("fit", "test"), lean=("fit",))
+            full = load_tables(wd.features, fs, "full", ("fit", "test"), lean=("fit", "test"))
         elif refit:
             later = load_tables(wd.features, fs, "validate", ("fit", "valid"), lean=("fit",))
             full = FeatureTables(
@@ -169,7 +169,7 @@ def _train_gbm(wd, cfg, kind, run_id, run_dir, params, refit, feature_set, progr
         first = None
         if refit:
             ids = {"test": tables.splits["test"][tables.id_column].to_numpy()}
-            first = prediction_table(ids, {"test": predict_kind(kind, run.models, tables.splits["test"])})
+            first = prediction_table(ids, {"test": predict_kind(kind, run.models, tables.frame("test"))})
         run.metrics["backtest"] = _backtest_metrics(tables, run.preds, first)
         if first is not None:
             run.preds = _with_unrefit_column(run.preds, first)

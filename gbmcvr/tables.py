@@ -65,6 +65,12 @@ class FeatureTables:
     def path(self, split: str) -> Path:
         return self.plan_dir / f"{split}.parquet"
 
+    def frame(self, split: str) -> pl.DataFrame:
+        """The split with every column: its frame, or for a lean split its Parquet file (read, not kept)."""
+        if self.in_memory(split, self.features()):
+            return self.splits[split]
+        return pl.read_parquet(self.path(split))
+
     def maxima(self, split: str, columns: list[str]) -> list[Any]:
         """Each column's maximum over the split (None for an empty or all-null column)."""
         if not columns:

@@ -8,6 +8,8 @@ early-stopping sets.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import numbers
@@ -19,6 +21,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from gbmcvr.atomic import atomic_path
 from gbmcvr.errors import UserError
@@ -141,6 +144,37 @@ class _BatchRows(lgb.Sequence):
         return self.cache.get(self.key, self.batch)[idx]
 
 
+class _BatchedDataset(lgb.Dataset):
+    """A Dataset from Sequences, constructed with all its parameters as LightGBM constructs one from a matrix.
+
+    LightGBM's Sequence path samples and bins with `get_params()`, which leaves out `seed` (it sets the
+    sampling seed) and `min_data_in_leaf` (the feature pre-filter): the same rows would give other bins.
+    Outside construction `get_params()` is LightGBM's own, so a booster's parameters still win over the Dataset's.
+    """
+
+    _constructing = False
+
+    def construct(self) -> lgb.Dataset:
+        self._constructing = True
+        try:
+            return super().construct()
+        finally:
+            self._constructing = False
+
+    def get_params(self) -> dict[str, Any]:
+        return dict(self.params or {}) if self._constructing else super().get_params()
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed after a construction back to the system: the sampled rows LightGBM copies one by one
+    leave holes in the C heap, and Arrow's pool keeps what the row groups used (glibc only; else a no-op)."""
+    pa.default_memory_pool().release_unused()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:
+        trim(0)
+
+
 def _sequences(tables: FeatureTables, split: str, stage: Stage, features: list[str]) -> tuple[list, _OneBatch]:
     """The stage's rows of a split as Sequences over its row batches, and the cache they share."""
     keep = (tables.splits[split][LIKE] == 1).to_numpy() if stage.rows == "like" else None
@@ -211,7 +245,7 @@ def stage_data(
     if dtrain is None:
         progress(f"{stage.name}: constructing its Dataset ({len(y_fit):,} rows, {len(features)} features)")
         seqs, cache = _sequences(tables, "fit", stage, features)
-        dtrain = lgb.Dataset(
+        dtrain = _BatchedDataset(
             seqs,
             label=y_fit,
             feature_name=features,
@@ -220,6 +254,7 @@ def stage_data(
             params=dataset_params,
         ).construct()
         cache.clear()
+        _release_freed_memory()
         if path is not None:
             _save_binary(dtrain, path, progress)
     dvalid = None

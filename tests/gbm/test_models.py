@@ -33,6 +33,7 @@ def split_frame(split: str, rows: int, seed: int) -> pl.DataFrame:
             "f_num": num,
             "f_igl_ratio_x_igl_": num * 2,
             "f_big": big,
+            "f_rare": np.where(rng.random(rows) < 0.03, rng.normal(size=rows), 0.0).astype(np.float32),
         }
     )
     if split == "test":
@@ -61,6 +62,8 @@ def plan(tmp_path):
 
 
 PARAMS = {**DEFAULT_PARAMS, "min_data_in_leaf": 20, "num_leaves": 7, "seed": 3}
+# bins from a sample of 500 of the 1,500 fit rows (drawn with the seed), and a pre-filter that drops f_rare
+SAMPLED = {**PARAMS, "bin_construct_sample_cnt": 500, "min_data_in_leaf": 100}
 
 
 def test_lean_split_keeps_labels_and_batches_read_its_row_groups(plan):
@@ -76,8 +79,9 @@ def test_lean_split_keeps_labels_and_batches_read_its_row_groups(plan):
     assert tables.maxima("fit", ["f_cat", "f_big"]) == [frames["fit"]["f_cat"].max(), frames["fit"]["f_big"].max()]
 
 
+@pytest.mark.parametrize("params", [PARAMS, SAMPLED], ids=["all-rows", "sampled"])
 @pytest.mark.parametrize("stage", ["e2e", "ts_like", "ts_install"])
-def test_batched_datasets_train_the_model_of_the_whole_frame(plan, stage):
+def test_batched_datasets_train_the_model_of_the_whole_frame(plan, stage, params):
     root, frames = plan
     st = STAGES[stage]
     cfg = GbmConfig(dataset_cache=False)
@@ -89,9 +93,9 @@ def test_batched_datasets_train_the_model_of_the_whole_frame(plan, stage):
     label = LIKE if st.target == "like" else "is_installed"
     ref_train = lgb.Dataset(fit.select(features), label=fit[label].to_numpy(), categorical_feature=["f_cat"])
     ref_valid = lgb.Dataset(valid.select(features), label=valid[label].to_numpy(), reference=ref_train)
-    reference = lgb.train(PARAMS, ref_train, 15, valid_sets=[ref_valid])
+    reference = lgb.train(params, ref_train, 15, valid_sets=[ref_valid])
     for tables in (lean, whole):
-        model = train_stage(tables, st, PARAMS, cfg, lambda _: None, rounds=15)
+        model = train_stage(tables, st, params, cfg, lambda _: None, rounds=15)
         assert model.booster.model_to_string() == reference.model_to_string()
         assert model.fit_rows == fit.height
 
