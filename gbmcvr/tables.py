@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from gbmcvr.errors import UserError
 from gbmcvr.fe.pipeline import read_manifest
 from gbmcvr.schema import LIKE
 
+BATCH_ROWS = 100_000  # rows per batch of an in-memory split (a Parquet file's batches are its row groups)
+
+
+@dataclass(frozen=True)
+class RowBatch:
+    """Consecutive rows of a split, read on demand: `rows` of them pass the batch's row mask."""
+
+    rows: int
+    load: Callable[[], pl.DataFrame]
+
 
 @dataclass
 class FeatureTables:
-    """One plan's tables: `splits` maps fit/valid/test to frames; columns by role from the manifest."""
+    """One plan's tables: `splits` maps fit/valid/test to frames; columns by role from the manifest.
+
+    A split's frame may hold only its id, day and label columns (`load_tables(..., lean=...)`): its model
+    inputs stay in `<plan_dir>/<split>.parquet`, which `maxima` and `batches` read.
+    """
 
     plan_dir: Path
     manifest: dict
@@ -40,9 +58,72 @@ class FeatureTables:
         """Model inputs: the categorical and numeric columns."""
         return [c["name"] for c in self.manifest["columns"] if c["role"] in ("categorical", "numeric")]
 
+    def in_memory(self, split: str, columns: list[str]) -> bool:
+        """Whether the split's frame holds all `columns` (else they are read from its Parquet file)."""
+        have = set(self.splits[split].columns)
+        return all(c in have for c in columns)
+
+    def path(self, split: str) -> Path:
+        return self.plan_dir / f"{split}.parquet"
+
+    def frame(self, split: str) -> pl.DataFrame:
+        """The split with every column: its frame, or for a lean split its Parquet file (read, not kept)."""
+        if self.in_memory(split, self.features()):
+            return self.splits[split]
+        return pl.read_parquet(self.path(split))
+
+    def maxima(self, split: str, columns: list[str]) -> list[Any]:
+        """Each column's maximum over the split (None for an empty or all-null column)."""
+        if not columns:
+            return []
+        if self.in_memory(split, columns):
+            return list(self.splits[split].select(pl.col(columns).max()).row(0))
+        return list(pl.scan_parquet(self.path(split)).select(pl.col(columns).max()).collect().row(0))
+
+    def batches(self, split: str, columns: list[str], keep: np.ndarray | None = None) -> list[RowBatch]:
+        """The split's `columns` as consecutive row batches, in row order, each read when loaded: the rows of a
+        frame that holds them, else the Parquet file's row groups. `keep` (a boolean mask over the split's
+        rows) drops rows; batches left without rows are skipped."""
+        if self.in_memory(split, columns):
+            frame = self.splits[split]
+            bounds = [(s, min(BATCH_ROWS, frame.height - s)) for s in range(0, frame.height, BATCH_ROWS)]
+
+            def reader(start: int, length: int) -> Callable[[], pl.DataFrame]:
+                return lambda: frame.slice(start, length).select(columns)
+
+        else:
+            path = self.path(split)
+            meta = pq.ParquetFile(path).metadata
+            sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            starts = np.cumsum([0, *sizes])
+            bounds = list(zip(starts[:-1].tolist(), sizes, strict=True))
+            group = dict(zip(starts[:-1].tolist(), range(len(sizes)), strict=True))
+
+            def reader(start: int, length: int) -> Callable[[], pl.DataFrame]:
+                def load() -> pl.DataFrame:
+                    table = pq.ParquetFile(path).read_row_group(group[start], columns=columns)
+                    return pl.from_arrow(table)
+
+                return load
+
+        out = []
+        for start, length in bounds:
+            load = reader(start, length)
+            if keep is None:
+                out.append(RowBatch(length, load))
+                continue
+            mask = keep[start : start + length]
+            if mask.any():
+                out.append(RowBatch(int(mask.sum()), _masked(load, mask)))
+        return out
+
     def base_rate(self) -> float:
         """Install rate of the fit window: the default NCE base rate."""
         return float(self.splits["fit"][self.install_label].mean())
+
+
+def _masked(load: Callable[[], pl.DataFrame], mask: np.ndarray) -> Callable[[], pl.DataFrame]:
+    return lambda: load().filter(pl.Series(mask))
 
 
 def load_tables(

@@ -8,19 +8,30 @@ early-stopping sets.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import hashlib
+import json
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
+from gbmcvr.atomic import atomic_path
 from gbmcvr.errors import UserError
 from gbmcvr.gbm import callbacks
 from gbmcvr.gbm.params import KIND_STAGES, GbmConfig
 from gbmcvr.schema import LIKE
-from gbmcvr.tables import FeatureTables
+from gbmcvr.tables import FeatureTables, RowBatch
+
+CACHE_DIR = "lgb-cache"  # under a plan's feature folder: LightGBM Dataset binaries, one per stage and binning
+PREDICT_ROWS = 100_000  # rows per prediction call: one float64 copy of that many rows at a time
 
 
 @dataclass(frozen=True)
@@ -64,15 +75,9 @@ def stage_label(frame: pl.DataFrame, stage: Stage, install_label: str) -> np.nda
 def categorical_features(tables: FeatureTables, features: list[str], cfg: GbmConfig) -> list[str]:
     """Categorical columns passed as LightGBM categoricals: those the feature set's categorical handling
     makes native, below the config's cardinality cap; the others stay plain integer codes."""
-    fit = tables.splits["fit"]
-    cats = []
-    for col in tables.native_categoricals():
-        if col not in features or col in cfg.numeric_categoricals:
-            continue
-        top = fit[col].max()
-        if top is not None and top < cfg.max_cat_cardinality:
-            cats.append(col)
-    return cats
+    cols = [c for c in tables.native_categoricals() if c in features and c not in cfg.numeric_categoricals]
+    tops = tables.maxima("fit", cols)
+    return [c for c, top in zip(cols, tops, strict=True) if top is not None and top < cfg.max_cat_cardinality]
 
 
 def _check_label(y: np.ndarray, stage: Stage, split: str) -> None:
@@ -84,6 +89,113 @@ def _check_label(y: np.ndarray, stage: Stage, split: str) -> None:
 
 # parameters fixed when a Dataset is constructed: a trial that changes one needs a new Dataset
 BINNING_PARAMS = ("max_bin", "min_data_in_bin", "bin_construct_sample_cnt", "max_cat_to_onehot")
+# everything a constructed Dataset depends on (LightGBM's Booster::CheckDatasetResetConfig, the seed that
+# defaults data_random_seed, and min_data_in_leaf for the feature pre-filter): the key of its cached binary
+DATASET_PARAMS = (
+    *BINNING_PARAMS,
+    "seed",
+    "data_random_seed",
+    "max_bin_by_feature",
+    "use_missing",
+    "zero_as_missing",
+    "feature_pre_filter",
+    "min_data_in_leaf",
+    "is_enable_sparse",
+    "enable_bundle",
+    "max_conflict_rate",
+    "linear_tree",
+    "forcedbins_filename",
+)
+
+
+class _OneBatch:
+    """The decoded batch of a split that a Dataset under construction reads now: one held at a time."""
+
+    def __init__(self) -> None:
+        self.key: int | None = None
+        self.rows: np.ndarray | None = None
+
+    def get(self, key: int, batch: RowBatch) -> np.ndarray:
+        if self.key != key:
+            self.key, self.rows = None, None  # free the previous batch before decoding the next
+            # float64 as LightGBM's own conversion does: exact for Float32 and Int32 columns alike
+            self.rows = batch.load().select(pl.all().cast(pl.Float64)).to_numpy(order="c")
+            self.key = key
+        return self.rows
+
+    def clear(self) -> None:
+        self.key, self.rows = None, None
+
+
+class _BatchRows(lgb.Sequence):
+    """One row batch as a LightGBM Sequence: sampled row by row, then pushed whole (`batch_size`)."""
+
+    def __init__(self, cache: _OneBatch, key: int, batch: RowBatch) -> None:
+        self.cache, self.key, self.batch = cache, key, batch
+        self.batch_size = batch.rows
+
+    def __len__(self) -> int:
+        return self.batch.rows
+
+    def __getitem__(self, idx: int | slice) -> np.ndarray:
+        if not isinstance(idx, numbers.Integral | slice):
+            raise TypeError(f"row index must be an integer or a slice, got {type(idx).__name__}")
+        return self.cache.get(self.key, self.batch)[idx]
+
+
+class _BatchedDataset(lgb.Dataset):
+    """A Dataset from Sequences, constructed with all its parameters as LightGBM constructs one from a matrix.
+
+    LightGBM's Sequence path samples and bins with `get_params()`, which leaves out `seed` (it sets the
+    sampling seed) and `min_data_in_leaf` (the feature pre-filter): the same rows would give other bins.
+    Outside construction `get_params()` is LightGBM's own, so a booster's parameters still win over the Dataset's.
+    """
+
+    _constructing = False
+
+    def construct(self) -> lgb.Dataset:
+        self._constructing = True
+        try:
+            return super().construct()
+        finally:
+            self._constructing = False
+
+    def get_params(self) -> dict[str, Any]:
+        return dict(self.params or {}) if self._constructing else super().get_params()
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed after a construction back to the system: the sampled rows LightGBM copies one by one
+    leave holes in the C heap, and Arrow's pool keeps what the row groups used (glibc only; else a no-op)."""
+    pa.default_memory_pool().release_unused()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:
+        trim(0)
+
+
+def _sequences(tables: FeatureTables, split: str, stage: Stage, features: list[str]) -> tuple[list, _OneBatch]:
+    """The stage's rows of a split as Sequences over its row batches, and the cache they share."""
+    keep = (tables.splits[split][LIKE] == 1).to_numpy() if stage.rows == "like" else None
+    cache = _OneBatch()
+    return [_BatchRows(cache, i, b) for i, b in enumerate(tables.batches(split, features, keep))], cache
+
+
+def _cache_path(tables: FeatureTables, stage: Stage, features: list[str], cats: list[str], params: dict) -> Path:
+    """Where the fit Dataset's binary lives: keyed by the feature tables (manifest), stage and Dataset params."""
+    manifest = (tables.plan_dir / "manifest.json").read_bytes()
+    key = {
+        "lightgbm": lgb.__version__,
+        "config_hash": tables.manifest.get("config_hash"),
+        "raw_fingerprint": tables.manifest.get("raw_fingerprint"),
+        "manifest": hashlib.sha256(manifest).hexdigest(),
+        "stage": [stage.name, stage.target, stage.rows, tables.install_label],
+        "features": features,
+        "categorical": cats,
+        "params": {k: params[k] for k in DATASET_PARAMS if k in params},
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return tables.plan_dir / CACHE_DIR / f"{stage.name}-{digest}.bin"
 
 
 @dataclass
@@ -108,39 +220,94 @@ def stage_data(
     cfg: GbmConfig,
     with_valid: bool = True,
     reusable: bool = False,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> StageData:
-    """The stage's Datasets. `reusable` constructs them now, without LightGBM's feature pre-filter, so that
-    trials with other tree parameters (min_data_in_leaf included) train on them without rebuilding."""
+    """The stage's Datasets, constructed now from the splits' row batches (one batch in memory at a time).
+
+    `reusable` builds them without LightGBM's feature pre-filter, so that trials with other tree parameters
+    (min_data_in_leaf included) train on them without rebuilding. When the fit split's features are on disk
+    (a lean split) and `cfg.dataset_cache` is on, the fit Dataset's binary is cached in the plan's folder and
+    a later run with the same tables, stage and Dataset parameters loads it instead of constructing it."""
     features = stage_features(tables, stage)
     cats = categorical_features(tables, features, cfg)
     install = tables.install_label
-    fit = stage_rows(tables.splits["fit"], stage)
-    y_fit = stage_label(fit, stage, install)
+    y_fit = stage_label(stage_rows(tables.splits["fit"], stage), stage, install)
     _check_label(y_fit, stage, "fit")
-    dataset_params = {"max_bin": params.get("max_bin", 255), "verbosity": -1}
+    # the parameters lgb.train would construct the Dataset with (it merges them into the Dataset's own)
+    dataset_params = {"max_bin": params.get("max_bin", 255), "verbosity": -1, **params}
     if reusable:
-        dataset_params = {**params, **dataset_params, "feature_pre_filter": False}
-    # a reused Dataset keeps its raw frame: LightGBM re-applies the categorical settings for each new booster
-    dtrain = lgb.Dataset(
-        fit.select(features), label=y_fit, categorical_feature=cats, free_raw_data=not reusable, params=dataset_params
-    )
+        dataset_params["feature_pre_filter"] = False
+    path = None
+    if cfg.dataset_cache and not tables.in_memory("fit", features):
+        path = _cache_path(tables, stage, features, cats, dataset_params)
+    dtrain = _load_binary(path, dataset_params, features, cats, reusable, progress) if path is not None else None
+    if dtrain is None:
+        progress(f"{stage.name}: constructing its Dataset ({len(y_fit):,} rows, {len(features)} features)")
+        seqs, cache = _sequences(tables, "fit", stage, features)
+        dtrain = _BatchedDataset(
+            seqs,
+            label=y_fit,
+            feature_name=features,
+            categorical_feature=cats,
+            free_raw_data=not reusable,
+            params=dataset_params,
+        ).construct()
+        cache.clear()
+        _release_freed_memory()
+        if path is not None:
+            _save_binary(dtrain, path, progress)
     dvalid = None
     if "valid" in tables.splits and with_valid:
-        valid = stage_rows(tables.splits["valid"], stage)
-        y_valid = stage_label(valid, stage, install)
+        y_valid = stage_label(stage_rows(tables.splits["valid"], stage), stage, install)
         _check_label(y_valid, stage, "valid")
+        seqs, cache = _sequences(tables, "valid", stage, features)
         dvalid = lgb.Dataset(
-            valid.select(features),
+            seqs,
             label=y_valid,
             reference=dtrain,
+            feature_name=features,
+            # as the reference's, so lgb.train's set_reference keeps the constructed handle
+            categorical_feature=dtrain.categorical_feature,
             free_raw_data=not reusable,
-            params=dataset_params if reusable else None,
-        )
-    if reusable:
-        dtrain.construct()
-        if dvalid is not None:
-            dvalid.construct()
-    return StageData(dtrain, dvalid, features, fit.height, binning_of(params))
+            params=dataset_params,
+        ).construct()
+        cache.clear()
+    return StageData(dtrain, dvalid, features, len(y_fit), binning_of(params))
+
+
+def _load_binary(
+    path: Path,
+    params: dict[str, Any],
+    features: list[str],
+    cats: list[str],
+    reusable: bool,
+    progress: Callable[[str], None],
+) -> lgb.Dataset | None:
+    """The cached Dataset, or None when there is none or it cannot be read (then it is rebuilt)."""
+    if not path.is_file():
+        return None
+    progress(f"loading the Dataset from {path}")
+    try:
+        # names and categoricals as when it was built, so the booster records the same parameters
+        return lgb.Dataset(
+            str(path), params=params, feature_name=features, categorical_feature=cats, free_raw_data=not reusable
+        ).construct()
+    except lgb.basic.LightGBMError as exc:
+        progress(f"rebuilding the Dataset: the cached {path} cannot be read ({exc})")
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _save_binary(data: lgb.Dataset, path: Path, progress: Callable[[str], None]) -> None:
+    """Cache a constructed Dataset (atomic); a folder that cannot be written only costs the cache."""
+    try:
+        with atomic_path(path) as tmp:
+            tmp.unlink()  # LightGBM does not write over an existing file
+            data.save_binary(tmp)
+            if not tmp.is_file():
+                raise OSError(f"LightGBM wrote no {tmp.name}")
+    except (OSError, UserError, lgb.basic.LightGBMError) as exc:
+        progress(f"not caching the Dataset at {path} ({exc})")
 
 
 def train_stage(
@@ -156,7 +323,7 @@ def train_stage(
     """Fit one stage on the fit split; early-stop on the valid split when there is one, else `rounds`.
     `data` (from `stage_data(..., reusable=True)`) is reused when its binning parameters match."""
     if data is None or data.binning != binning_of(params):
-        data = stage_data(tables, stage, params, cfg, with_valid=rounds is None)
+        data = stage_data(tables, stage, params, cfg, with_valid=rounds is None, progress=progress)
     elif "feature_pre_filter" not in params:
         params = {**params, "feature_pre_filter": False}
     cbs = [callbacks.progress(cfg.log_every, stage.name, progress), *(extra_callbacks or [])]
@@ -177,7 +344,13 @@ def train_stage(
 
 
 def predict_stage(model: StageModel, frame: pl.DataFrame) -> np.ndarray:
-    return model.booster.predict(frame.select(model.features), num_iteration=model.best_iteration)
+    """The stage's probabilities for the frame's rows, predicted in slices of PREDICT_ROWS rows."""
+    starts = range(0, frame.height, PREDICT_ROWS) if frame.height else [0]
+    parts = [
+        model.booster.predict(frame.slice(s, PREDICT_ROWS).select(model.features), num_iteration=model.best_iteration)
+        for s in starts
+    ]
+    return np.concatenate(parts)
 
 
 def predict_kind(kind: str, models: dict[str, StageModel], frame: pl.DataFrame) -> dict[str, np.ndarray]:

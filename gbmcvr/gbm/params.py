@@ -80,6 +80,7 @@ class GbmConfig:
     stage_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     refit: bool | str = False  # True, False, or "auto" (`gbmcvr run` follows the backtest's evidence)
     dask: str | None = None  # scheduler address: train on a Dask cluster (`gbmcvr train --dask`)
+    dataset_cache: bool = True  # keep each stage's LightGBM Dataset binary under features/<set>/<plan>/lgb-cache
 
     def params(self, stage: str, seed: int, override: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults, then the config's stage section, then an override (tuned or file), then the seed."""

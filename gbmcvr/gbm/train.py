@@ -74,7 +74,7 @@ def train_gbm(
         raise UserError(f"{tables.plan_dir}: training needs the validate plan (it has a valid split)")
     models = {s: stage_trainer(tables, STAGES[s], params[s], cfg, progress) for s in KIND_STAGES[kind]}
     ids = {s: tables.splits[s][tables.id_column].to_numpy() for s in ("valid", "test")}
-    pred = {s: predict_kind(kind, models, tables.splits[s]) for s in ("valid", "test")}
+    pred = {s: predict_kind(kind, models, tables.frame(s)) for s in ("valid", "test")}
     refit: dict[str, StageModel] = {}
     if full_tables is not None:
         for s in KIND_STAGES[kind]:
@@ -86,7 +86,7 @@ def train_gbm(
                 f"{s}: refit on the full plan for {rounds} rounds ({m.best_iteration} x {n_full:,}/{m.fit_rows:,} rows)"
             )
             refit[s] = stage_trainer(full_tables, STAGES[s], params[s], cfg, progress, rounds=rounds)
-        pred["test"] = predict_kind(kind, refit, full_tables.splits["test"])
+        pred["test"] = predict_kind(kind, refit, full_tables.frame("test"))
         ids["test"] = full_tables.splits["test"][full_tables.id_column].to_numpy()
     result_metrics = valid_metrics(kind, tables, pred["valid"])
     run_params = {

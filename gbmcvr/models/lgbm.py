@@ -105,12 +105,12 @@ class GbmKind:
         if address:
             run, tables = self._train_dask(ctx, opts, gcfg, resolved, address, refit)
         else:
-            tables = load_tables(ctx.wd.features, opts.feature_set, opts.plan)
+            tables = load_tables(ctx.wd.features, opts.feature_set, opts.plan, lean=("fit", "valid", "test"))
             run = train_gbm(self.name, tables, gcfg, resolved, ctx.progress, self._refit_tables(ctx, opts, refit))
         preds = run.preds
         if opts.plan == "backtest" and refit:
             ids = {"test": tables.splits["test"][tables.id_column].to_numpy()}
-            first = prediction_table(ids, {"test": predict_kind(self.name, run.models, tables.splits["test"])})
+            first = prediction_table(ids, {"test": predict_kind(self.name, run.models, tables.frame("test"))})
             unrefit = first.select("row_id", "split", first["p"].alias(UNREFIT))
             preds = preds.join(unrefit, on=["row_id", "split"], how="left", maintain_order="left")
         return TrainedRun(
@@ -129,8 +129,8 @@ class GbmKind:
         if not refit:
             return None
         if opts.plan == "validate":
-            return load_tables(ctx.wd.features, opts.feature_set, "full", ("fit", "test"))
-        later = load_tables(ctx.wd.features, opts.feature_set, "validate", ("fit", "valid"))
+            return load_tables(ctx.wd.features, opts.feature_set, "full", ("fit", "test"), lean=("fit", "test"))
+        later = load_tables(ctx.wd.features, opts.feature_set, "validate", ("fit", "valid"), lean=("fit",))
         return FeatureTables(
             later.plan_dir, later.manifest, {"fit": later.splits["fit"], "test": later.splits["valid"]}
         )
@@ -157,7 +157,7 @@ class GbmKind:
     ) -> Objective:
         stage = STAGES[target.replace("-", "_")]
         gcfg = ctx.cfg.section(self.section)
-        tables = load_tables(ctx.wd.features, ctx.cfg.feature_set, "validate")
+        tables = load_tables(ctx.wd.features, ctx.cfg.feature_set, "validate", lean=("fit",))
         shared: dict = {}  # Datasets by binning parameters: built once per binning, shared by the trials
 
         def fn(trial: optuna.Trial) -> tuple[float, dict]:
