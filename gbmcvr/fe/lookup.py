@@ -92,33 +92,43 @@ def _dense_values(table: pl.DataFrame, keys: tuple[str, ...], layout) -> Callabl
     return lambda c: table[c].gather(gather)
 
 
-def attach(
-    frame: pl.LazyFrame, lookups: Sequence[Lookup], ranges: dict[str, tuple[int, int]]
-) -> tuple[pl.LazyFrame, dict[str, pl.Expr], list[str]]:
-    """Prepare `frame` for the lookups: returns it with their index columns, the output expressions, and the
-    index columns to drop after selecting the outputs. Lookups that share keys share one index column."""
-    groups: dict[tuple[str, ...], list[Lookup]] = {}
-    for lookup in lookups:
-        groups.setdefault(lookup.keys, []).append(lookup)
-    dense_index: dict[str, pl.Expr] = {}
-    index_cols: list[str] = []
-    outputs: dict[str, pl.Expr] = {}
-    for g, (keys, group) in enumerate(groups.items()):
-        layout = _layout(keys, [lk.table for lk in group], ranges)
-        if layout is not None:
-            col = f"{INDEX}{g}"
-            dense_index[col] = _index_expr(layout)
-            index_cols.append(col)
-            for lk in group:
-                values = _dense_values(lk.table, keys, layout)
-                outputs |= lk.outputs(lambda c, v=values, ix=col: pl.lit(v(c)).gather(pl.col(ix)))
-            continue
-        for j, lk in enumerate(group):
-            col = f"{INDEX}{g}_{j}"
-            positions = lk.table.select(keys).with_row_index(col)
+class Attached:
+    """Lookups made ready for one set of rows: dense tables laid out once, index columns named.
+
+    `prepare(frame)` adds the index columns (a join per table only where a key is not dense), `outputs` are the
+    output column expressions over a prepared frame. Lookups that share keys share one index column.
+    """
+
+    def __init__(self, lookups: Sequence[Lookup], ranges: dict[str, tuple[int, int]]) -> None:
+        groups: dict[tuple[str, ...], list[Lookup]] = {}
+        for lookup in lookups:
+            groups.setdefault(lookup.keys, []).append(lookup)
+        self.dense: dict[str, pl.Expr] = {}
+        self.joins: list[tuple[tuple[str, ...], pl.DataFrame]] = []
+        self.outputs: dict[str, pl.Expr] = {}
+        for g, (keys, group) in enumerate(groups.items()):
+            layout = _layout(keys, [lk.table for lk in group], ranges)
+            if layout is not None:
+                col = f"{INDEX}{g}"
+                self.dense[col] = _index_expr(layout)
+                for lk in group:
+                    values = _dense_values(lk.table, keys, layout)
+                    self.outputs |= lk.outputs(lambda c, v=values, ix=col: pl.lit(v(c)).gather(pl.col(ix)))
+                continue
+            for j, lk in enumerate(group):
+                col = f"{INDEX}{g}_{j}"
+                self.joins.append((keys, lk.table.select(keys).with_row_index(col)))
+                self.outputs |= lk.outputs(lambda c, t=lk.table, ix=col: pl.lit(t[c]).gather(pl.col(ix)))
+        self.index_columns = [*self.dense, *(positions.columns[0] for _, positions in self.joins)]
+
+    def prepare(self, frame: pl.LazyFrame) -> pl.LazyFrame:
+        """`frame` with every lookup's index column."""
+        for keys, positions in self.joins:
             frame = frame.join(positions.lazy(), on=list(keys), how="left", nulls_equal=True, maintain_order="left")
-            index_cols.append(col)
-            outputs |= lk.outputs(lambda c, t=lk.table, ix=col: pl.lit(t[c]).gather(pl.col(ix)))
-    if dense_index:
-        frame = frame.with_columns(**dense_index)
-    return frame, outputs, index_cols
+        return frame.with_columns(**self.dense) if self.dense else frame
+
+    def select(self, frame: pl.LazyFrame, columns: Sequence[str]) -> pl.LazyFrame:
+        """`columns` of `frame` (prepared here), each either a lookup output or a column of the frame."""
+        return self.prepare(frame).select(
+            [self.outputs[c].alias(c) if c in self.outputs else pl.col(c) for c in columns]
+        )

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.data.profile import Profile
@@ -27,13 +29,14 @@ from gbmcvr.fe.daycounts import DayCountFamily
 from gbmcvr.fe.family import LIKE, SPLIT, Context, TableFamily
 from gbmcvr.fe.groupstats import GroupFamily
 from gbmcvr.fe.lagged import LaggedFamily
-from gbmcvr.fe.lookup import Lookup, attach, key_ranges
+from gbmcvr.fe.lookup import Attached, Lookup, key_ranges
 from gbmcvr.fe.novelty import NoveltyFamily
 from gbmcvr.fe.spec import FeatureSpec, cross_name
 from gbmcvr.fe.target import TargetFamily, fold_expr
 
 __all__ = ["LIKE", "SPLIT", "BuildResult", "build", "read_manifest"]
 FEATURE_VERSION = 5
+CHUNK_ROWS = 1 << 18  # rows computed and written at a time: memory stays near one copy of the plan's rows
 # the table families, in the order their columns appear in the feature tables
 TABLE_FAMILIES: tuple[type[TableFamily], ...] = (
     CountFamily,
@@ -140,6 +143,33 @@ def _base_frame(raw_dir: Path, profile: Profile, plan: str) -> tuple[pl.LazyFram
     return frame.with_columns(((pl.col(click) == 1) | (pl.col(install) == 1)).cast(pl.Int8).alias(LIKE)), days
 
 
+def _split_slices(base: pl.DataFrame, days: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, int]]:
+    """(offset, rows) of each split: the plan's rows are concatenated split by split."""
+    runs = base.select(pl.col(SPLIT).rle()).unnest(SPLIT)
+    if runs["value"].to_list() != list(days):
+        raise AssertionError(f"plan rows are not grouped by split: {runs['value'].to_list()}")
+    lengths = runs["len"].to_list()
+    return {s: (sum(lengths[:i]), lengths[i]) for i, s in enumerate(days)}
+
+
+def _write_chunks(chunks: Iterator[pl.DataFrame], path: Path) -> None:
+    """Write row chunks as one Parquet file; the next chunk is computed while the last one is written."""
+    writer = None
+    with ThreadPoolExecutor(1) as pool:
+        pending = None
+        for chunk in chunks:
+            table = chunk.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="lz4", write_statistics=False)
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(writer.write_table, table)
+        if pending is not None:
+            pending.result()
+    if writer is not None:
+        writer.close()
+
+
 def build(
     raw_dir: Path,
     profile: Profile,
@@ -218,8 +248,8 @@ def build(
             # the vocabulary holds raw values: give it the dense codes the rows now carry
             table = _dense_codes(vocab[name], vocab, [c for c in pair if c in cats])
             lookup = Lookup(tuple(pair), table, lambda v, n=name: {n: v(n).cast(pl.Int32)})
-            frame, outputs, index_cols = attach(base.lazy(), [lookup], key_ranges(base, pair))
-            base = frame.with_columns(**outputs).drop(index_cols).collect()
+            attached = Attached([lookup], key_ranges(base, pair))
+            base = attached.prepare(base.lazy()).with_columns(**attached.outputs).drop(attached.index_columns).collect()
             rec.add(name, "cross", f"cross: code of ({', '.join(pair)}) in vocab/{name}.parquet")
             cross_cols.append(name)
         rec.done("cross")
@@ -249,14 +279,14 @@ def build(
     manifest_cols: list[dict[str, str]] = []
     with atomic_dir(out) as tmp:
         ranges = key_ranges(base, [k for lookup in lookups for k in lookup.keys])
-        for split in days:
-            frame, outputs, _ = attach(
-                base.lazy().filter(pl.col(SPLIT) == split), [lk for lk in lookups if lk.serves(split)], ranges
-            )
+        for split, (offset, n) in _split_slices(base, days).items():
+            attached = Attached([lk for lk in lookups if lk.serves(split)], ranges)
             keep = [id_col, day, *feature_cols] + (label_cols if split != "test" else [])
-            frame.select([outputs[c].alias(c) if c in outputs else pl.col(c) for c in keep]).sink_parquet(
-                tmp / f"{split}.parquet", compression="lz4", statistics=False, engine="streaming"
+            chunks = (
+                attached.select(base.slice(at, min(CHUNK_ROWS, offset + n - at)).lazy(), keep).collect()
+                for at in range(offset, offset + n, CHUNK_ROWS)
             )
+            _write_chunks(chunks, tmp / f"{split}.parquet")
             if split == "test" and profile.test_day not in days[split]:
                 # a rehearsal test day (backtest plan): its labels are kept aside, never in the feature table
                 base.lazy().filter(pl.col(SPLIT) == split).select(id_col, day, *label_cols).sink_parquet(
