@@ -9,9 +9,16 @@ earlier labelled day: its rates are null (unknown), so no later label reaches it
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import polars as pl
 
+from gbmcvr.data.profile import Profile
+from gbmcvr.fe import entities
+from gbmcvr.fe.family import TARGET_SHORT, Context
+from gbmcvr.fe.lookup import Lookup, Value
+from gbmcvr.fe.spec import LaggedSpec
 from gbmcvr.fe.target import posterior
 
 SOURCE = "_source_day"
@@ -81,3 +88,62 @@ def apply_lagged(
         .with_columns([pl.col(c).fill_null(pl.col(f"_prior_{c}")) for c in values])
         .drop([f"_prior_{c}" for c in values])
     )
+
+
+class LaggedFamily:
+    """`[lagged]`: a key's label rates over the previous labelled days, Beta-shrunk to that window's rate."""
+
+    name = "lagged"
+
+    def __init__(self, spec: LaggedSpec, profile: Profile) -> None:
+        self.spec = spec
+        self.profile = profile
+
+    def _windows(self) -> list[tuple[list[str], int, str]]:
+        return [
+            (cols, window, f"lr_{'_'.join(cols)}_{window}d")
+            for cols in (entities.key_columns(key, self.profile) for key in self.spec.keys)
+            for window in self.spec.windows
+        ]
+
+    def recipes(self) -> dict[str, str]:
+        """Labelled rows and one rate per target, per (key, window)."""
+        out = {}
+        for cols, window, prefix in self._windows():
+            out[f"{prefix}_n"] = f"lagged: labelled rows of ({', '.join(cols)}) in the last {window} fit days"
+            for target in self.spec.targets:
+                short = TARGET_SHORT[target]
+                out[f"{prefix}_{short}"] = (
+                    f"lagged: beta posterior mean of {short} by ({', '.join(cols)}) over the last {window} fit days "
+                    f"before the row's day (n_min={self.spec.n_min})"
+                )
+        return out
+
+    def lookups(self, ctx: Context) -> list[Lookup]:
+        """Per (key, day) rates from fit-window labels; a key absent from its window gets the window's prior."""
+        day = self.profile.day_column
+        labels = {TARGET_SHORT[t]: ctx.label(t) for t in self.spec.targets}
+        all_days = tuple(d for split_days in ctx.days.values() for d in split_days)
+        out = []
+        for cols, window, prefix in self._windows():
+            labelled = ctx.fit.select(*cols, day, *dict.fromkeys(labels.values()))
+            pairs = window_map(ctx.days["fit"], all_days, window, day)
+            table, prior = lagged_table(labelled, cols, day, labels, pairs, all_days, self.spec.n_min, prefix)
+            dtype = ctx.rows.schema[day]
+            table = table.with_columns(pl.col(day).cast(dtype))
+            prior = prior.with_columns(pl.col(day).cast(dtype))
+            out.append(Lookup((*cols, day), table, _with_prior(prior, day)))
+        return out
+
+
+def _with_prior(prior: pl.DataFrame, day: str) -> Callable[[Value], dict[str, pl.Expr]]:
+    """Outputs of a lagged table: the key's values, or the prior values of the row's day."""
+
+    def outputs(v: Value) -> dict[str, pl.Expr]:
+        return {
+            c: v(c).fill_null(pl.col(day).replace_strict(prior[day], prior[c], default=None))
+            for c in prior.columns
+            if c != day
+        }
+
+    return outputs

@@ -10,26 +10,42 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.data.profile import Profile
 from gbmcvr.data.split import TEST_LABELS, plan_days
 from gbmcvr.errors import UserError
-from gbmcvr.fe import clean, counts, crosses, daycounts, entities, groupstats, lagged, novelty
+from gbmcvr.fe import clean, crosses, entities
+from gbmcvr.fe.counts import CountFamily
 from gbmcvr.fe.dates import date_exprs
+from gbmcvr.fe.daycounts import DayCountFamily
+from gbmcvr.fe.family import LIKE, SPLIT, Context, TableFamily
+from gbmcvr.fe.groupstats import GroupFamily
+from gbmcvr.fe.lagged import LaggedFamily
+from gbmcvr.fe.lookup import Attached, Lookup, key_ranges
+from gbmcvr.fe.novelty import NoveltyFamily
 from gbmcvr.fe.spec import FeatureSpec, cross_name
-from gbmcvr.fe.target import FOLD, BetaTargetEncoder, fold_expr
-from gbmcvr.schema import LIKE
+from gbmcvr.fe.target import TargetFamily, fold_expr
 
-SPLIT = "_split"
+__all__ = ["LIKE", "SPLIT", "BuildResult", "build", "read_manifest"]
 FEATURE_VERSION = 5
-TARGET_SHORT = {"is_installed": "inst", "is_like": "like", "install_given_like": "igl"}
-DERIVED_FAMILIES = ("count", "group", "target", "novelty", "lagged", "daycount")
+CHUNK_ROWS = 1 << 18  # rows computed and written at a time: memory stays near one copy of the plan's rows
+# the table families, in the order their columns appear in the feature tables
+TABLE_FAMILIES: tuple[type[TableFamily], ...] = (
+    CountFamily,
+    GroupFamily,
+    TargetFamily,
+    NoveltyFamily,
+    DayCountFamily,
+    LaggedFamily,
+)
 
 
 @dataclass(frozen=True)
@@ -127,6 +143,33 @@ def _base_frame(raw_dir: Path, profile: Profile, plan: str) -> tuple[pl.LazyFram
     return frame.with_columns(((pl.col(click) == 1) | (pl.col(install) == 1)).cast(pl.Int8).alias(LIKE)), days
 
 
+def _split_slices(base: pl.DataFrame, days: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, int]]:
+    """(offset, rows) of each split: the plan's rows are concatenated split by split."""
+    runs = base.select(pl.col(SPLIT).rle()).unnest(SPLIT)
+    if runs["value"].to_list() != list(days):
+        raise AssertionError(f"plan rows are not grouped by split: {runs['value'].to_list()}")
+    lengths = runs["len"].to_list()
+    return {s: (sum(lengths[:i]), lengths[i]) for i, s in enumerate(days)}
+
+
+def _write_chunks(chunks: Iterator[pl.DataFrame], path: Path) -> None:
+    """Write row chunks as one Parquet file; the next chunk is computed while the last one is written."""
+    writer = None
+    with ThreadPoolExecutor(1) as pool:
+        pending = None
+        for chunk in chunks:
+            table = chunk.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="lz4", write_statistics=False)
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(writer.write_table, table)
+        if pending is not None:
+            pending.result()
+    if writer is not None:
+        writer.close()
+
+
 def build(
     raw_dir: Path,
     profile: Profile,
@@ -141,7 +184,10 @@ def build(
     start = time.perf_counter()
     raw_dir, out = Path(raw_dir), Path(out_root) / feature_set / plan
     fingerprint = raw_fingerprint(raw_dir)
-    key_lists = [*_keys_of(spec), *((c,) for c in (spec.daycount.distinct if spec.daycount else ()))]
+    key_lists = [
+        *(k for part in (spec.novelty, spec.lagged, spec.daycount) if part is not None for k in part.keys),
+        *((c,) for c in (spec.daycount.distinct if spec.daycount else ())),
+    ]
     used = entities.entities_used(key_lists, profile)
     config_hash = spec.digest()
     if used:  # the profile's entity groups are part of the recipe
@@ -159,6 +205,8 @@ def build(
             return BuildResult(out, False, old["rows"], len(old["columns"]), 0.0, old["build_seconds"])
 
     rec = _Recorder(progress)
+    families = [cls(getattr(spec, cls.name), profile) for cls in TABLE_FAMILIES if getattr(spec, cls.name) is not None]
+    derived = {family.name for family in families}
     id_col, day = profile.id_column, profile.day_column
     cats = list(profile.kept(profile.categorical))
     binary = list(profile.kept(profile.binary))
@@ -195,69 +243,25 @@ def build(
         rec.add(col, "binary", f"binary: {col}")
     cross_cols = []
     if spec.cross:
-        raw_codes = {}
         for pair in spec.cross.pairs:
             name = cross_name(pair)
-            table = vocab[name]
-            # crosses are defined on raw codes: map dense codes back through each column's vocabulary
-            lookup = base.select([vocab[c][c].gather(base[c]).alias(c) if c in cats else pl.col(c) for c in pair])
-            raw_codes[name] = crosses.encode(lookup.lazy(), table, tuple(pair), name).collect()[name].cast(pl.Int32)
+            # the vocabulary holds raw values: give it the dense codes the rows now carry
+            table = _dense_codes(vocab[name], vocab, [c for c in pair if c in cats])
+            lookup = Lookup(tuple(pair), table, lambda v, n=name: {n: v(n).cast(pl.Int32)})
+            attached = Attached([lookup], key_ranges(base, pair))
+            base = attached.prepare(base.lazy()).with_columns(**attached.outputs).drop(attached.index_columns).collect()
             rec.add(name, "cross", f"cross: code of ({', '.join(pair)}) in vocab/{name}.parquet")
             cross_cols.append(name)
-        base = base.with_columns(**raw_codes)
         rec.done("cross")
-    base_lf = base.lazy()
-    fit_lf = base_lf.filter(pl.col(SPLIT) == "fit")
 
-    joins: list[Callable[[pl.LazyFrame, str], pl.LazyFrame]] = []
-    if spec.count:
-        window = spec.count.window
-        for col in spec.count.columns:
-            name = f"cnt_{col}" + ("_day" if window == "day" else "")
-            keys = [col, day] if window == "day" else [col]
-            table = counts.count_table(fit_lf if window == "fit" else base_lf, col, keys, name)
-            joins.append(lambda f, _s, t=table, k=keys, n=name: counts.apply_counts(f, t, k, n))
-            rec.add(name, "count", f"count: rows per {col} over the {window} window")
-        rec.done("count")
-    if spec.group:
-        scope_lf = fit_lf if spec.group.scope == "fit" else base_lf
-        for key, value in spec.group.pairs:
-            prefix = f"g_{key}_{value}"
-            table = groupstats.group_table(scope_lf, key, value, prefix)
-            joins.append(
-                lambda f, _s, t=table, k=key, v=value, p=prefix: groupstats.apply_group(f, t, k, v, p, spec.group.stats)
-            )
-            for stat in spec.group.stats:
-                rec.add(
-                    f"{prefix}_{stat}",
-                    "group",
-                    f"group: {stat} of {value} within {key} ({spec.group.scope} scope)",
-                )
-        rec.done("group")
-    if spec.target:
-        t = spec.target
-        fit_rows = base.filter(pl.col(SPLIT) == "fit")
-        install = profile.install_label
-        for target in t.targets:
-            window = fit_rows.filter(pl.col(LIKE) == 1) if target == "install_given_like" else fit_rows
-            label = LIKE if target == "is_like" else install
-            for col in t.columns:
-                prefix = f"te_{col}_{TARGET_SHORT[target]}"
-                enc = BetaTargetEncoder(col, prefix, t.n_min, t.stats, t.scheme, day).fit(
-                    window.select(col, label, FOLD, day), label
-                )
-                joins.append(lambda f, s, e=enc: e.transform_window(f) if s == "fit" else e.transform(f))
-                for stat in t.stats:
-                    rec.add(
-                        f"{prefix}_{stat}",
-                        "target",
-                        f"target: beta posterior {stat} of {target} by {col} (n_min={t.n_min}, {t.scheme}"
-                        + (f", K={t.folds}" if t.scheme == "oof" else "")
-                        + ")",
-                    )
-        del fit_rows
-        rec.done("target")
-    _key_families(spec, profile, base_lf, fit_lf, days, joins, rec)
+    ctx = Context(profile, base, days)
+    lookups: list[Lookup] = []
+    for family in families:
+        lookups += family.lookups(ctx)
+        for name, recipe in family.recipes().items():
+            rec.add(name, family.name, recipe)
+        rec.done(family.name)
+    del ctx
 
     cardinality = {
         **{c: vocab[c].height for c in cats},
@@ -269,20 +273,23 @@ def build(
     encoded_only = {c for c in [*cats, *cross_cols] if codes_max and cardinality[c] > codes_max}
     feature_cols = [
         *[c for c in [*cats, *binary, *nums, *date_cols, *cross_cols] if c not in encoded_only],
-        *[c for c, (family, _) in rec.recipes.items() if family in DERIVED_FAMILIES],
+        *[c for c, (family, _) in rec.recipes.items() if family in derived],
     ]
     label_cols = [*profile.labels, LIKE]
     manifest_cols: list[dict[str, str]] = []
     with atomic_dir(out) as tmp:
-        for split in days:
-            frame = base_lf.filter(pl.col(SPLIT) == split)
-            for join in joins:
-                frame = join(frame, split)
+        ranges = key_ranges(base, [k for lookup in lookups for k in lookup.keys])
+        for split, (offset, n) in _split_slices(base, days).items():
+            attached = Attached([lk for lk in lookups if lk.serves(split)], ranges)
             keep = [id_col, day, *feature_cols] + (label_cols if split != "test" else [])
-            frame.select(keep).sink_parquet(tmp / f"{split}.parquet", compression="lz4", statistics=False)
+            chunks = (
+                attached.select(base.slice(at, min(CHUNK_ROWS, offset + n - at)).lazy(), keep).collect()
+                for at in range(offset, offset + n, CHUNK_ROWS)
+            )
+            _write_chunks(chunks, tmp / f"{split}.parquet")
             if split == "test" and profile.test_day not in days[split]:
                 # a rehearsal test day (backtest plan): its labels are kept aside, never in the feature table
-                base_lf.filter(pl.col(SPLIT) == split).select(id_col, day, *label_cols).sink_parquet(
+                base.lazy().filter(pl.col(SPLIT) == split).select(id_col, day, *label_cols).sink_parquet(
                     tmp / TEST_LABELS, compression="lz4"
                 )
             progress(f"features: wrote {split}.parquet ({rows[split]:,} rows)")
@@ -327,70 +334,6 @@ def build(
             },
         )
     return BuildResult(out, True, rows, len(manifest_cols), total, rec.seconds)
-
-
-def _keys_of(spec: FeatureSpec) -> list[tuple[str, ...]]:
-    """Every key the key-based families (novelty, lagged, daycount) name."""
-    return [k for part in (spec.novelty, spec.lagged, spec.daycount) if part is not None for k in part.keys]
-
-
-def _key_families(
-    spec: FeatureSpec,
-    profile: Profile,
-    base_lf: pl.LazyFrame,
-    fit_lf: pl.LazyFrame,
-    days: dict[str, tuple[int, ...]],
-    joins: list,
-    rec: _Recorder,
-) -> None:
-    """Add the joins of the key-based families: novelty, same-day counts (all rows), lagged rates (fit labels)."""
-    day = profile.day_column
-    if spec.novelty:
-        for key in spec.novelty.keys:
-            cols = entities.key_columns(key, profile)
-            prefix = "nov_" + "_".join(cols)
-            table = novelty.novelty_table(base_lf, cols, day, prefix, spec.novelty.stats)
-            joins.append(lambda f, _s, t=table, k=cols: novelty.apply_table(f, t, k, day))
-            for stat in spec.novelty.stats:
-                rec.add(f"{prefix}_{stat}", "novelty", f"novelty: {stat} of ({', '.join(cols)}) over the plan's rows")
-        rec.done("novelty")
-    if spec.daycount:
-        distinct = entities.key_columns(spec.daycount.distinct, profile)
-        for key in spec.daycount.keys:
-            cols = entities.key_columns(key, profile)
-            prefix = "dc_" + "_".join(cols)
-            table = daycounts.daycount_table(base_lf, cols, day, distinct, prefix)
-            joins.append(lambda f, _s, t=table, k=cols: novelty.apply_table(f, t, k, day))
-            for name in table.columns[len(cols) + 1 :]:
-                rec.add(
-                    name, "daycount", f"daycount: {name.removeprefix(prefix + '_')} per ({', '.join(cols)}) and day"
-                )
-        rec.done("daycount")
-    if spec.lagged:
-        lg = spec.lagged
-        labels = {TARGET_SHORT[t]: LIKE if t == "is_like" else profile.install_label for t in lg.targets}
-        all_days = tuple(d for split_days in days.values() for d in split_days)
-        for key in lg.keys:
-            cols = entities.key_columns(key, profile)
-            labelled = fit_lf.select(*cols, day, *dict.fromkeys(labels.values()))
-            for window in lg.windows:
-                prefix = f"lr_{'_'.join(cols)}_{window}d"
-                pairs = lagged.window_map(days["fit"], all_days, window, day)
-                table, prior = lagged.lagged_table(labelled, cols, day, labels, pairs, all_days, lg.n_min, prefix)
-                joins.append(lambda f, _s, t=table, p=prior, k=cols: lagged.apply_lagged(f, t, p, k, day))
-                rec.add(
-                    f"{prefix}_n",
-                    "lagged",
-                    f"lagged: labelled rows of ({', '.join(cols)}) in the last {window} fit days",
-                )
-                for short in labels:
-                    rec.add(
-                        f"{prefix}_{short}",
-                        "lagged",
-                        f"lagged: beta posterior mean of {short} by ({', '.join(cols)}) over the last {window} fit days "
-                        f"before the row's day (n_min={lg.n_min})",
-                    )
-        rec.done("lagged")
 
 
 def read_manifest(plan_dir: Path, build_hint: str) -> dict:

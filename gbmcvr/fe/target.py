@@ -27,7 +27,11 @@ import numpy as np
 import polars as pl
 from scipy import special
 
+from gbmcvr.data.profile import Profile
 from gbmcvr.errors import UserError
+from gbmcvr.fe.family import LIKE, SPLIT, TARGET_SHORT, Context
+from gbmcvr.fe.lookup import Lookup
+from gbmcvr.fe.spec import TargetSpec
 
 FOLD = "_fold"
 
@@ -117,10 +121,11 @@ class BetaTargetEncoder:
             raise UserError(
                 f"target encoding of '{self.column}': target '{target}' is constant ({self.prior_mean_}) in the fit window"
             )
-        self.counts_ = frame.group_by(self.column).agg(N=pl.len().cast(pl.Float64), n=y.sum()).sort(self.column)
         key = FOLD if self.scheme == "oof" else self.day
         self.window_counts_ = frame.group_by(self.column, key).agg(N=pl.len().cast(pl.Float64), n=y.sum())
-        self.window_totals_ = frame.group_by(key).agg(N=pl.len().cast(pl.Float64), n=y.sum()).sort(key)
+        # whole-window counts and totals from the per-(category, key) ones: sums of whole numbers, exact
+        self.counts_ = self.window_counts_.group_by(self.column).agg(pl.col("N", "n").sum()).sort(self.column)
+        self.window_totals_ = self.window_counts_.group_by(key).agg(pl.col("N", "n").sum()).sort(key)
         return self
 
     def _table(self, keys: pl.DataFrame, N: np.ndarray, n: np.ndarray, mu: np.ndarray) -> pl.DataFrame:
@@ -180,3 +185,52 @@ class BetaTargetEncoder:
         return frame.join(table.lazy(), on=on, how="left", nulls_equal=True, maintain_order="left").with_columns(
             [pl.col(c).fill_null(pl.lit(v, dtype=pl.Float32)) for c, v in prior.items()]
         )
+
+
+class TargetFamily:
+    """`[target]`: Beta target encodings of categorical columns, out-of-fold (or past days) inside the fit window."""
+
+    name = "target"
+
+    def __init__(self, spec: TargetSpec, profile: Profile) -> None:
+        self.spec = spec
+        self.day = profile.day_column
+
+    def _prefixes(self) -> list[tuple[str, str, str]]:
+        return [
+            (target, col, f"te_{col}_{TARGET_SHORT[target]}")
+            for target in self.spec.targets
+            for col in self.spec.columns
+        ]
+
+    def recipes(self) -> dict[str, str]:
+        """One column per (target, column, statistic)."""
+        t = self.spec
+        detail = f"n_min={t.n_min}, {t.scheme}" + (f", K={t.folds}" if t.scheme == "oof" else "")
+        return {
+            f"{prefix}_{stat}": f"target: beta posterior {stat} of {target} by {col} ({detail})"
+            for target, col, prefix in self._prefixes()
+            for stat in t.stats
+        }
+
+    def lookups(self, ctx: Context) -> list[Lookup]:
+        """Per-category statistics from the fit window; fit rows get their out-of-fold (or earlier days') table."""
+        t, day = self.spec, self.day
+        window_key = FOLD if t.scheme == "oof" else day
+        needed = dict.fromkeys([*t.columns, LIKE, ctx.profile.install_label, FOLD, day])
+        fit_rows = ctx.rows.lazy().filter(pl.col(SPLIT) == "fit").select(*needed).collect()
+        others = tuple(s for s in ctx.days if s != "fit")
+        out = []
+        for target, col, prefix in self._prefixes():
+            window = fit_rows.filter(pl.col(LIKE) == 1) if target == "install_given_like" else fit_rows
+            label = ctx.label(target)
+            enc = BetaTargetEncoder(col, prefix, t.n_min, t.stats, t.scheme, day)
+            enc.fit(window.select(*dict.fromkeys([col, label, FOLD, day])), label)
+            prior = {c: pl.lit(v, dtype=pl.Float32) for c, v in enc.prior_values().items()}
+
+            def outputs(v, prior=prior):
+                return {c: v(c).fill_null(p) for c, p in prior.items()}
+
+            out.append(Lookup((col, window_key), enc.window_table(), outputs, ("fit",)))
+            out.append(Lookup((col,), enc.table(), outputs, others))
+        return out
