@@ -109,6 +109,7 @@ early_stopping_rounds = 100
 log_every = 100
 # refit = false               # true | "auto" (refit on the full plan where the backtest says it pays)
 # dask = "tcp://scheduler:8786"   # train on a Dask cluster (pip install "gbmcvr[dask]")
+# dataset_cache = true        # keep each stage's LightGBM Dataset binary in features/<set>/<plan>/lgb-cache/
 # [gbm.e2e]                   # LightGBM parameters per model (override the built-in defaults)
 # learning_rate = 0.05
 # [gbm.ts_like]
@@ -116,6 +117,12 @@ log_every = 100
 
 # [mtdm]                      # deep model; `gbmcvr train mtdm --help`
 # epochs = 10
+# precision = "auto"          # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+# threads = 0                 # torch threads (0: torch's default)
+
+# [cb]                        # CatBoost, with models = [..., "cb"]
+# iterations = 3000           # upper bound; early stopping on the validation day picks the count
+# threads = 0                 # 0: every core
 
 # [tune]                      # `gbmcvr tune MODEL --show-space` prints a model's search space
 # pruner = "median"           # median | hyperband | none
