@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
+from scipy.special import ndtri
 
 from gbmcvr.errors import UserError
 
@@ -93,8 +94,6 @@ def _numeric(frame: pl.DataFrame, spec: InputSpec) -> np.ndarray:
         return out
     check_finite(frame, spec.numerical)
     if spec.transform != "log1p_standard":
-        from scipy.special import ndtri
-
         levels = np.asarray(spec.stats["levels"])
     for j, c in enumerate(spec.numerical):
         x = frame[c].to_numpy().astype(np.float64)
