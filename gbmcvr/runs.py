@@ -40,6 +40,17 @@ def write_run(run_dir: Path, run: TrainedRun, meta: dict[str, Any]) -> None:
         write_json(tmp / RUN, {"refit": False, **record})
 
 
+def params_file(models: Path, target: str, source: str, what: str) -> tuple[dict[str, Any], str]:
+    """Parameters from `tuned` (models/tuned/<target>.json, as `gbmcvr tune` exports) or a JSON file
+    ({"params": {...}} or flat), with where they came from for error messages."""
+    path = Path(models) / "tuned" / f"{target}.json" if source == "tuned" else Path(source)
+    if not path.is_file():
+        hint = f"run `gbmcvr tune {target}` first" if source == "tuned" else "file not found"
+        raise UserError(f"{path}: no {what} parameters ({hint})")
+    raw = json.loads(path.read_text())
+    return dict(raw.get("params", raw)), f"{path} ({what} parameters)"
+
+
 def is_current(run_dir: Path, key: str) -> bool:
     """Whether the run exists and was trained from inputs with this key."""
     path = Path(run_dir) / RUN

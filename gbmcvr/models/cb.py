@@ -4,7 +4,6 @@ stopping on the validation day. Model files are CatBoost's own binary format (`m
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from gbmcvr import compat, metrics
 from gbmcvr.context import Context, quiet
 from gbmcvr.errors import UserError
 from gbmcvr.models.base import Objective, TrainedRun, TrainOptions
-from gbmcvr.runs import input_key, prediction_table
+from gbmcvr.runs import input_key, params_file, prediction_table
 from gbmcvr.space import Dimension
 from gbmcvr.tables import FeatureTables, load_tables
 from gbmcvr.tomlfile import typed_fields
@@ -179,12 +178,8 @@ class CatBoostKind:
         cfg = ctx.cfg.section(self.section)
         if params is None:
             return cfg
-        path = ctx.wd.models / "tuned" / "cb.json" if params == "tuned" else Path(params)
-        if not path.is_file():
-            hint = "run `gbmcvr tune cb` first" if params == "tuned" else "file not found"
-            raise UserError(f"{path}: no CatBoost parameters ({hint})")
-        raw = json.loads(path.read_text())
-        return cb_config({**asdict(cfg), **raw.get("params", raw)}, f"{path} (CatBoost parameters)")
+        override, where = params_file(ctx.wd.models, self.name, params, "CatBoost")
+        return cb_config({**asdict(cfg), **override}, where)
 
     def input_key(self, ctx: Context, manifest: dict[str, Any], opts: TrainOptions) -> str:
         cfg = asdict(self.config(ctx, opts.params))

@@ -3,7 +3,6 @@ it trains the KAML network (`[mtdm.kaml]`). Torch loads through `compat.deep()` 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -16,7 +15,7 @@ from gbmcvr.context import Context, quiet
 from gbmcvr.deep.params import KamlConfig, MtdmConfig, check_mtdm, mtdm_config, mtdm_kaml_config
 from gbmcvr.errors import UserError
 from gbmcvr.models.base import Objective, Predictor, TrainedRun, TrainOptions
-from gbmcvr.runs import input_key, read_run_meta
+from gbmcvr.runs import input_key, params_file, read_run_meta
 from gbmcvr.space import Dimension
 from gbmcvr.tables import load_tables
 
@@ -60,12 +59,8 @@ class MtdmKind:
         section = ctx.cfg.section(self.section)
         if params is None:
             return section.config
-        path = ctx.wd.models / "tuned" / "mtdm.json" if params == "tuned" else Path(params)
-        if not path.is_file():
-            hint = "run `gbmcvr tune mtdm` first" if params == "tuned" else "file not found"
-            raise UserError(f"{path}: no MTDM parameters ({hint})")
-        raw = json.loads(path.read_text())
-        return mtdm_config({**section.raw, **raw.get("params", raw)}, f"{params} (MTDM parameters)")
+        override, where = params_file(ctx.wd.models, self.name, params, "MTDM")
+        return mtdm_config({**section.raw, **override}, where)
 
     def kaml(self, ctx: Context) -> KamlConfig | None:
         """The KAML config when the profile has several conversion actions, else None (`[mtdm.kaml]` refused)."""

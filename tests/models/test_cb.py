@@ -37,6 +37,8 @@ def test_trains_early_stops_and_beats_the_prior(cb_work):
     prior = metrics.log_loss(y, np.full(len(y), tables.base_rate()))
     assert run.metrics["valid"]["p"]["logloss"] < prior - 0.01
     assert 1 <= run.params["best_iteration"] <= CB["iterations"]
+    # the saved model keeps exactly the best iterations (use_best_model shrinks it)
+    assert registry.get("cb").load(ctx.wd.run("cb")).model.tree_count_ == run.params["best_iteration"]
     meta = json.loads((ctx.wd.run("cb") / "run.json").read_text())
     assert meta["kind"] == "cb" and meta["input_key"] == stages.model_input_key(ctx, "cb")
     assert (ctx.wd.run("cb") / "model.cbm").is_file() and (ctx.wd.run("cb") / "importance.csv").is_file()
