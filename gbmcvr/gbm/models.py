@@ -32,6 +32,7 @@ from gbmcvr.tables import FeatureTables, RowBatch
 
 CACHE_DIR = "lgb-cache"  # under a plan's feature folder: LightGBM Dataset binaries, one per stage and binning
 PREDICT_ROWS = 100_000  # rows per prediction call: one float64 copy of that many rows at a time
+DECODE_ROWS = 32_768  # rows decoded to float64 at a time while a Dataset is constructed (~70 MB at 270 features)
 
 
 @dataclass(frozen=True)
@@ -108,39 +109,48 @@ DATASET_PARAMS = (
 )
 
 
-class _OneBatch:
-    """The decoded batch of a split that a Dataset under construction reads now: one held at a time."""
+class _Decoded:
+    """What a Dataset under construction reads now: one row batch's frame, and one block of it as float64.
+
+    Decoding a block at a time (not the whole batch) keeps one batch's columns plus one small float64 matrix
+    in memory while LightGBM samples and pushes rows."""
 
     def __init__(self) -> None:
-        self.key: int | None = None
+        self.batch: int | None = None
+        self.frame: pl.DataFrame | None = None
+        self.block: tuple[int, int] | None = None
         self.rows: np.ndarray | None = None
 
-    def get(self, key: int, batch: RowBatch) -> np.ndarray:
-        if self.key != key:
-            self.key, self.rows = None, None  # free the previous batch before decoding the next
+    def get(self, key: int, batch: RowBatch, start: int, length: int) -> np.ndarray:
+        if self.block != (key, start):
+            self.block, self.rows = None, None  # free the previous block before decoding the next
+            if self.batch != key:
+                self.batch, self.frame = None, None
+                self.frame = batch.load()
+                self.batch = key
             # float64 as LightGBM's own conversion does: exact for Float32 and Int32 columns alike
-            self.rows = batch.load().select(pl.all().cast(pl.Float64)).to_numpy(order="c")
-            self.key = key
+            self.rows = self.frame.slice(start, length).select(pl.all().cast(pl.Float64)).to_numpy(order="c")
+            self.block = (key, start)
         return self.rows
 
     def clear(self) -> None:
-        self.key, self.rows = None, None
+        self.batch, self.frame, self.block, self.rows = None, None, None, None
 
 
 class _BatchRows(lgb.Sequence):
-    """One row batch as a LightGBM Sequence: sampled row by row, then pushed whole (`batch_size`)."""
+    """A block of one row batch as a LightGBM Sequence: sampled row by row, then pushed whole (`batch_size`)."""
 
-    def __init__(self, cache: _OneBatch, key: int, batch: RowBatch) -> None:
-        self.cache, self.key, self.batch = cache, key, batch
-        self.batch_size = batch.rows
+    def __init__(self, cache: _Decoded, key: int, batch: RowBatch, start: int, length: int) -> None:
+        self.cache, self.key, self.batch, self.start = cache, key, batch, start
+        self.batch_size = length
 
     def __len__(self) -> int:
-        return self.batch.rows
+        return self.batch_size
 
     def __getitem__(self, idx: int | slice) -> np.ndarray:
         if not isinstance(idx, numbers.Integral | slice):
             raise TypeError(f"row index must be an integer or a slice, got {type(idx).__name__}")
-        return self.cache.get(self.key, self.batch)[idx]
+        return self.cache.get(self.key, self.batch, self.start, self.batch_size)[idx]
 
 
 class _BatchedDataset(lgb.Dataset):
@@ -163,6 +173,17 @@ class _BatchedDataset(lgb.Dataset):
     def get_params(self) -> dict[str, Any]:
         return dict(self.params or {}) if self._constructing else super().get_params()
 
+    def _init_from_sample(
+        self, sample_data: list[np.ndarray], sample_indices: list[np.ndarray], sample_cnt: int, total_nrow: int
+    ) -> lgb.Dataset:
+        """LightGBM's binning from the sampled rows, then the sample freed: its caller would hold it (about
+        bin_construct_sample_cnt x features x 12 bytes) while every row is pushed."""
+        try:
+            return super()._init_from_sample(sample_data, sample_indices, sample_cnt, total_nrow)
+        finally:
+            sample_data.clear()
+            sample_indices.clear()
+
 
 def _release_freed_memory() -> None:
     """Hand memory freed after a construction back to the system: the sampled rows LightGBM copies one by one
@@ -174,11 +195,15 @@ def _release_freed_memory() -> None:
         trim(0)
 
 
-def _sequences(tables: FeatureTables, split: str, stage: Stage, features: list[str]) -> tuple[list, _OneBatch]:
-    """The stage's rows of a split as Sequences over its row batches, and the cache they share."""
+def _sequences(tables: FeatureTables, split: str, stage: Stage, features: list[str]) -> tuple[list, _Decoded]:
+    """The stage's rows of a split as Sequences over blocks of its row batches, and the cache they share."""
     keep = (tables.splits[split][LIKE] == 1).to_numpy() if stage.rows == "like" else None
-    cache = _OneBatch()
-    return [_BatchRows(cache, i, b) for i, b in enumerate(tables.batches(split, features, keep))], cache
+    cache = _Decoded()
+    return [
+        _BatchRows(cache, i, b, start, min(DECODE_ROWS, b.rows - start))
+        for i, b in enumerate(tables.batches(split, features, keep))
+        for start in range(0, b.rows, DECODE_ROWS)
+    ], cache
 
 
 def _cache_path(tables: FeatureTables, stage: Stage, features: list[str], cats: list[str], params: dict) -> Path:

@@ -38,7 +38,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "min_data_per_group": 100,
     "verbosity": -1,
     "deterministic": True,
-    "force_row_wise": True,
+    # column-wise histograms: the same trees as row-wise (measured: identical predictions), but no row-major
+    # copy of the binned data (peak 1.7 vs 3.2 GB at 3.3 M rows) and ~20 % faster per round on 2 cores
+    "force_col_wise": True,
 }
 
 # parameters a params file may set (LightGBM names; aliases are refused so one name means one thing)
@@ -65,6 +67,7 @@ KNOWN_PARAMS = {
     "feature_fraction_seed",
     "data_random_seed",
     "feature_pre_filter",
+    "force_row_wise",
 }
 
 
@@ -84,7 +87,10 @@ class GbmConfig:
 
     def params(self, stage: str, seed: int, override: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults, then the config's stage section, then an override (tuned or file), then the seed."""
-        params = {**DEFAULT_PARAMS, **self.stage_params.get(stage, {}), **(override or {})}
+        chosen = {**self.stage_params.get(stage, {}), **(override or {})}
+        params = {**DEFAULT_PARAMS, **chosen}
+        if chosen.get("force_row_wise") and "force_col_wise" not in chosen:
+            params["force_col_wise"] = False  # row-wise asked for (or in an older tuned export) replaces the default
         params["seed"] = seed
         return params
 

@@ -79,9 +79,11 @@ def test_lean_split_keeps_labels_and_batches_read_its_row_groups(plan):
     assert tables.maxima("fit", ["f_cat", "f_big"]) == [frames["fit"]["f_cat"].max(), frames["fit"]["f_big"].max()]
 
 
+@pytest.mark.parametrize("decode_rows", [32_768, 64], ids=["whole-groups", "blocks-of-groups"])
 @pytest.mark.parametrize("params", [PARAMS, SAMPLED], ids=["all-rows", "sampled"])
 @pytest.mark.parametrize("stage", ["e2e", "ts_like", "ts_install"])
-def test_batched_datasets_train_the_model_of_the_whole_frame(plan, stage, params):
+def test_batched_datasets_train_the_model_of_the_whole_frame(plan, stage, params, decode_rows, monkeypatch):
+    monkeypatch.setattr(models, "DECODE_ROWS", decode_rows)  # 64: each row group decoded in several blocks
     root, frames = plan
     st = STAGES[stage]
     cfg = GbmConfig(dataset_cache=False)
@@ -157,3 +159,20 @@ def test_reusable_data_serves_trials_with_other_tree_parameters(plan):
         trial = {**PARAMS, "num_leaves": leaves, "min_data_in_leaf": min_leaf}
         model = train_stage(tables, STAGES["e2e"], trial, cfg, lambda _: None, rounds=5, data=data)
         assert model.booster.num_trees() == 5
+
+
+def test_row_wise_asked_for_replaces_the_column_wise_default_and_trains_the_same_trees(plan):
+    root, _ = plan
+    tables = load_tables(root, "default", "validate", lean=("fit",))
+    default = GbmConfig(dataset_cache=False)
+    row_wise = GbmConfig(dataset_cache=False, stage_params={"e2e": {"force_row_wise": True}})
+    params = {"min_data_in_leaf": 20, "num_leaves": 7}
+    col, row = default.params("e2e", 3, params), row_wise.params("e2e", 3, params)
+    assert (col["force_col_wise"], row["force_col_wise"], row["force_row_wise"]) == (True, False, True)
+    # an export that names both (as an older tuned file may) keeps what it says
+    assert default.params("e2e", 3, {"force_row_wise": False, "force_col_wise": True})["force_col_wise"] is True
+    trees = [
+        train_stage(tables, STAGES["e2e"], p, default, lambda _: None, rounds=15).booster.dump_model()["tree_info"]
+        for p in (col, row)
+    ]
+    assert trees[0] == trees[1]
