@@ -10,13 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.data.profile import Profile
@@ -36,7 +34,8 @@ from gbmcvr.fe.target import TargetFamily, fold_expr
 
 __all__ = ["LIKE", "SPLIT", "BuildResult", "build", "read_manifest"]
 FEATURE_VERSION = 5
-CHUNK_ROWS = 1 << 18  # rows computed and written at a time: memory stays near one copy of the plan's rows
+# rows per Parquet row group: the batches the model stages read (Polars' own would follow its morsels)
+ROW_GROUP_ROWS = 1 << 18
 # the table families, in the order their columns appear in the feature tables
 TABLE_FAMILIES: tuple[type[TableFamily], ...] = (
     CountFamily,
@@ -152,24 +151,6 @@ def _split_slices(base: pl.DataFrame, days: dict[str, tuple[int, ...]]) -> dict[
     return {s: (sum(lengths[:i]), lengths[i]) for i, s in enumerate(days)}
 
 
-def _write_chunks(chunks: Iterator[pl.DataFrame], path: Path) -> None:
-    """Write row chunks as one Parquet file; the next chunk is computed while the last one is written."""
-    writer = None
-    with ThreadPoolExecutor(1) as pool:
-        pending = None
-        for chunk in chunks:
-            table = chunk.to_arrow()
-            if writer is None:
-                writer = pq.ParquetWriter(path, table.schema, compression="lz4", write_statistics=False)
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(writer.write_table, table)
-        if pending is not None:
-            pending.result()
-    if writer is not None:
-        writer.close()
-
-
 def build(
     raw_dir: Path,
     profile: Profile,
@@ -282,11 +263,10 @@ def build(
         for split, (offset, n) in _split_slices(base, days).items():
             attached = Attached([lk for lk in lookups if lk.serves(split)], ranges)
             keep = [id_col, day, *feature_cols] + (label_cols if split != "test" else [])
-            chunks = (
-                attached.select(base.slice(at, min(CHUNK_ROWS, offset + n - at)).lazy(), keep).collect()
-                for at in range(offset, offset + n, CHUNK_ROWS)
+            # streamed: rows are joined and encoded in batches, the encoding spread over the cores
+            attached.select(base.slice(offset, n).lazy(), keep).sink_parquet(
+                tmp / f"{split}.parquet", compression="lz4", statistics=False, row_group_size=ROW_GROUP_ROWS
             )
-            _write_chunks(chunks, tmp / f"{split}.parquet")
             if split == "test" and profile.test_day not in days[split]:
                 # a rehearsal test day (backtest plan): its labels are kept aside, never in the feature table
                 base.lazy().filter(pl.col(SPLIT) == split).select(id_col, day, *label_cols).sink_parquet(
