@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightgbm as lgb
 import polars as pl
 import pytest
 
@@ -50,10 +51,14 @@ def test_dask_run_matches_a_local_run(small_work, tmp_path, cluster, kind):
     loss_local = local.metrics["valid"]["p"]["logloss"]
     loss_dask = on_dask.metrics["valid"]["p"]["logloss"]
     assert abs(loss_dask - loss_local) < 0.02 * loss_local
-    first = on_dask.params[next(iter(on_dask.params))]
+    stage, first = next(iter(on_dask.params.items()))
     assert 1 < first["best_iteration"] <= 150
+    # the saved model holds exactly the best iterations; the refit scales them by the rows it adds
+    assert lgb.Booster(model_file=own.run("dask") / f"model_{stage}.txt").num_trees() == first["best_iteration"]
     if refit:
         assert first["refit_rows"] > first["fit_rows"]
+        scaled = max(1, round(first["best_iteration"] * first["refit_rows"] / first["fit_rows"]))
+        assert first["refit_iterations"] == scaled
 
 
 def test_unreachable_scheduler_is_a_user_error():
