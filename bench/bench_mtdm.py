@@ -22,7 +22,7 @@ import torch
 
 from gbmcvr.deep.batches import fit_inputs, to_tensors
 from gbmcvr.deep.params import MtdmConfig
-from gbmcvr.deep.run import input_columns, split_inputs, train_mtdm_run
+from gbmcvr.deep.run import input_columns, train_mtdm_run
 from gbmcvr.deep.train import resolve_device, train_mtdm
 from gbmcvr.fe.pipeline import LIKE
 from gbmcvr.tables import load_tables
@@ -47,7 +47,7 @@ def profile(tables, cfg: MtdmConfig, rows: int, device: torch.device) -> list[di
     from torch.profiler import profile as torch_profile
 
     cats, nums = input_columns(tables, cfg)
-    fit = split_inputs(tables, "fit", cats + nums).head(rows)
+    fit = tables.frame("fit", cats + nums).head(rows)
     spec = fit_inputs(fit, cats, nums, cfg.numeric_transform)
     data = to_tensors(fit, spec, LIKE, tables.install_label)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

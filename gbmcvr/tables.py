@@ -66,11 +66,14 @@ class FeatureTables:
     def path(self, split: str) -> Path:
         return self.plan_dir / f"{split}.parquet"
 
-    def frame(self, split: str) -> pl.DataFrame:
-        """The split with every column: its frame, or for a lean split its Parquet file (read, not kept)."""
-        if self.in_memory(split, self.features()):
-            return self.splits[split]
-        return pl.read_parquet(self.path(split))
+    def frame(self, split: str, columns: list[str] | None = None) -> pl.DataFrame:
+        """The split's frame with `columns` too (default: every model input); those a lean split lacks are read
+        from its Parquet file (only they, and not kept)."""
+        frame = self.splits[split]
+        missing = [c for c in (self.features() if columns is None else columns) if c not in frame.columns]
+        if not missing:
+            return frame
+        return frame.hstack(pl.read_parquet(self.path(split), columns=missing).get_columns())
 
     def maxima(self, split: str, columns: list[str]) -> list[Any]:
         """Each column's maximum over the split (None for an empty or all-null column)."""

@@ -35,16 +35,6 @@ def input_columns(tables: FeatureTables, cfg: MtdmConfig) -> tuple[list[str], li
     return cats, nums
 
 
-def split_inputs(tables: FeatureTables, split: str, columns: list[str]) -> pl.DataFrame:
-    """The split's in-memory frame with `columns`, read from its Parquet file when the frame lacks them
-    (tables loaded `lean`); only those columns are read."""
-    frame = tables.splits[split]
-    missing = [c for c in columns if c not in frame.columns]
-    if not missing:
-        return frame
-    return frame.hstack(pl.read_parquet(tables.plan_dir / f"{split}.parquet", columns=missing).get_columns())
-
-
 @dataclass
 class MtdmRun:
     result: MtdmResult
@@ -71,7 +61,7 @@ def train_mtdm_run(
     device = parallel.device if parallel is not None else resolve_device(device_name)
     progress(f"mtdm: device {device}")
     cats, nums = input_columns(tables, cfg)
-    fit = split_inputs(tables, "fit", cats + nums)
+    fit = tables.frame("fit", cats + nums)
     spec = fit_inputs(fit, cats, nums, cfg.numeric_transform)
     if cfg.qr_threshold > 0:
         for t in table_rows(spec.categorical, spec.sizes, cfg.embedding_dim, cfg.qr_threshold):
@@ -81,9 +71,9 @@ def train_mtdm_run(
     data = {"fit": to_tensors(fit, spec, LIKE, install)}
     del fit  # one split's input frame at a time: only its tensors stay
     for split in [s for s in tables.splits if s != "fit"]:
-        data[split] = to_tensors(split_inputs(tables, split, cats + nums), spec, LIKE, install)
+        data[split] = to_tensors(tables.frame(split, cats + nums), spec, LIKE, install)
     if teacher_dir is not None:
-        teacher_frame = split_inputs(tables, "fit", tables.features())
+        teacher_frame = tables.frame("fit")
         data["fit"].teacher = torch.from_numpy(teacher_predictions(teacher_dir, teacher_frame).astype(np.float32))
         del teacher_frame
     valid = data.get("valid")
