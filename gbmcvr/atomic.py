@@ -43,6 +43,36 @@ def write_error(path: Path, exc: OSError) -> UserError:
     return UserError(f"{where}: cannot write ({exc.strerror or exc}); free space or choose a writable folder")
 
 
+_FAULT_TEXTS = {  # how Polars, Arrow, LightGBM and torch word the same OS errors in their own exception types
+    "no space left on device": "No space left on device",
+    "os error 28": "No space left on device",
+    "disk quota exceeded": "Disk quota exceeded",
+    "read-only file system": "Read-only file system",
+    "os error 30": "Read-only file system",
+    "permission denied": "Permission denied",
+    "os error 13": "Permission denied",
+    "file too large": "File too large",
+}
+
+
+def fault_error(exc: BaseException) -> UserError | None:
+    """A one-line UserError for a real storage fault however a library wraps it (an OSError with a write
+    errno, or a Polars/Arrow/LightGBM error whose text names one), else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            return write_error(Path(exc.filename or "."), exc)
+        text = str(exc)
+        lowered = text.lower()
+        for needle, reason in _FAULT_TEXTS.items():
+            if needle in lowered:
+                first = text.strip().splitlines()[0][:200]
+                return UserError(f"cannot write ({reason}): {first}; free space or choose a writable folder")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def remove_leftovers(target: Path) -> list[Path]:
     """Remove temporary siblings of `target` left by processes that are gone; return what was removed."""
     target = Path(target)

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from gbmcvr import stages
 from gbmcvr import tune as tuning
-from gbmcvr.atomic import WRITE_ERRNOS, write_error, write_text
+from gbmcvr.atomic import fault_error, write_text
 from gbmcvr.config import DEFAULT_TOML, PipelineConfig, load_config
 from gbmcvr.context import Context, is_main
 from gbmcvr.data.analyze_report import analyze_store
@@ -427,8 +427,9 @@ def main() -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except OSError as exc:
-        if exc.errno not in WRITE_ERRNOS:
+    except Exception as exc:
+        fault = fault_error(exc)
+        if fault is None:
             raise
-        print(f"error: {write_error(Path(exc.filename or '.'), exc)}", file=sys.stderr)
-        sys.exit(2)
+        print(f"error: {fault}", file=sys.stderr)
+        sys.exit(fault.exit_code)

@@ -3,7 +3,7 @@ when the file is read; unknown keys are errors. Each model kind parses its own t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from gbmcvr.models import registry
 from gbmcvr.post.options import SubmitOptions, submit_options
 from gbmcvr.space import TuneConfig, tune_config
 from gbmcvr.tomlfile import check_keys, read_toml, typed_fields
+from gbmcvr.workdir import check_name
 
 BUILTIN_SOURCE = "built-in defaults"
 
@@ -65,6 +66,10 @@ def config_from_dict(raw: dict[str, Any], where: str) -> PipelineConfig:
         if section in raw and not isinstance(raw[section], dict):
             raise UserError(f"{where}: [{section}] must be a table, got {raw[section]!r}")
     values = typed_fields(PipelineConfig, {k: v for k, v in raw.items() if k in _SCALARS}, where)
+    seed = values.get("seed", 42)
+    if not 0 <= seed < 2**32:
+        raise UserError(f"{where}: seed must be an integer in [0, 2**32), got {seed}")
+    check_name(values.get("feature_set", "default"), f"{where}: feature_set")
     for m in values.get("models", ()):
         if m not in registry.names():
             raise UserError(f"{where}: unknown model '{m}' in models (choose from {', '.join(registry.names())})")
@@ -84,17 +89,25 @@ def config_from_dict(raw: dict[str, Any], where: str) -> PipelineConfig:
 
 
 def load_config(path: Path | None, workdir_config: Path) -> PipelineConfig:
-    """The config from `path`, else the work directory's `gbmcvr.toml`, else built-in defaults."""
-    if path is not None:
-        return config_from_dict(read_toml(Path(path)), str(path))
-    if workdir_config.is_file():
-        return config_from_dict(read_toml(workdir_config), str(workdir_config))
-    return config_from_dict({}, BUILTIN_SOURCE)
+    """The config from `path`, else the work directory's `gbmcvr.toml`, else built-in defaults.
+
+    A relative `data` folder is resolved against the folder of the config file that names it (the work
+    directory for the built-in defaults), never against the current folder."""
+    if path is None and workdir_config.is_file():
+        path = workdir_config
+    if path is None:
+        cfg = config_from_dict({}, BUILTIN_SOURCE)
+        base = workdir_config.parent
+    else:
+        cfg = config_from_dict(read_toml(Path(path)), str(path))
+        base = Path(path).parent
+    data = Path(cfg.data).expanduser()
+    return replace(cfg, data=str(data if data.is_absolute() else (base / data).absolute()))
 
 
 DEFAULT_TOML = """# gbmcvr pipeline config. Every key is optional; unknown keys are errors.
 profile = "sharechat2023"     # built-in profile name or a profile TOML file
-data = "data"                 # raw dataset folder (train/*.csv, test/*.csv)
+data = "data"                 # raw dataset folder (train/*.csv, test/*.csv), relative to this file's folder
 seed = 42                     # reaches numpy, LightGBM, Optuna and torch
 feature_set = "default"       # name of the feature tables under features/<set>/
 select = false                # true: `gbmcvr run` first chooses the feature set (`gbmcvr select`) as "selected"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,18 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+EMPTY_LOCK_GRACE_S = 5.0  # a holder writes its pid right after creating the lock; empty for longer = abandoned
+
+
+def _abandoned_empty(path: Path) -> bool:
+    """An empty lock file older than the grace period: its writer died before naming itself (e.g. disk full)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    return stat.st_size == 0 and time.time() - stat.st_mtime > EMPTY_LOCK_GRACE_S
+
+
 def _owner(path: Path) -> tuple[int, str]:
     try:
         pid_text, _, host = path.read_text().partition(" ")
@@ -53,7 +66,7 @@ def exclusive(target: Path, what: str) -> Iterator[None]:
             if pid == os.getpid() and host == socket.gethostname():
                 yield  # re-entrant: this process already holds it
                 return
-            if host == socket.gethostname() and not pid_alive(pid):
+            if (host == socket.gethostname() and not pid_alive(pid)) or (not pid and _abandoned_empty(path)):
                 path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             raise UserError(
@@ -61,9 +74,9 @@ def exclusive(target: Path, what: str) -> Iterator[None]:
                 f"{f' on {host}' if host and host != socket.gethostname() else ''} (lock {path}); "
                 "wait for it to finish, or delete the lock file if that process is gone"
             ) from None
-        with os.fdopen(fd, "w") as fh:
-            fh.write(me)
         try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me)
             yield
         finally:
             path.unlink(missing_ok=True)

@@ -17,9 +17,10 @@ from gbmcvr.errors import UserError
 from gbmcvr.fe.select import SelectOptions
 from gbmcvr.models import registry
 from gbmcvr.post.scoring import score_submission
-from gbmcvr.runs import is_current
+from gbmcvr.runs import is_current, keep_aside
 
 SELECTED = "selected"
+RUN_ORIGIN = "run"  # run.json's `origin` of runs `gbmcvr run` made (and may replace)
 
 
 @dataclass
@@ -50,8 +51,11 @@ def _train(ctx: Context, kind: str, plan: str, refit: bool, steps: dict[str, str
         steps[step] = "current"
         ctx.progress(f"{step}: current, skipped")
         return
-    stages.train(ctx, kind, plan=plan, refit=refit, overwrite=True)
-    steps[step] = "done"
+    kept = keep_aside(ctx.wd.run(kind, plan), RUN_ORIGIN)
+    if kept is not None:
+        ctx.progress(f"{step}: the run in {kept.parent / kind} was not made by `gbmcvr run`; kept it as {kept.name}")
+    stages.train(ctx, kind, plan=plan, refit=refit, overwrite=True, origin=RUN_ORIGIN)
+    steps[step] = "done" if kept is None else f"done (earlier run kept as {kept.name})"
 
 
 def refit_evidence(ctx: Context, kind: str) -> dict[str, float] | None:
@@ -70,9 +74,9 @@ def run_pipeline(ctx: Context, *, data: Path | None = None, truth: Path | None =
     backtest plan first; an "auto" refit happens only where the refit won on the backtest's test day.
     """
     cfg = ctx.cfg
-    data = Path(data or cfg.data)
-    if not data.is_absolute() and not data.exists():
-        data = ctx.wd.root / data
+    where = "--data" if data is not None else f"data in {cfg.source}"
+    data = Path(data).absolute() if data is not None else Path(cfg.data)
+    ctx.progress(f"data: {data} ({where})")
     steps: dict[str, str] = {}
     if _raw_is_current(ctx, data):
         steps["ingest"] = "current"

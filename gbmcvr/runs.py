@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
+import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.errors import UserError
 from gbmcvr.models.base import TrainedRun
 from gbmcvr.schema import PRED_ID, PRED_P, PRED_SPLIT
+from gbmcvr.stored import load_json, load_json_object, load_parquet
 
 PREDS = "preds.parquet"
 RUN = "run.json"
@@ -27,6 +32,51 @@ UNREFIT = "p_without_refit"  # a backtest run's test-day predictions before its 
 def input_key(*parts: object) -> str:
     """Hash of everything a run depends on (for `gbmcvr run` to skip current steps)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _git_commit(folder: Path) -> str | None:
+    """The commit checked out where gbmcvr's source lies, if it is a git checkout (read without running git)."""
+    for parent in [folder, *folder.parents]:
+        head = parent / ".git" / "HEAD"
+        if head.is_file():
+            ref = head.read_text().strip()
+            if not ref.startswith("ref: "):
+                return ref or None
+            ref_file = parent / ".git" / ref[5:]
+            if ref_file.is_file():
+                return ref_file.read_text().strip() or None
+            packed = parent / ".git" / "packed-refs"
+            if packed.is_file():
+                for line in packed.read_text().splitlines():
+                    if line.endswith(" " + ref[5:]):
+                        return line.split()[0]
+            return None
+    return None
+
+
+def provenance(started: float, config_source: str) -> dict[str, Any]:
+    """When and how a run was made: start/end time, duration, gbmcvr version, git commit, command line, config."""
+    finished = time.time()
+    iso = "%Y-%m-%dT%H:%M:%SZ"
+    config_path = Path(config_source)
+    config_hash = hashlib.sha256(config_path.read_bytes()).hexdigest()[:16] if config_path.is_file() else None
+    return {
+        "started_at": time.strftime(iso, time.gmtime(started)),
+        "finished_at": time.strftime(iso, time.gmtime(finished)),
+        "seconds": round(finished - started, 1),
+        "gbmcvr_version": _version(),
+        "git_commit": _git_commit(Path(__file__).resolve().parent),
+        "command": sys.argv[:],
+        "config": config_source,
+        "config_hash": config_hash,
+    }
+
+
+def _version() -> str:
+    try:
+        return metadata.version("gbmcvr")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def write_run(run_dir: Path, run: TrainedRun, meta: dict[str, Any]) -> None:
@@ -47,21 +97,28 @@ def params_file(models: Path, target: str, source: str, what: str) -> tuple[dict
     if not path.is_file():
         hint = f"run `gbmcvr tune {target}` first" if source == "tuned" else "file not found"
         raise UserError(f"{path}: no {what} parameters ({hint})")
-    raw = json.loads(path.read_text())
+    raw = load_json(path, f"gbmcvr tune {target}" if source == "tuned" else "write it again")
+    if not isinstance(raw, dict) or not isinstance(raw.get("params", raw), dict):
+        raise UserError(f"{path}: expected a JSON object of {what} parameters")
     return dict(raw.get("params", raw)), f"{path} ({what} parameters)"
 
 
 def is_current(run_dir: Path, key: str) -> bool:
     """Whether the run exists and was trained from inputs with this key."""
     path = Path(run_dir) / RUN
-    return path.is_file() and json.loads(path.read_text()).get("input_key") == key
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("input_key") == key
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False  # damaged: not current, so `run` trains it again
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / METRICS
     if not path.is_file():
         raise UserError(f"{run_dir}: no {METRICS} (train the run again)")
-    return json.loads(path.read_text())
+    return load_json_object(path, _retrain(run_dir))
 
 
 def prediction_table(ids: dict[str, np.ndarray], columns: dict[str, dict[str, np.ndarray]]) -> pl.DataFrame:
@@ -80,6 +137,28 @@ def prediction_table(ids: dict[str, np.ndarray], columns: dict[str, dict[str, np
 
 
 RESERVED = ("tuned", "backtest")
+
+
+def keep_aside(run_dir: Path, origin: str) -> Path | None:
+    """Rename a run another command made (other parameters, a refit, a tuned run) to `<id>-<time it finished>`
+    before `origin` writes its own under the same id, so no run is replaced by surprise; returns the new path."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return None
+    try:
+        meta = json.loads((run_dir / RUN).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        meta = {}
+    if isinstance(meta, dict) and meta.get("origin") == origin:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(run_dir.stat().st_mtime))
+    target = run_dir.with_name(f"{run_dir.name}-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = run_dir.with_name(f"{run_dir.name}-{stamp}-{n}")
+    os.replace(run_dir, target)
+    return target
 
 
 def check_new_run(run_dir: Path, overwrite: bool) -> None:
@@ -120,7 +199,14 @@ def read_run_meta(run_dir: Path) -> dict:
     path = Path(run_dir) / RUN
     if not path.is_file():
         raise UserError(f"{run_dir}: not a run directory (no run.json; train one with `gbmcvr train`)")
-    return json.loads(path.read_text())
+    return load_json_object(path, _retrain(run_dir))
+
+
+def _retrain(run_dir: Path) -> str:
+    """The command that trains a run again, for messages about its damaged files."""
+    run_dir = Path(run_dir)
+    plan = " --plan backtest" if run_dir.parent.name == "backtest" else ""
+    return f"gbmcvr train MODEL --run-id {run_dir.name}{plan} --overwrite"
 
 
 def read_preds(run_dir: Path) -> pl.DataFrame:
@@ -128,7 +214,10 @@ def read_preds(run_dir: Path) -> pl.DataFrame:
     path = Path(run_dir) / PREDS
     if not path.is_file():
         raise UserError(f"{run_dir}: no {PREDS} (train the run again)")
-    preds = pl.read_parquet(path)
+    preds = load_parquet(path, _retrain(run_dir))
+    missing = [c for c in (PRED_ID, PRED_SPLIT, PRED_P) if c not in preds.columns]
+    if missing:
+        raise UserError(f"{path}: damaged (no column {', '.join(missing)}); rebuild it with `{_retrain(run_dir)}`")
     for col in [c for c in preds.columns if c == PRED_P or c.startswith(f"{PRED_P}_")]:
         values = preds[col].cast(pl.Float64)
         for split in ("valid", "test"):

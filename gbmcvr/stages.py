@@ -4,6 +4,7 @@ calls and prints; model kinds come from the registry, never by name."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from gbmcvr.data.profile import load_profile
 from gbmcvr.data.split import TEST_LABELS, plan_days
 from gbmcvr.errors import UserError
 from gbmcvr.fe import select as selection
-from gbmcvr.fe.pipeline import BuildResult, build, read_manifest
+from gbmcvr.fe.pipeline import BuildResult, build, raw_fingerprint, read_manifest, recipe_hash, stale_reason
 from gbmcvr.fe.spec import FeatureSpec, config_feature_spec, default_spec, feature_spec
 from gbmcvr.lock import exclusive
 from gbmcvr.metrics import log_loss
@@ -31,7 +32,7 @@ from gbmcvr.models.base import TrainedRun, TrainOptions
 from gbmcvr.post import backtest as bt
 from gbmcvr.post import submission as sub
 from gbmcvr.post.options import SubmitOptions
-from gbmcvr.post.scoring import read_truth
+from gbmcvr.post.scoring import check_truth_covers, read_truth
 from gbmcvr.post.submit import Aligned, SubmitResult, align, make_submission, write_submission
 from gbmcvr.runs import (
     UNREFIT,
@@ -39,6 +40,7 @@ from gbmcvr.runs import (
     check_new_run,
     check_train_plan,
     input_key,
+    provenance,
     read_metrics,
     read_preds,
     read_run_meta,
@@ -48,7 +50,7 @@ from gbmcvr.schema import PRED_P, PRED_SPLIT, TRUTH_INSTALL, TRUTH_P_INSTALL
 from gbmcvr.space import model_space
 from gbmcvr.tables import load_tables
 from gbmcvr.tomlfile import read_toml
-from gbmcvr.workdir import Workdir
+from gbmcvr.workdir import Workdir, check_name
 
 
 def ingest(ctx: Context, data: Path, *, profile: str | None = None, out: Path | None = None) -> IngestResult:
@@ -64,7 +66,11 @@ def validate_submission(submission: Path, *, data: Path, profile: str = "sharech
     ids = pl.concat(
         [
             pl.read_csv(
-                f, separator=prof.separator, columns=[prof.id_column], schema_overrides={prof.id_column: pl.Int64}
+                f,
+                separator=prof.separator,
+                columns=[prof.id_column],
+                schema_overrides={prof.id_column: pl.Int64},
+                glob=False,
             )
             for f in test_files
         ]
@@ -95,6 +101,34 @@ def build_features(
         return build(ctx.wd.raw, ctx.cfg.load_profile(), spec, fs, plan, ctx.wd.features, ctx.progress, force)
 
 
+def check_features_current(ctx: Context, feature_set: str, plan: str) -> dict[str, Any]:
+    """The plan's manifest when its tables match the raw store and the feature set's config; else a UserError
+    naming the command that rebuilds them (`gbmcvr run` rebuilds them itself)."""
+    plan_dir = ctx.wd.feature_plan(feature_set, plan)
+    hint = f"gbmcvr features --set {feature_set} --plan {plan}"
+    manifest = read_manifest(plan_dir, hint)
+    reason = stale_reason(manifest, ctx.wd.raw, ctx.cfg.load_profile(), feature_spec_of(ctx.cfg, ctx.wd, feature_set))
+    if reason:
+        raise UserError(f"{plan_dir}: feature tables are stale ({reason}); rebuild them with `{hint}`")
+    return manifest
+
+
+def check_run_current(ctx: Context, run_dir: Path, meta: dict[str, Any]) -> None:
+    """Refuse a run trained on another raw store or another version of its feature set's config."""
+    redo = f"gbmcvr train {meta.get('kind', 'MODEL')} --run-id {run_dir.name} --overwrite"
+    if meta.get("plan") == "backtest":
+        redo += " --plan backtest"
+    if "raw_fingerprint" in meta and meta["raw_fingerprint"] != raw_fingerprint(ctx.wd.raw):
+        raise UserError(f"{run_dir}: trained on another raw store (the data was ingested again since); run `{redo}`")
+    feature_set = meta.get("feature_set", ctx.cfg.feature_set)
+    spec = feature_spec_of(ctx.cfg, ctx.wd, feature_set)
+    if "features_hash" in meta and meta["features_hash"] != recipe_hash(spec, ctx.cfg.load_profile()):
+        raise UserError(
+            f"{run_dir}: trained on an older config of feature set '{feature_set}'; rebuild the features "
+            f"(`gbmcvr features --set {feature_set}`) and run `{redo}`"
+        )
+
+
 def model_input_key(ctx: Context, kind: str, *, plan: str = "validate", refit: bool | None = None) -> str:
     """The input key a fresh run of `kind` on `plan` would record: equal keys mean the run is current."""
     fs = ctx.cfg.feature_set
@@ -115,6 +149,7 @@ def train(
     dask: str | None = None,
     ddp: bool = False,
     overwrite: bool = False,
+    origin: str = "train",
 ) -> TrainedRun:
     """Train one model kind and write models/<run-id>/ (models/backtest/<run-id>/ on the backtest plan).
 
@@ -127,6 +162,11 @@ def train(
     run_dir = ctx.wd.run(opts.run_id, plan)
     if not is_main():
         return model.train(ctx, opts)
+    manifest = check_features_current(ctx, opts.feature_set, plan)
+    refit_setting = model.refit_setting(ctx) if refit is None else refit
+    if refit_setting is True:
+        check_features_current(ctx, opts.feature_set, "full")
+    started = time.time()
     with exclusive(run_dir, "run"):
         check_new_run(run_dir, overwrite)
         run = model.train(ctx, opts)
@@ -135,14 +175,24 @@ def train(
         if plan == "backtest" and run.predicts_installs:
             run.metrics["backtest"] = backtest_metrics(ctx, opts.feature_set, run.preds, run.metrics["base_rate"])
             _report_backtest(ctx, opts.run_id, run.metrics["backtest"])
-        write_run(run_dir, run, {"feature_set": opts.feature_set, "seed": ctx.cfg.seed, "plan": plan})
+        meta = {
+            "feature_set": opts.feature_set,
+            "seed": ctx.cfg.seed,
+            "plan": plan,
+            "params_source": params,
+            "origin": origin,
+            "raw_fingerprint": manifest["raw_fingerprint"],
+            "features_hash": manifest["config_hash"],
+            **provenance(started, ctx.cfg.source),
+        }
+        write_run(run_dir, run, meta)
     return run
 
 
 def backtest_metrics(ctx: Context, feature_set: str, preds: pl.DataFrame, base_rate: float) -> dict[str, Any]:
     """Test-day scores of a backtest run against the labels its plan kept aside (scoring only)."""
     profile = ctx.cfg.load_profile()
-    labels = pl.read_parquet(ctx.wd.feature_plan(feature_set, "backtest") / TEST_LABELS)
+    labels = pl.read_parquet(ctx.wd.feature_plan(feature_set, "backtest") / TEST_LABELS, glob=False)
     args = (labels, profile.id_column, profile.install_label, base_rate)
     out = {"test": backtest_scores(preds, *args)}
     if UNREFIT in preds.columns:
@@ -165,7 +215,7 @@ def day_rates(ctx: Context, plan: str) -> bt.DayRates:
     days = plan_days(profile, plan)
     labelled = [*days["fit"], *days.get("valid", ())]
     rates = (
-        pl.scan_parquet(ctx.wd.raw / "train.parquet")
+        pl.scan_parquet(ctx.wd.raw / "train.parquet", glob=False)
         .filter(pl.col(profile.day_column).is_in(labelled))
         .group_by(profile.day_column)
         .agg(pl.col(profile.install_label).mean().alias("rate"))
@@ -180,7 +230,7 @@ def valid_labels(ctx: Context, ids: np.ndarray) -> np.ndarray:
     profile = ctx.cfg.load_profile()
     id_col = profile.id_column
     labels = (
-        pl.scan_parquet(ctx.wd.raw / "train.parquet")
+        pl.scan_parquet(ctx.wd.raw / "train.parquet", glob=False)
         .select(id_col, profile.install_label)
         .filter(pl.col(id_col).is_in(ids.tolist()))
         .collect()
@@ -224,6 +274,9 @@ def backtest_choice(
 ) -> dict[str, Any]:
     """Try every candidate method on the backtest runs; choose by their test-day scores only."""
     profile = ctx.cfg.load_profile()
+    for run in runs:
+        if ctx.wd.run(run, "backtest").is_dir():
+            check_run_current(ctx, ctx.wd.run(run, "backtest"), read_run_meta(ctx.wd.run(run, "backtest")))
     aligned = aligned_runs(ctx.wd, runs, "backtest", refit)
     target_day = profile.valid_day
     inputs = bt.PostInputs(
@@ -239,7 +292,7 @@ def backtest_choice(
     labels_path = ctx.wd.feature_plan(fs, "backtest") / TEST_LABELS
     if not labels_path.is_file():
         raise UserError(f"{labels_path}: no kept-aside labels (rebuild with `gbmcvr features --plan backtest --force`)")
-    labels = pl.read_parquet(labels_path, columns=[profile.id_column, profile.install_label])
+    labels = pl.read_parquet(labels_path, columns=[profile.id_column, profile.install_label], glob=False)
     y = (
         pl.DataFrame({profile.id_column: aligned.test_ids})
         .join(labels, on=profile.id_column, how="left", maintain_order="left")[profile.install_label]
@@ -288,6 +341,8 @@ def submit(
         raise UserError("no runs given (pass --runs RUN [RUN ...])")
     opts = opts or ctx.cfg.submit
     profile = ctx.cfg.load_profile()
+    for run in runs:
+        check_run_current(ctx, ctx.wd.run(run), read_run_meta(ctx.wd.run(run)))
     aligned = aligned_runs(ctx.wd, runs, "validate")
     backtest = None
     if "auto" in (opts.calibration, opts.weights):
@@ -297,6 +352,9 @@ def submit(
     y_valid = valid_labels(ctx, aligned.valid_ids)
     base_rate = float(read_metrics(ctx.wd.run(runs[0]))["base_rate"])
     truth_table = read_truth(truth) if truth is not None else None
+    test_ids = pl.read_parquet(ctx.wd.raw / "test.parquet", columns=[profile.id_column], glob=False)[profile.id_column]
+    if truth_table is not None:
+        check_truth_covers(truth_table, test_ids, truth)
     history = day_rates(ctx, "validate")
     result = make_submission(
         aligned, y_valid, base_rate, opts, ctx.cfg.seed, truth_table, history, profile.test_day, backtest
@@ -305,7 +363,6 @@ def submit(
     truth_ll = None
     if truth_table is not None and TRUTH_P_INSTALL in truth_table.columns:
         truth_ll = log_loss(truth_table[TRUTH_INSTALL].to_numpy(), truth_table[TRUTH_P_INSTALL].to_numpy())
-    test_ids = pl.read_parquet(ctx.wd.raw / "test.parquet", columns=[profile.id_column])[profile.id_column]
     tsv = write_submission(ctx.wd.submissions, opts.name, result, opts, test_ids, {"runs": runs}, truth_ll, overwrite)
     ctx.progress(f"wrote {tsv}")
     return Submission(tsv, result)
@@ -374,6 +431,7 @@ def tune(
 def select(ctx: Context, *, name: str = "selected", opts: selection.SelectOptions | None = None) -> selection.Selection:
     """Build the candidate families on the backtest plan, search, write features/<name>.toml and its report."""
     wd, profile = ctx.wd, ctx.cfg.load_profile()
+    check_name(name, "feature set name")
     opts = opts or selection.SelectOptions(seed=ctx.cfg.seed)
     candidates = selection.candidate_raw(profile)
     selection.check_selectable(profile, candidates)

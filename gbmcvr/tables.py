@@ -73,7 +73,7 @@ class FeatureTables:
         missing = [c for c in (self.features() if columns is None else columns) if c not in frame.columns]
         if not missing:
             return frame
-        return frame.hstack(pl.read_parquet(self.path(split), columns=missing).get_columns())
+        return frame.hstack(pl.read_parquet(self.path(split), columns=missing, glob=False).get_columns())
 
     def maxima(self, split: str, columns: list[str]) -> list[Any]:
         """Each column's maximum over the split (None for an empty or all-null column)."""
@@ -81,7 +81,7 @@ class FeatureTables:
             return []
         if self.in_memory(split, columns):
             return list(self.splits[split].select(pl.col(columns).max()).row(0))
-        return list(pl.scan_parquet(self.path(split)).select(pl.col(columns).max()).collect().row(0))
+        return list(pl.scan_parquet(self.path(split), glob=False).select(pl.col(columns).max()).collect().row(0))
 
     def batches(self, split: str, columns: list[str], keep: np.ndarray | None = None) -> list[RowBatch]:
         """The split's `columns` as consecutive row batches, in row order, each read when loaded: the rows of a
@@ -152,7 +152,7 @@ def load_tables(
         if split in lean:
             have = pl.read_parquet_schema(path)
             keep = [c["name"] for c in manifest["columns"] if c["role"] in ("id", "day", "label")]
-            frames[split] = pl.read_parquet(path, columns=[c for c in keep if c in have])
+            frames[split] = pl.read_parquet(path, columns=[c for c in keep if c in have], glob=False)
         else:
-            frames[split] = pl.read_parquet(path)
+            frames[split] = pl.read_parquet(path, glob=False)
     return FeatureTables(plan_dir, manifest, frames)

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from gbmcvr.errors import UserError
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+=-]{0,127}")
+
+
+def check_name(name: str, what: str) -> str:
+    """A run id, feature set or submission name is a plain name: no separators, `.`, `..` or absolute paths
+    (so nothing is written outside the work directory's folders)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.endswith("."):
+        raise UserError(
+            f"{what} {name!r} is not a plain name (letters, digits, _ . @ + = -, at most 128 characters, "
+            "not starting with '.', no '/')"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -33,8 +49,13 @@ class Workdir:
         return self.root / "gbmcvr.toml"
 
     def feature_plan(self, feature_set: str, plan: str) -> Path:
-        return self.features / feature_set / plan
+        return self.features / check_name(feature_set, "feature set") / plan
 
     def run(self, run_id: str, plan: str = "validate") -> Path:
         """models/<run-id>/, or models/backtest/<run-id>/ for a run trained on the backtest plan."""
+        check_name(run_id, "run id")
         return self.models / "backtest" / run_id if plan == "backtest" else self.models / run_id
+
+    def submission(self, name: str) -> Path:
+        """submissions/<name>.tsv (its .json, .md and plots lie beside it)."""
+        return self.submissions / f"{check_name(name, 'submission name')}.tsv"

@@ -27,7 +27,7 @@ def read_raw(raw: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     for path in paths:
         if not path.is_file():
             raise UserError(f"{path}: raw store not found (write it with `gbmcvr ingest DATA_DIR`, or pass --data)")
-    return pl.read_parquet(paths[0]), pl.read_parquet(paths[1])
+    return pl.read_parquet(paths[0], glob=False), pl.read_parquet(paths[1], glob=False)
 
 
 def analyze_frames(

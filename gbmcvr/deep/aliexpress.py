@@ -38,7 +38,7 @@ def read(path: Path) -> pl.DataFrame:
         raise UserError(f"{path}: missing column '{missing[0]}' (AliExpress layout)")
     schema = {c: pl.Int64 for c in ["search_id", *CATEGORICAL, *LABELS]} | {c: pl.Float64 for c in NUMERICAL}
     try:
-        return pl.read_csv(path, schema_overrides=schema, columns=expected)
+        return pl.read_csv(path, schema_overrides=schema, columns=expected, glob=False)
     except pl.exceptions.ComputeError as exc:
         raise UserError(f"{path}: {str(exc).splitlines()[0]}") from None
 

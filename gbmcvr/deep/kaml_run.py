@@ -37,8 +37,8 @@ def raw_action_columns(raw_dir: Path, profile: Profile) -> pl.DataFrame:
     """Row id, raw target action, advertising task and reported action labels (null on test rows)."""
     names = list(profile.conversions)
     keep = [profile.id_column, profile.target_action, profile.ad_task]
-    train = pl.scan_parquet(raw_dir / "train.parquet").select(*keep, *names)
-    test = pl.scan_parquet(raw_dir / "test.parquet").select(*keep)
+    train = pl.scan_parquet(raw_dir / "train.parquet", glob=False).select(*keep, *names)
+    test = pl.scan_parquet(raw_dir / "test.parquet", glob=False).select(*keep)
     rename = {profile.target_action: TARGET, profile.ad_task: TASK, **{c: LABEL + c for c in names}}
     frame = pl.concat([train, test], how="diagonal_relaxed").rename(rename)
     return frame.with_columns(pl.col(TARGET).cast(pl.Int64)).collect()

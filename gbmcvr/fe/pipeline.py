@@ -31,6 +31,7 @@ from gbmcvr.fe.lookup import Attached, Lookup, key_ranges
 from gbmcvr.fe.novelty import NoveltyFamily
 from gbmcvr.fe.spec import FeatureSpec, cross_name
 from gbmcvr.fe.target import TargetFamily, fold_expr
+from gbmcvr.stored import load_json_object
 
 __all__ = ["LIKE", "SPLIT", "BuildResult", "build", "read_manifest"]
 FEATURE_VERSION = 5
@@ -61,12 +62,21 @@ def raw_fingerprint(raw_dir: Path) -> str:
     manifest = Path(raw_dir) / "manifest.json"
     if not manifest.is_file():
         raise UserError(f"{raw_dir}: no raw store (run `gbmcvr ingest DATA_DIR` first)")
-    return json.loads(manifest.read_text())["fingerprint"]
+    return load_json_object(manifest, "gbmcvr ingest DATA_DIR", ("fingerprint",))["fingerprint"]
+
+
+def _readable(path: Path) -> dict:
+    """A manifest's content, or {} when it is damaged (so the plan is rebuilt instead of trusted)."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return old if isinstance(old, dict) else {}
 
 
 def _scan_raw(raw_dir: Path) -> pl.LazyFrame:
-    train = pl.scan_parquet(raw_dir / "train.parquet")
-    test = pl.scan_parquet(raw_dir / "test.parquet")
+    train = pl.scan_parquet(raw_dir / "train.parquet", glob=False)
+    test = pl.scan_parquet(raw_dir / "test.parquet", glob=False)
     return pl.concat([train, test], how="diagonal_relaxed")
 
 
@@ -84,7 +94,7 @@ def _vocabularies(
         and json.loads(meta.read_text()) == key
         and all((vocab_dir / f"{n}.parquet").is_file() for n in names)
     ):
-        return {n: pl.read_parquet(vocab_dir / f"{n}.parquet") for n in names}
+        return {n: pl.read_parquet(vocab_dir / f"{n}.parquet", glob=False) for n in names}
     vocab: dict[str, pl.DataFrame] = {}
     for col in cats:
         vocab[col] = raw.select(pl.col(col).unique().sort(nulls_last=True)).collect()
@@ -135,7 +145,7 @@ def _base_frame(raw_dir: Path, profile: Profile, plan: str) -> tuple[pl.LazyFram
     parts = []
     for split, split_days in days.items():
         source = "test.parquet" if profile.test_day in split_days else "train.parquet"
-        lf = pl.scan_parquet(raw_dir / source).filter(pl.col(day).is_in(list(split_days)))
+        lf = pl.scan_parquet(raw_dir / source, glob=False).filter(pl.col(day).is_in(list(split_days)))
         parts.append(lf.with_columns(pl.lit(split).alias(SPLIT)))
     frame = pl.concat(parts, how="diagonal_relaxed")
     click, install = profile.labels
@@ -149,6 +159,35 @@ def _split_slices(base: pl.DataFrame, days: dict[str, tuple[int, ...]]) -> dict[
         raise AssertionError(f"plan rows are not grouped by split: {runs['value'].to_list()}")
     lengths = runs["len"].to_list()
     return {s: (sum(lengths[:i]), lengths[i]) for i, s in enumerate(days)}
+
+
+def _entities_used(spec: FeatureSpec, profile: Profile) -> list[str]:
+    key_lists = [
+        *(k for part in (spec.novelty, spec.lagged, spec.daycount) if part is not None for k in part.keys),
+        *((c,) for c in (spec.daycount.distinct if spec.daycount else ())),
+    ]
+    return entities.entities_used(key_lists, profile)
+
+
+def recipe_hash(spec: FeatureSpec, profile: Profile) -> str:
+    """The manifest's `config_hash`: the feature set's digest plus the profile's entity groups it uses."""
+    used = _entities_used(spec, profile)
+    config_hash = spec.digest()
+    if used:  # the profile's entity groups are part of the recipe
+        groups = json.dumps({e: profile.entities[e] for e in used}, sort_keys=True)
+        config_hash = hashlib.sha256(f"{config_hash}{groups}".encode()).hexdigest()[:16]
+    return config_hash
+
+
+def stale_reason(manifest: dict, raw_dir: Path, profile: Profile, spec: FeatureSpec) -> str | None:
+    """Why a built plan no longer matches the raw store or the feature set's config (None: it is current)."""
+    if manifest.get("raw_fingerprint") != raw_fingerprint(raw_dir):
+        return "the raw store changed since they were built (re-ingested)"
+    if manifest.get("config_hash") != recipe_hash(spec, profile):
+        return "the feature set's config changed since they were built"
+    if manifest.get("version") != FEATURE_VERSION:
+        return "they were built by another gbmcvr version"
+    return None
 
 
 def build(
@@ -165,18 +204,11 @@ def build(
     start = time.perf_counter()
     raw_dir, out = Path(raw_dir), Path(out_root) / feature_set / plan
     fingerprint = raw_fingerprint(raw_dir)
-    key_lists = [
-        *(k for part in (spec.novelty, spec.lagged, spec.daycount) if part is not None for k in part.keys),
-        *((c,) for c in (spec.daycount.distinct if spec.daycount else ())),
-    ]
-    used = entities.entities_used(key_lists, profile)
-    config_hash = spec.digest()
-    if used:  # the profile's entity groups are part of the recipe
-        groups = json.dumps({e: profile.entities[e] for e in used}, sort_keys=True)
-        config_hash = hashlib.sha256(f"{config_hash}{groups}".encode()).hexdigest()[:16]
+    used = _entities_used(spec, profile)
+    config_hash = recipe_hash(spec, profile)
     manifest_path = out / "manifest.json"
     if not force and manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
+        old = _readable(manifest_path)
         if (old.get("config_hash"), old.get("raw_fingerprint"), old.get("version")) == (
             config_hash,
             fingerprint,
@@ -321,4 +353,4 @@ def read_manifest(plan_dir: Path, build_hint: str) -> dict:
     path = Path(plan_dir) / "manifest.json"
     if not path.is_file():
         raise UserError(f"{plan_dir}: no feature tables (build them with `{build_hint}`)")
-    return json.loads(path.read_text())
+    return load_json_object(path, f"{build_hint} --force", ("columns", "config_hash", "raw_fingerprint"))

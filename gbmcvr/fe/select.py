@@ -280,7 +280,7 @@ def holdout(tables: FeatureTables, proxy: Proxy, selection: Selection) -> dict[s
     if not path.is_file():
         return {}
     test = tables.splits["test"]
-    labels = pl.read_parquet(path).select(tables.id_column, tables.install_label)
+    labels = pl.read_parquet(path, glob=False).select(tables.id_column, tables.install_label)
     y = test.select(tables.id_column).join(labels, on=tables.id_column, how="left")[tables.install_label].to_numpy()
     rate = float(tables.splits["fit"][tables.install_label].mean())
     out: dict[str, Any] = {"base_rate": rate, "prior_logloss": metrics.log_loss(y, np.full(len(y), rate))}

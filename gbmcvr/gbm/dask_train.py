@@ -41,7 +41,7 @@ def load_label_tables(features_root: Path, feature_set: str, plan: str, splits: 
     """A plan's tables with the fit split reduced to its label columns (the workers read its features)."""
     tables = load_tables(features_root, feature_set, plan, tuple(s for s in splits if s != "fit"))
     labels = [c["name"] for c in tables.manifest["columns"] if c["role"] in ("id", "label")]
-    tables.splits["fit"] = pl.read_parquet(tables.plan_dir / "fit.parquet", columns=labels)
+    tables.splits["fit"] = pl.read_parquet(tables.plan_dir / "fit.parquet", columns=labels, glob=False)
     return tables
 
 
@@ -50,7 +50,7 @@ def _categoricals(fit_path: Path, tables: FeatureTables, features: list[str], cf
     cols = [c for c in tables.columns("categorical") if c in features and c not in cfg.numeric_categoricals]
     if not cols:
         return []
-    top = pl.scan_parquet(fit_path).select(pl.col(cols).max()).collect().row(0)
+    top = pl.scan_parquet(fit_path, glob=False).select(pl.col(cols).max()).collect().row(0)
     return [c for c, v in zip(cols, top, strict=True) if v is not None and v < cfg.max_cat_cardinality]
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from gbmcvr.errors import UserError
 from gbmcvr.tomlfile import typed_fields
+from gbmcvr.workdir import check_name
 
 BASE_CALIBRATIONS = ("none", "scaling", "scaling-fit", "isotonic", "platt")
 SHIFTS = ("shift-em", "trend")
@@ -47,6 +48,7 @@ def parse_weights(text: str, n_runs: int) -> list[float] | None:
 
 def submit_options(raw: dict[str, Any], where: str) -> SubmitOptions:
     opts = SubmitOptions(**typed_fields(SubmitOptions, raw, where))
+    check_name(opts.name, f"{where}: submission name")
     if opts.calibration != "auto":
         check_calibration(opts.calibration)
     if opts.trend_days < 2:

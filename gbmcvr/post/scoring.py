@@ -22,11 +22,22 @@ def read_truth(truth: Path) -> pl.DataFrame:
     path = next((c for c in candidates if c.is_file()), None)
     if path is None:
         raise UserError(f"{truth}: no truth file (expected {' or '.join(map(str, candidates))})")
-    table = pl.read_parquet(path)
+    table = pl.read_parquet(path, glob=False)
     for col in (TRUTH_ID, TRUTH_INSTALL):
         if col not in table.columns:
             raise UserError(f"{path}: truth table without column '{col}' (has {', '.join(table.columns)})")
     return table
+
+
+def check_truth_covers(table: pl.DataFrame, test_ids: pl.Series, where: Path) -> None:
+    """Refuse a truth table that is not this data set's: its ids must be exactly the test rows' ids."""
+    truth_ids = table[TRUTH_ID]
+    matched = int(truth_ids.is_in(test_ids.implode()).sum())
+    if matched != len(test_ids) or len(truth_ids) != len(test_ids):
+        raise UserError(
+            f"{where}: not the truth of the ingested test day ({matched:,} of its {len(truth_ids):,} ids are among "
+            f"the {len(test_ids):,} test rows); pass the truth of the data that was ingested"
+        )
 
 
 def train_install_rate(truth: Path) -> float | None:
@@ -52,6 +63,8 @@ def score_frame(pred: pl.DataFrame, truth: pl.DataFrame, base_rate: float) -> di
 
 def score_submission(path: Path, truth: Path, base_rate: float | None) -> dict[str, float]:
     """Read, validate against the truth's ids, and score a submission file."""
+    if base_rate is not None and not 0 < base_rate < 1:
+        raise UserError(f"--base-rate must lie strictly between 0 and 1 (an install rate), got {base_rate}")
     table = read_truth(truth)
     frame = sub.read(path)
     sub.validate(frame, table[TRUTH_ID], str(path))

@@ -52,7 +52,9 @@ def read(path: Path) -> pl.DataFrame:
     if not path.is_file():
         raise UserError(f"{path}: submission file not found")
     try:
-        return pl.read_csv(path, separator="\t", schema_overrides={"RowId": pl.Int64}, infer_schema_length=10_000)
+        return pl.read_csv(
+            path, separator="\t", schema_overrides={"RowId": pl.Int64}, infer_schema_length=10_000, glob=False
+        )
     except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as exc:
         raise UserError(f"{path}: not a readable submission TSV ({str(exc).splitlines()[0]})") from None
 
