@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from gbmcvr.errors import UserError
 
@@ -49,7 +51,16 @@ def load_parquet(path: Path, rebuild: str, columns: list[str] | None = None) -> 
     try:
         return pl.read_parquet(path, columns=columns, glob=False)
     except (pl.exceptions.PolarsError, OSError) as exc:
-        if isinstance(exc, OSError) and not isinstance(exc, pl.exceptions.PolarsError) and path.is_file() is False:
+        if isinstance(exc, OSError) and not path.is_file():
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise damaged(path, rebuild, first[:160]) from None
+
+
+def check_parquet(path: Path, rebuild: str) -> None:
+    """Read a stored Parquet file's footer: a truncated or overwritten file is a UserError naming `rebuild`."""
+    try:
+        pq.read_metadata(path)
+    except (pa.ArrowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise damaged(Path(path), rebuild, first[:160]) from None

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from gbmcvr.errors import UserError
 from gbmcvr.fe.pipeline import read_manifest
 from gbmcvr.schema import LIKE
+from gbmcvr.stored import check_parquet
 
 BATCH_ROWS = 100_000  # rows per batch of an in-memory split (a Parquet file's batches are its row groups)
 
@@ -149,6 +150,7 @@ def load_tables(
         path = plan_dir / f"{split}.parquet"
         if not path.is_file():
             raise UserError(f"{path}: missing feature table (rebuild with `{hint} --force`)")
+        check_parquet(path, f"{hint} --force")
         if split in lean:
             have = pl.read_parquet_schema(path)
             keep = [c["name"] for c in manifest["columns"] if c["role"] in ("id", "day", "label")]

@@ -28,6 +28,10 @@ class Workdir:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        if Path(self.root).exists() and not Path(self.root).is_dir():
+            raise UserError(f"{self.root}: the work directory is a file; choose a folder with --workdir")
+
     @property
     def features(self) -> Path:
         return self.root / "features"

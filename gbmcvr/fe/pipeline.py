@@ -31,7 +31,7 @@ from gbmcvr.fe.lookup import Attached, Lookup, key_ranges
 from gbmcvr.fe.novelty import NoveltyFamily
 from gbmcvr.fe.spec import FeatureSpec, cross_name
 from gbmcvr.fe.target import TargetFamily, fold_expr
-from gbmcvr.stored import load_json_object
+from gbmcvr.stored import check_parquet, load_json_object
 
 __all__ = ["LIKE", "SPLIT", "BuildResult", "build", "read_manifest"]
 FEATURE_VERSION = 5
@@ -62,7 +62,10 @@ def raw_fingerprint(raw_dir: Path) -> str:
     manifest = Path(raw_dir) / "manifest.json"
     if not manifest.is_file():
         raise UserError(f"{raw_dir}: no raw store (run `gbmcvr ingest DATA_DIR` first)")
-    return load_json_object(manifest, "gbmcvr ingest DATA_DIR", ("fingerprint",))["fingerprint"]
+    fingerprint = load_json_object(manifest, "gbmcvr ingest DATA_DIR", ("fingerprint",))["fingerprint"]
+    for split in ("train", "test"):
+        check_parquet(Path(raw_dir) / f"{split}.parquet", "gbmcvr ingest DATA_DIR")
+    return fingerprint
 
 
 def _readable(path: Path) -> dict:

@@ -200,9 +200,15 @@ def _validate(spec: FeatureSpec, profile: Profile, where: str) -> None:
         for pair in spec.cross.pairs:
             if len(pair) < 2:
                 raise UserError(f"{where} [cross]: a cross needs at least two columns, got {list(pair)}")
+            if len(set(pair)) < len(pair):
+                raise UserError(f"{where} [cross]: a cross of a column with itself, {list(pair)}; name distinct columns")
             for col in pair:
                 need(col, keys, "cross", "categorical")
-        keys |= {cross_name(p) for p in spec.cross.pairs}
+        names = [cross_name(p) for p in spec.cross.pairs]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise UserError(f"{where} [cross]: the cross {twice[0]} is named twice")
+        keys |= set(names)
     if spec.count is not None:
         _choice(spec.count.window, ("plan", "fit", "day"), f"{where} [count]", "window")
         for col in spec.count.columns:
