@@ -52,6 +52,7 @@ _FAULT_TEXTS = {  # how Polars, Arrow, LightGBM and torch word the same OS error
     "permission denied": "Permission denied",
     "os error 13": "Permission denied",
     "file too large": "File too large",
+    "cannot write binary data": "short write: disk full?",  # LightGBM's wording for a failed model save
 }
 
 

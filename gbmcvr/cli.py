@@ -229,7 +229,7 @@ def train(
 ) -> None:
     """Train a model on the feature tables and write models/<run-id>/ (models/backtest/<run-id>/)."""
     ctx = _context(workdir, config, device)
-    run_id = run_id or kind
+    run_id = kind if run_id is None else run_id
     run = stages.train(
         ctx,
         kind,

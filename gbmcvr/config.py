@@ -102,7 +102,7 @@ def load_config(path: Path | None, workdir_config: Path) -> PipelineConfig:
         cfg = config_from_dict(read_toml(Path(path)), str(path))
         base = Path(path).parent
     data = Path(cfg.data).expanduser()
-    return replace(cfg, data=str(data if data.is_absolute() else (base / data).absolute()))
+    return replace(cfg, data=str(data if data.is_absolute() else (base / data).resolve()))
 
 
 DEFAULT_TOML = """# gbmcvr pipeline config. Every key is optional; unknown keys are errors.
