@@ -162,10 +162,10 @@ def train(
     run_dir = ctx.wd.run(opts.run_id, plan)
     if not is_main():
         return model.train(ctx, opts)
-    manifest = check_features_current(ctx, opts.feature_set, plan)
     refit_setting = model.refit_setting(ctx) if refit is None else refit
-    if refit_setting is True:
-        check_features_current(ctx, opts.feature_set, "full")
+    for needed in (plan, "full") if refit_setting is True else (plan,):
+        if (ctx.wd.feature_plan(opts.feature_set, needed) / "manifest.json").is_file():  # missing: the kind says so
+            check_features_current(ctx, opts.feature_set, needed)
     started = time.time()
     with exclusive(run_dir, "run"):
         check_new_run(run_dir, overwrite)
@@ -175,6 +175,7 @@ def train(
         if plan == "backtest" and run.predicts_installs:
             run.metrics["backtest"] = backtest_metrics(ctx, opts.feature_set, run.preds, run.metrics["base_rate"])
             _report_backtest(ctx, opts.run_id, run.metrics["backtest"])
+        manifest = read_manifest(ctx.wd.feature_plan(opts.feature_set, plan), "gbmcvr features")
         meta = {
             "feature_set": opts.feature_set,
             "seed": ctx.cfg.seed,
