@@ -15,12 +15,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from gbmcvr.errors import UserError
 from gbmcvr.lock import pid_alive
+
+if TYPE_CHECKING:
+    import polars as pl
 
 # errors that say "this place cannot be written": the user can fix them, they are not bugs
 WRITE_ERRNOS = {errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EPERM, errno.EFBIG}
@@ -119,8 +120,9 @@ def atomic_path(target: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces `target` (old contents removed)."""
+def atomic_dir(target: Path, keep_old: Path | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces `target` (old contents removed, or moved to
+    `keep_old` when given: run history keeps every attempt)."""
     target = Path(target)
     tmp = None
     try:
@@ -137,6 +139,9 @@ def atomic_dir(target: Path) -> Iterator[Path]:
             os.replace(target, old / "x")
         os.replace(tmp, target)
         if old is not None:
+            if keep_old is not None:
+                keep_old.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(old / "x", keep_old)
             shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         if exc.errno in WRITE_ERRNOS:

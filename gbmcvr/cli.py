@@ -6,39 +6,68 @@ import contextlib
 import sys
 import time
 from dataclasses import replace
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from gbmcvr import stages
-from gbmcvr import tune as tuning
+from gbmcvr import __version__
 from gbmcvr.atomic import fault_error, write_text
-from gbmcvr.config import DEFAULT_TOML, PipelineConfig, load_config
 from gbmcvr.context import Context, is_main
-from gbmcvr.data.analyze_report import analyze_store
-from gbmcvr.data.synth import check_synth_target, write_synth
-from gbmcvr.data.synth_multi import write_synth_multi
-from gbmcvr.deep.params import check_mtdm
 from gbmcvr.errors import UserError
-from gbmcvr.fe.select import SelectOptions
-from gbmcvr.fe.spec import config_feature_spec, default_toml_text
 from gbmcvr.models import registry
-from gbmcvr.pipeline import demo as run_demo
-from gbmcvr.pipeline import run_pipeline
-from gbmcvr.post.options import submit_options
-from gbmcvr.post.scoring import format_score, score_submission
-from gbmcvr.space import model_space, space_toml
 from gbmcvr.workdir import Workdir
 
+if TYPE_CHECKING:
+    pass
+
+# Heavy modules (Polars, LightGBM, Optuna, torch) are imported inside the commands that use them, so that
+# `gbmcvr --help` and a mistyped command answer at once.
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Conversion-rate toolkit: synth, ingest, analyze, features, train, tune, submit, run, demo.",
+    rich_markup_mode=None,
+    context_settings=CONTEXT,
+    help="Conversion-rate toolkit: synth, ingest, analyze, features, train, tune, submit, run, demo, runs.\n\n"
+    "Example: gbmcvr demo   (generated data, the whole pipeline, scored against the truth)",
 )
+runs_app = typer.Typer(
+    no_args_is_help=False, rich_markup_mode=None, context_settings=CONTEXT, help="List, compare and prune runs."
+)
+app.add_typer(runs_app, name="runs")
+
+
+class Plan(StrEnum):
+    validate = "validate"
+    full = "full"
+    backtest = "backtest"
+    both = "both"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"gbmcvr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Conversion-rate toolkit: synth, ingest, analyze, features, train, tune, submit, run, demo, runs."""
+
+
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
@@ -55,6 +84,8 @@ def progress(message: str) -> None:
 
 def _context(workdir: Path, config: Path | None, device: str = "auto") -> Context:
     """The work directory and its config (--config, else WORKDIR/gbmcvr.toml, else the defaults), parsed once."""
+    from gbmcvr.config import load_config
+
     wd = Workdir(workdir)
     return Context(wd, load_config(config, wd.config_file), progress, device)
 
@@ -62,6 +93,8 @@ def _context(workdir: Path, config: Path | None, device: str = "auto") -> Contex
 @app.command()
 def init(workdir: WorkdirOpt = Path("."), overwrite: bool = False) -> None:
     """Write a commented default gbmcvr.toml into the work directory."""
+    from gbmcvr.config import DEFAULT_TOML
+
     path = Workdir(workdir).config_file
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists (use --overwrite to replace it)")
@@ -81,6 +114,9 @@ def synth(
     force: Annotated[bool, typer.Option("--force", help="Replace OUT even if it holds other files.")] = False,
 ) -> None:
     """Generate a dataset in the ShareChat challenge layout, with the test day's true probabilities."""
+    from gbmcvr.data.synth import check_synth_target, write_synth
+    from gbmcvr.data.synth_multi import write_synth_multi
+
     if scale <= 0:
         raise UserError(f"--scale must be positive, got {scale}")
     if kind not in ("sharechat", "multi-action"):
@@ -115,6 +151,8 @@ def ingest(
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Validate a raw dataset folder and write the typed Parquet raw store."""
+    from gbmcvr import stages
+
     result = stages.ingest(_context(workdir, config), data_dir, profile=profile, out=out_dir)
     out.print(
         f"ingested {result.train_rows:,} train and {result.test_rows:,} test rows into {result.out} in {result.seconds:.1f}s"
@@ -134,6 +172,8 @@ def analyze(
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Data analysis of the raw store (or --data): analyze.md, analyze.json and plots."""
+    from gbmcvr.data.analyze_report import analyze_store
+
     ctx = _context(workdir, config)
     target = out_dir or ctx.wd.root / "reports" / "analyze"
     result = analyze_store(ctx.wd.raw, profile or ctx.cfg.profile, target, data, ctx.cfg.seed, progress)
@@ -147,6 +187,8 @@ def validate(
     profile: str = "sharechat2023",
 ) -> None:
     """Check a submission file against the test ids of a dataset."""
+    from gbmcvr import stages
+
     rows = stages.validate_submission(submission, data=data, profile=profile)
     out.print(f"{submission}: valid ({rows:,} rows)")
 
@@ -160,6 +202,8 @@ def score(
     ] = None,
 ) -> None:
     """Score a submission against a truth file: log loss, NCE, AUC, calibration; the truth's own log loss."""
+    from gbmcvr.post.scoring import format_score, score_submission
+
     result = score_submission(submission, truth, base_rate)
     out.print(format_score(result))
 
@@ -168,19 +212,22 @@ def score(
 def features(
     config: ConfigOpt = None,
     feature_set: Annotated[str | None, typer.Option("--set", help="Feature set name (default from config).")] = None,
-    plan: Annotated[str, typer.Option(help="validate | full | backtest | both (validate and full)")] = "validate",
+    plan: Annotated[Plan, typer.Option(help="Which plan's tables; both = validate and full.")] = Plan.validate,
     show_default: Annotated[bool, typer.Option("--show-default", help="Print the default feature set TOML.")] = False,
     force: bool = False,
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Build feature tables from the raw store into features/<set>/<plan>/."""
+    from gbmcvr import stages
+    from gbmcvr.fe.spec import config_feature_spec, default_toml_text
+
     if show_default:
         out.print(default_toml_text(), markup=False)
         return
     ctx = _context(workdir, config)
     _, sources = config_feature_spec(ctx.cfg.features, ctx.cfg.load_profile(), ctx.cfg.source)
     out.print("feature families: " + ", ".join(f"{family} ({where})" for family, where in sources.items()))
-    plans = ["validate", "full"] if plan == "both" else [plan]
+    plans = ["validate", "full"] if plan == Plan.both else [plan.value]
     for p in plans:
         result = stages.build_features(ctx, plan=p, feature_set=feature_set, force=force)
         verb = "built" if result.rebuilt else "up to date:"
@@ -198,6 +245,9 @@ def select_cmd(
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Choose feature families and categorical handling on the backtest plan's selection day."""
+    from gbmcvr import stages
+    from gbmcvr.fe.select import SelectOptions
+
     ctx = _context(workdir, config)
     if rounds < 1 or max_fits < 1:
         raise UserError("--rounds and --max-fits must be at least 1")
@@ -216,7 +266,7 @@ def train(
     run_id: Annotated[
         str | None, typer.Option("--run-id", help="Run directory name (default: the model name).")
     ] = None,
-    device: Annotated[str, typer.Option(help="Deep models: auto | cpu | cuda.")] = "auto",
+    device: Annotated[Device, typer.Option(help="Deep models: CUDA when present (auto), or cpu / cuda.")] = Device.auto,
     plan: Annotated[
         str, typer.Option(help="validate, or backtest (the rehearsal one day earlier: models/backtest/<run-id>/).")
     ] = "validate",
@@ -228,7 +278,9 @@ def train(
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Train a model on the feature tables and write models/<run-id>/ (models/backtest/<run-id>/)."""
-    ctx = _context(workdir, config, device)
+    from gbmcvr import stages
+
+    ctx = _context(workdir, config, Device(device).value)
     run_id = kind if run_id is None else run_id
     run = stages.train(
         ctx,
@@ -282,6 +334,9 @@ def submit(
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Calibrate and ensemble runs, write submissions/<name>.tsv with a Table-5-like report."""
+    from gbmcvr import stages
+    from gbmcvr.post.options import submit_options
+
     ctx = _context(workdir, config)
     changes = {
         k: v for k, v in {"calibration": calibration, "weights": weights, "space": space, "name": name}.items() if v
@@ -301,6 +356,8 @@ def run_cmd(
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Whole pipeline from one config: ingest -> features -> train -> submit (current steps are skipped)."""
+    from gbmcvr.pipeline import run_pipeline
+
     result = run_pipeline(_context(workdir, config), data=data, truth=truth)
     for step, state in result.steps.items():
         out.print(f"  {step:<22} {state}")
@@ -314,6 +371,10 @@ def demo(
     workdir: WorkdirOpt = Path("gbmcvr-demo"),
 ) -> None:
     """Generate ~100k rows, run the whole pipeline (e2e, ts, MTDM), analyze the data, score against the truth."""
+    from gbmcvr.config import PipelineConfig
+    from gbmcvr.pipeline import demo as run_demo
+    from gbmcvr.post.scoring import format_score
+
     start = time.perf_counter()
     wd = Workdir(workdir)
     wd.root.mkdir(parents=True, exist_ok=True)
@@ -339,13 +400,19 @@ def tune(
     seed: Annotated[int | None, typer.Option(help="Sampler seed (default: the config seed).")] = None,
     pruner: Annotated[str | None, typer.Option(help="median | hyperband | none")] = None,
     show_space: Annotated[bool, typer.Option("--show-space", help="Print the search space and exit.")] = False,
-    device: Annotated[str, typer.Option(help="Deep models: auto | cpu | cuda.")] = "auto",
+    device: Annotated[Device, typer.Option(help="Deep models: CUDA when present (auto), or cpu / cuda.")] = Device.auto,
     worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
     config: ConfigOpt = None,
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Tune a model's parameters with Optuna against its validation log loss (resumable, prunable)."""
-    ctx = _context(workdir, config, device)
+    from rich.table import Table
+
+    from gbmcvr import stages
+    from gbmcvr import tune as tuning
+    from gbmcvr.space import model_space, space_toml
+
+    ctx = _context(workdir, config, Device(device).value)
     registry.target_kind(model)
     if show_space:
         out.print(space_toml(model, model_space(model, ctx.cfg.tune.spaces.get(model), ctx.cfg.source)), markup=False)
@@ -395,14 +462,15 @@ def aliexpress(
     train_csv: Annotated[Path, typer.Argument(metavar="TRAIN_CSV")],
     test_csv: Annotated[Path, typer.Argument(metavar="TEST_CSV")],
     epochs: Annotated[int | None, typer.Option(help="Epochs (default from [mtdm]).")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: Annotated[Device, typer.Option(help="CUDA when present (auto), or cpu / cuda.")] = Device.auto,
     config: ConfigOpt = None,
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Train the MTDM on AliExpress-format files; print test AUCs beside the published MMoE results."""
     from gbmcvr.deep import aliexpress as ax  # imports torch: only for this command
+    from gbmcvr.deep.params import check_mtdm
 
-    ctx = _context(workdir, config, device)
+    ctx = _context(workdir, config, Device(device).value)
     mcfg = ctx.cfg.section("mtdm").config
     if epochs:
         mcfg = replace(mcfg, epochs=epochs)
@@ -412,6 +480,92 @@ def aliexpress(
     out.print(f"{'task':<8}{'ours (AUC)':>12}{'MMoE, published (NL)':>24}")
     for task in ("ctr", "cvr", "ctcvr"):
         out.print(f"{task:<8}{result[task + '_auc']:>12.4f}{ax.PUBLISHED_MMOE_NL[task + '_auc']:>24.4f}")
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs_list(
+    ctx: typer.Context,
+    sort: Annotated[
+        str, typer.Option(help="run | started | valid_logloss | valid_auc | backtest | seconds")
+    ] = "started",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    latest: Annotated[bool, typer.Option("--latest", help="Only the current run of each id (no history).")] = False,
+    workdir: WorkdirOpt = Path("."),
+) -> None:
+    """List every run with its valid and backtest scores (earlier attempts as RUN@START).
+
+    Example: gbmcvr runs --sort valid_logloss"""
+    if ctx.invoked_subcommand is not None:
+        return
+    import json
+
+    from rich.table import Table
+
+    from gbmcvr.run_history import COLUMNS, table
+
+    rows = table(Workdir(workdir).models, sort, history=not latest)
+    if as_json:
+        out.print(json.dumps(rows, indent=2), markup=False)
+        return
+    if not rows:
+        out.print(f"no runs under {Workdir(workdir).models}")
+        return
+    grid = Table(title=f"runs under {Workdir(workdir).models} (sorted by {sort})")
+    for col in COLUMNS:
+        grid.add_column(col, overflow="fold")
+    for r in rows:
+        grid.add_row(*(_cell(r[c]) for c in COLUMNS), style=None if r["current"] else "dim")
+    out.print(grid, width=max(out.width, 180))
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.5f}" if isinstance(value, float) else str(value)
+
+
+@runs_app.command("compare")
+def runs_compare(
+    a: Annotated[str, typer.Argument(metavar="A", help="A run (e2e, backtest/e2e, e2e@20261201T101500).")],
+    b: Annotated[str, typer.Argument(metavar="B")],
+    workdir: WorkdirOpt = Path("."),
+) -> None:
+    """Show two runs' scores and parameters side by side (differences marked).
+
+    Example: gbmcvr runs compare e2e e2e@20261201T101500"""
+    from rich.table import Table
+
+    from gbmcvr.run_history import compare
+
+    grid = Table(title=f"{a} vs {b}")
+    for col in ("", a, b):
+        grid.add_column(col, overflow="fold")
+    for key, va, vb in compare(Workdir(workdir).models, a, b):
+        grid.add_row(key, _cell(va), _cell(vb), style="bold" if va != vb else None)
+    out.print(grid)
+
+
+@runs_app.command("prune")
+def runs_prune(
+    keep: Annotated[int, typer.Option(help="Earlier attempts to keep per run id (the current run always stays).")] = 3,
+    workdir: WorkdirOpt = Path("."),
+) -> None:
+    """Delete earlier attempts beyond the newest KEEP of each run id (only when asked; never by surprise)."""
+    from gbmcvr.run_history import prune
+
+    removed = prune(Workdir(workdir).models, keep)
+    out.print(f"removed {len(removed)} earlier attempt(s)" + "".join(f"\n  {p}" for p in removed))
+
+
+@app.command("config")
+def config_cmd(config: ConfigOpt = None, workdir: WorkdirOpt = Path(".")) -> None:
+    """Print the effective config (the file's values over every default, each kind's table included) as TOML.
+
+    Example: gbmcvr config > gbmcvr.toml"""
+    from gbmcvr.config import effective_toml
+
+    ctx = _context(workdir, config)
+    out.print(effective_toml(ctx.cfg), markup=False)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from types import ModuleType, SimpleNamespace
+from typing import Any
 
 from gbmcvr.errors import UserError
 
@@ -40,11 +41,22 @@ def catboost() -> ModuleType:
     return cb
 
 
-def pyplot() -> ModuleType:
-    """matplotlib's pyplot on the file-only Agg backend (reports write PNGs; no display is needed)."""
-    import matplotlib
+class _Figures:
+    """pyplot's `subplots` and `close` on bare matplotlib Figures: nothing is registered with pyplot and the
+    process's backend is left alone (a notebook's inline plots keep working while gbmcvr writes PNGs)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, **kwargs: Any):
+        from matplotlib.figure import Figure
 
-    return plt
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(nrows, ncols, **kwargs)
+
+    @staticmethod
+    def close(fig: Any) -> None:
+        fig.clear()
+
+
+def pyplot() -> _Figures:
+    """Figures for report PNGs, without pyplot's global state or a backend switch."""
+    return _Figures()

@@ -3,6 +3,7 @@ when the file is read; unknown keys are errors. Each model kind parses its own t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -11,10 +12,11 @@ from typing import Any
 from gbmcvr.data.profile import Profile, load_profile
 from gbmcvr.errors import UserError
 from gbmcvr.fe.spec import config_feature_spec
+from gbmcvr.gbm.params import KIND_STAGES
 from gbmcvr.models import registry
 from gbmcvr.post.options import SubmitOptions, submit_options
 from gbmcvr.space import TuneConfig, tune_config
-from gbmcvr.tomlfile import check_keys, read_toml, typed_fields
+from gbmcvr.tomlfile import check_keys, read_toml, toml_text, typed_fields
 from gbmcvr.workdir import check_name
 
 BUILTIN_SOURCE = "built-in defaults"
@@ -105,6 +107,49 @@ def load_config(path: Path | None, workdir_config: Path) -> PipelineConfig:
     return replace(cfg, data=str(data if data.is_absolute() else (base / data).resolve()))
 
 
+def _plain(obj: Any) -> Any:
+    """A config value as TOML-ready plain data (dataclasses as tables, a section's typed `config` unwrapped)."""
+    if dataclasses.is_dataclass(obj):
+        names = [f.name for f in dataclasses.fields(obj)]
+        if "config" in names and dataclasses.is_dataclass(obj.config):
+            return _plain(obj.config)
+        return {n: _plain(getattr(obj, n)) for n in names}
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def effective_toml(cfg: PipelineConfig) -> str:
+    """The effective config as TOML: top-level keys, then every kind's table at its values (LightGBM stages
+    with their full parameters), [tune] and [submit]. `[features]` is the default set unless the config names
+    one (`gbmcvr features --show-default` prints it)."""
+    top: dict[str, Any] = {k: _plain(getattr(cfg, k)) for k in _SCALARS}
+    for name, section in cfg.sections.items():
+        table = _plain(section)
+        if hasattr(section, "stage_params") and hasattr(section, "params"):
+            stages = table.pop("stage_params")
+            for kind_stages in KIND_STAGES.values():
+                for stage in kind_stages:
+                    full = section.params(stage, cfg.seed)
+                    full.pop("seed", None)
+                    table[stage] = {**full, **stages.get(stage, {})}
+        top[name] = table
+    tune = _plain(cfg.tune)
+    tune.update(tune.pop("spaces"))
+    top["tune"] = tune
+    top["submit"] = _plain(cfg.submit)
+    if cfg.features is not None:
+        top["features"] = dict(cfg.features)
+    header = (
+        f"# effective config: {cfg.source}"
+        + ("" if cfg.source == BUILTIN_SOURCE else " over the built-in defaults")
+        + "\n"
+    )
+    return header + toml_text(top) + "\n"
+
+
 DEFAULT_TOML = """# gbmcvr pipeline config. Every key is optional; unknown keys are errors.
 profile = "sharechat2023"     # built-in profile name or a profile TOML file
 data = "data"                 # raw dataset folder (train/*.csv, test/*.csv), relative to this file's folder
@@ -129,7 +174,7 @@ log_every = 100
 # [gbm.ts_install]
 
 # [mtdm]                      # deep model; `gbmcvr train mtdm --help`
-# epochs = 10
+# epochs = 8
 # precision = "auto"          # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
 # threads = 0                 # torch threads (0: torch's default)
 

@@ -79,9 +79,37 @@ def _version() -> str:
         return "unknown"
 
 
+HISTORY = "history"  # models/history/<run-id>/<attempt>/: earlier attempts of a run id, never lost by surprise
+
+
+def history_dir(run_dir: Path) -> Path:
+    """Where earlier attempts of a run id are kept: models/history/<run-id>/ (backtest runs under theirs)."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / HISTORY / run_dir.name
+
+
+def attempt_name(run_dir: Path) -> str:
+    """A unique, sortable name for the attempt a run directory holds: its start time (UTC) and a counter."""
+    run_dir = Path(run_dir)
+    try:
+        started = json.loads((run_dir / RUN).read_text()).get("started_at", "")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        started = ""
+    stamp = started.replace("-", "").replace(":", "").rstrip("Z") or time.strftime(
+        "%Y%m%dT%H%M%S", time.gmtime(run_dir.stat().st_mtime)
+    )
+    base, n, name = history_dir(run_dir), 1, stamp
+    while (base / name).exists():
+        n += 1
+        name = f"{stamp}-{n}"
+    return name
+
+
 def write_run(run_dir: Path, run: TrainedRun, meta: dict[str, Any]) -> None:
-    """Write a run directory atomically: the kind's model files, then params, metrics, predictions, run.json."""
-    with atomic_dir(run_dir) as tmp:
+    """Write a run directory atomically: the kind's model files, then params, metrics, predictions, run.json.
+    An earlier attempt under the same id moves to models/history/<run-id>/<its start time>/."""
+    keep = history_dir(run_dir) / attempt_name(run_dir) if Path(run_dir).is_dir() else None
+    with atomic_dir(run_dir, keep_old=keep) as tmp:
         run.save(tmp)
         write_json(tmp / PARAMS, run.params)
         write_json(tmp / METRICS, run.metrics)
@@ -136,7 +164,7 @@ def prediction_table(ids: dict[str, np.ndarray], columns: dict[str, dict[str, np
     return pl.concat(parts, how="diagonal")
 
 
-RESERVED = ("tuned", "backtest")
+RESERVED = ("tuned", "backtest", HISTORY)
 
 
 def keep_aside(run_dir: Path, origin: str) -> Path | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
@@ -93,3 +94,32 @@ def typed_fields(cls: type, table: Mapping[str, Any], where: str) -> dict[str, A
             raise UserError(f"{where}: '{key}' must be {_type_name(hints[key])}, got {value!r}")
         out[key] = converted
     return out
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items() if v is not None) + " }"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def _key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def toml_text(tables: Mapping[str, Any], prefix: str = "") -> str:
+    """TOML for nested dicts: scalars first, then each sub-dict as a `[prefix.name]` table (None values left out)."""
+    lines = [f"{_key(k)} = {_value(v)}" for k, v in tables.items() if v is not None and not isinstance(v, dict)]
+    for name, sub in tables.items():
+        if isinstance(sub, dict):
+            header = f"{prefix}{_key(name)}"
+            body = toml_text(sub, f"{header}.")
+            lines += ["", f"[{header}]", body] if body else ["", f"[{header}]"]
+    return "\n".join(line for line in lines).strip("\n")

@@ -201,7 +201,9 @@ def _validate(spec: FeatureSpec, profile: Profile, where: str) -> None:
             if len(pair) < 2:
                 raise UserError(f"{where} [cross]: a cross needs at least two columns, got {list(pair)}")
             if len(set(pair)) < len(pair):
-                raise UserError(f"{where} [cross]: a cross of a column with itself, {list(pair)}; name distinct columns")
+                raise UserError(
+                    f"{where} [cross]: a cross of a column with itself, {list(pair)}; name distinct columns"
+                )
             for col in pair:
                 need(col, keys, "cross", "categorical")
         names = [cross_name(p) for p in spec.cross.pairs]

@@ -4,10 +4,12 @@ model (synth, ingest, features) never imports torch or CatBoost."""
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gbmcvr.errors import UserError
-from gbmcvr.models.base import ModelKind
+
+if TYPE_CHECKING:
+    from gbmcvr.models.base import ModelKind
 
 KINDS: dict[str, Any] = {
     "e2e": "gbmcvr.models.lgbm:E2E",
