@@ -515,7 +515,12 @@ def runs_list(
         grid.add_column(col, overflow="fold")
     for r in rows:
         grid.add_row(*(_cell(r[c]) for c in COLUMNS), style=None if r["current"] else "dim")
-    out.print(grid, width=max(out.width, 180))
+    _wide().print(grid)
+
+
+def _wide() -> Console:
+    """Tables too wide for 80 columns: the terminal's width, or 200 when stdout is a file or a pipe."""
+    return out if out.is_terminal else Console(highlight=False, width=200)
 
 
 def _cell(value: object) -> str:
@@ -542,7 +547,7 @@ def runs_compare(
         grid.add_column(col, overflow="fold")
     for key, va, vb in compare(Workdir(workdir).models, a, b):
         grid.add_row(key, _cell(va), _cell(vb), style="bold" if va != vb else None)
-    out.print(grid)
+    _wide().print(grid)
 
 
 @runs_app.command("prune")
