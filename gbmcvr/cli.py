@@ -18,6 +18,7 @@ from gbmcvr.atomic import fault_error, write_text
 from gbmcvr.context import Context, is_main
 from gbmcvr.errors import UserError
 from gbmcvr.models import registry
+from gbmcvr.progress import Reporter, configure
 from gbmcvr.workdir import Workdir
 
 if TYPE_CHECKING:
@@ -64,22 +65,21 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only warnings and errors on stderr.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug messages too.")] = False,
 ) -> None:
     """Conversion-rate toolkit: synth, ingest, analyze, features, train, tune, submit, run, demo, runs."""
+    global progress
+    progress = configure(-1 if quiet else 1 if verbose else 0)
 
 
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+progress: Reporter = Reporter()  # set per command by the options above: bars on a terminal, else lines
 out = Console(highlight=False, soft_wrap=True)
 
 WorkdirOpt = Annotated[Path, typer.Option("--workdir", help="Work directory (features/, models/, submissions/).")]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="Pipeline config TOML (default: WORKDIR/gbmcvr.toml).")
 ]
-
-
-def progress(message: str) -> None:
-    """Print a progress line with the time of day (long work shows progress)."""
-    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
 
 
 def _context(workdir: Path, config: Path | None, device: str = "auto") -> Context:
@@ -231,7 +231,8 @@ def features(
     for p in plans:
         result = stages.build_features(ctx, plan=p, feature_set=feature_set, force=force)
         verb = "built" if result.rebuilt else "up to date:"
-        out.print(f"{verb} {result.out} ({result.columns} columns, rows {result.rows}, {result.seconds:.1f}s)")
+        rows = ", ".join(f"{split} {n:,}" for split, n in result.rows.items())
+        out.print(f"{verb} {result.out} ({result.columns} columns; rows: {rows}; {result.seconds:.1f}s)")
 
 
 @app.command("select")

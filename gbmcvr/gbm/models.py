@@ -14,7 +14,7 @@ import hashlib
 import json
 import numbers
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ class StageModel:
     features: list[str]
     best_iteration: int
     fit_rows: int
+    curve: list[float] = field(default_factory=list)  # the valid day's metric after each round (learning curve)
 
 
 def stage_features(tables: FeatureTables, stage: Stage) -> list[str]:
@@ -351,21 +352,28 @@ def train_stage(
         data = stage_data(tables, stage, params, cfg, with_valid=rounds is None, progress=progress)
     elif "feature_pre_filter" not in params:
         params = {**params, "feature_pre_filter": False}
-    cbs = [callbacks.progress(cfg.log_every, stage.name, progress), *(extra_callbacks or [])]
+    early = data.valid is not None and rounds is None
+    shown = callbacks.progress(cfg.log_every, stage.name, progress, cfg.early_stopping_rounds if early else None)
+    curve: dict[str, dict[str, list[float]]] = {}
+    cbs = [shown, lgb.record_evaluation(curve), *(extra_callbacks or [])]
     valid_sets, names = [], []
-    if data.valid is not None and rounds is None:
+    if early:
         valid_sets, names = [data.valid], ["valid"]
         cbs.append(lgb.early_stopping(cfg.early_stopping_rounds, first_metric_only=True, verbose=False))
-    booster = lgb.train(
-        params,
-        data.train,
-        num_boost_round=rounds or cfg.num_boost_round,
-        valid_sets=valid_sets,
-        valid_names=names,
-        callbacks=cbs,
-    )
+    try:
+        booster = lgb.train(
+            params,
+            data.train,
+            num_boost_round=rounds or cfg.num_boost_round,
+            valid_sets=valid_sets,
+            valid_names=names,
+            callbacks=cbs,
+        )
+    finally:
+        shown.close()
     best = booster.best_iteration if valid_sets and booster.best_iteration > 0 else booster.current_iteration()
-    return StageModel(stage, booster, data.features, int(best), data.fit_rows)
+    valid_curve = next(iter(curve.get("valid", {}).values()), [])
+    return StageModel(stage, booster, data.features, int(best), data.fit_rows, [float(v) for v in valid_curve])
 
 
 def predict_stage(model: StageModel, frame: pl.DataFrame) -> np.ndarray:

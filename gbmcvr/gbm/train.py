@@ -89,6 +89,7 @@ def train_gbm(
         pred["test"] = predict_kind(kind, refit, full_tables.frame("test"))
         ids["test"] = full_tables.splits["test"][full_tables.id_column].to_numpy()
     result_metrics = valid_metrics(kind, tables, pred["valid"])
+    result_metrics["learning_curve"] = {s: models[s].curve for s in KIND_STAGES[kind]}
     run_params = {
         s: {
             "params": params[s],
