@@ -83,11 +83,19 @@ def configure(verbosity: int, stream: Any = None) -> Reporter:
     LOG.setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
     LOG.propagate = False
     if bool(getattr(stream, "isatty", lambda: False)()):
+        from rich.highlighter import NullHighlighter
         from rich.logging import RichHandler
 
         console = Console(file=stream, highlight=False)
         LOG.addHandler(
-            RichHandler(console=console, show_level=False, show_path=False, markup=False, log_time_format="%H:%M:%S")
+            RichHandler(
+                console=console,
+                show_level=False,
+                show_path=False,
+                markup=False,
+                highlighter=NullHighlighter(),
+                log_time_format="%H:%M:%S",
+            )
         )
         return Reporter(console if verbosity >= 0 else None)
     handler = logging.StreamHandler(stream)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from gbmcvr.deep.losses import task_losses
 from gbmcvr.deep.model import MTDM
 from gbmcvr.deep.params import MtdmConfig
 from gbmcvr.errors import UserError
+from gbmcvr.progress import Reporter, counted
 
 PREDICT_BATCH = 65_536
 
@@ -160,7 +162,12 @@ def train_mtdm(
         for m in models:
             m.train()
         t0, sums, count = time.perf_counter(), {}, 0
-        for idx in batches(len(fit), cfg.batch_size, batch_gen, shuffle=True):
+        n_batches = -(-len(fit) // cfg.batch_size)
+        shown = contextlib.ExitStack()
+        bar = shown.enter_context(counted(progress, f"mtdm epoch {epoch}/{cfg.epochs}", n_batches, "batches"))
+        for done, idx in enumerate(batches(len(fit), cfg.batch_size, batch_gen, shuffle=True), start=1):
+            if isinstance(progress, Reporter):  # a bar inside the epoch; plain lines come once per epoch below
+                bar.update(done)
             if parallel is not None and (idx := parallel.shard(idx)) is None:
                 continue
             batch = resident.rows(idx.to(device))
@@ -182,6 +189,7 @@ def train_mtdm(
             total.backward()
             opt.step()
             count += len(idx)
+        shown.close()
         sums = {k: float(v) for k, v in sums.items()}
         seen += count
         rate = count / (time.perf_counter() - t0)
