@@ -300,11 +300,19 @@ def backtest_choice(
         .to_numpy()
     )
     rows = bt.score_candidates(preds, y, float(read_metrics(first)["base_rate"]))
-    choice = bt.choose(rows)
+    choice = bt.decide(rows)
     chosen = next(r for r in rows if (r["calibration"], r["weights"]) == choice)
+    simplest = rows[0]
+    evidence = (
+        f"wins over '{simplest['calibration']}', '{simplest['weights']}' by {simplest['gap']:.5f} "
+        f"(paired SE {simplest['gap_se']:.5f})"
+        if choice != (simplest["calibration"], simplest["weights"])
+        else f"the simplest candidate: nothing beat it by more than {bt.SIGNIFICANCE:g} standard errors"
+    )
     ctx.progress(
         f"backtest: chose calibration '{choice[0]}', weights '{choice[1]}' "
-        f"(day-{target_day} log loss {chosen['logloss']:.5f}, calibration ratio {chosen['calibration_ratio']:.3f})"
+        f"(day-{target_day} log loss {chosen['logloss']:.5f}, calibration ratio {chosen['calibration_ratio']:.3f}; "
+        f"{evidence})"
     )
     return {
         "rows": rows,

@@ -181,3 +181,17 @@ def choose(rows: list[dict[str, Any]]) -> tuple[str, str]:
     """The candidate with the lowest backtest log loss (the earlier, simpler one on ties)."""
     best = min(range(len(rows)), key=lambda i: (rows[i]["logloss"], i))
     return rows[best]["calibration"], rows[best]["weights"]
+
+
+SIGNIFICANCE = 2.0  # a change is taken only when it wins by more than this many paired standard errors
+
+
+def decide(rows: list[dict[str, Any]], z: float = SIGNIFICANCE) -> tuple[str, str]:
+    """The best candidate if it beats the simplest (the first) by more than `z` paired standard errors of the
+    row-level log-loss difference; otherwise the simplest stays (one small day's noise is not evidence)."""
+    best = choose(rows)
+    baseline = rows[0]
+    gap, se = baseline.get("gap", 0.0), baseline.get("gap_se", 0.0)
+    if gap > 0 and (not np.isfinite(se) or gap > z * se):
+        return best
+    return baseline["calibration"], baseline["weights"]

@@ -184,3 +184,19 @@ def test_scores_carry_the_gap_to_the_best_by_hand():
     assert by["platt"]["gap"] == 0 and by["none"]["gap"] == pytest.approx(np.log(2) + np.log(0.9))
     assert by["none"]["gap_se"] == pytest.approx(0, abs=1e-12)
     assert bt.choose(rows) == ("platt", "equal")
+
+
+def test_a_choice_that_wins_by_less_than_two_standard_errors_is_not_taken():
+    rng = np.random.default_rng(5)
+    y = (rng.random(4000) < 0.2).astype(np.int8)
+    base = np.clip(0.2 + rng.normal(0, 0.02, y.size), 0.01, 0.99)
+    noisy = np.clip(base + rng.normal(0, 0.002, y.size), 0.01, 0.99)  # a tiny, noise-sized difference
+    rows = bt.score_candidates({("none", "equal"): base, ("platt", "equal"): noisy}, y, 0.2)
+    by = {r["calibration"]: r for r in rows}
+    if by["platt"]["logloss"] < by["none"]["logloss"]:
+        assert by["none"]["gap"] < 2 * by["none"]["gap_se"]
+    assert bt.decide(rows) == ("none", "equal")
+    better = np.where(y == 1, 0.6, 0.1)  # a real improvement, many standard errors
+    rows = bt.score_candidates({("none", "equal"): base, ("platt", "equal"): better}, y, 0.2)
+    assert bt.decide(rows) == ("platt", "equal")
+    assert rows[0]["gap"] > 2 * rows[0]["gap_se"]
