@@ -563,6 +563,14 @@ def runs_prune(
     out.print(f"removed {len(removed)} earlier attempt(s)" + "".join(f"\n  {p}" for p in removed))
 
 
+@app.command()
+def report(workdir: WorkdirOpt = Path(".")) -> None:
+    """Write reports/index.html: analysis, feature selection, every run and every submission on one page."""
+    from gbmcvr.report_html import write_report
+
+    out.print(f"wrote {write_report(Workdir(workdir))}")
+
+
 @app.command("config")
 def config_cmd(config: ConfigOpt = None, workdir: WorkdirOpt = Path(".")) -> None:
     """Print the effective config (the file's values over every default, each kind's table included) as TOML.

@@ -17,6 +17,7 @@ from gbmcvr.errors import UserError
 from gbmcvr.fe.select import SelectOptions
 from gbmcvr.models import registry
 from gbmcvr.post.scoring import score_submission
+from gbmcvr.report_html import write_report
 from gbmcvr.runs import is_current, keep_aside
 
 SELECTED = "selected"
@@ -108,6 +109,7 @@ def run_pipeline(ctx: Context, *, data: Path | None = None, truth: Path | None =
         ctx, list(ctx.cfg.models), opts=opts, overwrite=True, truth=truth, refit_evidence=evidence or None
     )
     steps["submit"] = "done"
+    steps["report"] = str(write_report(ctx.wd))
     return PipelineResult(steps, submission)
 
 
