@@ -363,6 +363,7 @@ def run_cmd(
     for step, state in result.steps.items():
         out.print(f"  {step:<22} {state}")
     out.print(result.submission.tsv.with_suffix(".md").read_text(), markup=False)
+    out.print(f"report: {result.report}")
 
 
 @app.command()

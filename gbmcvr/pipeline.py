@@ -12,6 +12,7 @@ from gbmcvr.config import PipelineConfig, config_from_dict
 from gbmcvr.context import Context
 from gbmcvr.data.analyze_report import analyze_store
 from gbmcvr.data.ingest import source_files, source_listing
+from gbmcvr.data.split import backtest_plan
 from gbmcvr.data.synth import write_synth
 from gbmcvr.errors import UserError
 from gbmcvr.fe.select import SelectOptions
@@ -32,6 +33,7 @@ class PipelineResult:
     submission: stages.Submission
     analyze: dict[str, Any] | None = None
     score: dict[str, Any] | None = None
+    report: Path | None = None
 
 
 def _raw_is_current(ctx: Context, data: Path) -> bool:
@@ -46,7 +48,7 @@ def _raw_is_current(ctx: Context, data: Path) -> bool:
 
 def _train(ctx: Context, kind: str, plan: str, refit: bool, steps: dict[str, str]) -> None:
     """Train one model on one plan unless its run is current."""
-    step = f"train {kind}" + (" (backtest)" if plan == "backtest" else "")
+    step = f"train {kind}" + (f" ({plan})" if plan != "validate" else "")
     key = stages.model_input_key(ctx, kind, plan=plan, refit=refit)
     if is_current(ctx.wd.run(kind, plan), key):
         steps[step] = "current"
@@ -90,14 +92,16 @@ def run_pipeline(ctx: Context, *, data: Path | None = None, truth: Path | None =
     refits = {kind: registry.get(kind).refit_setting(ctx) for kind in ctx.cfg.models}
     auto_post = "auto" in (opts.calibration, opts.weights)
     backtest = auto_post or "auto" in refits.values()
-    plans = ["validate"] + (["full"] if any(refits.values()) else []) + (["backtest"] if backtest else [])
+    depth = min(opts.rehearsal_days, len(ctx.cfg.load_profile().fit_days) - 1) if auto_post else int(backtest)
+    rehearsals = [backtest_plan(d) for d in range(1, depth + 1)]
+    plans = ["validate"] + (["full"] if any(refits.values()) else []) + rehearsals
     for plan in plans:
         result = stages.build_features(ctx, plan=plan)
         steps[f"features/{plan}"] = "done" if result.rebuilt else "current"
     evidence = {}
     for kind, refit in refits.items():
-        if backtest:
-            _train(ctx, kind, "backtest", refit == "auto", steps)
+        for plan in rehearsals:
+            _train(ctx, kind, plan, refit == "auto" and plan == "backtest", steps)
         kind_refit = bool(refit)
         if refit == "auto":
             evidence[kind] = refit_evidence(ctx, kind)
@@ -109,8 +113,7 @@ def run_pipeline(ctx: Context, *, data: Path | None = None, truth: Path | None =
         ctx, list(ctx.cfg.models), opts=opts, overwrite=True, truth=truth, refit_evidence=evidence or None
     )
     steps["submit"] = "done"
-    steps["report"] = str(write_report(ctx.wd))
-    return PipelineResult(steps, submission)
+    return PipelineResult(steps, submission, report=write_report(ctx.wd))
 
 
 def _selected(ctx: Context, steps: dict[str, str]) -> PipelineConfig:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gbmcvr.data.split import is_backtest
 from gbmcvr.errors import UserError
 from gbmcvr.runs import HISTORY, METRICS, PARAMS, RUN
 
@@ -37,7 +38,8 @@ def entries(models: Path) -> list[RunEntry]:
     """Every run directory (one with a run.json) under `models`, current ones first."""
     models = Path(models)
     found: list[RunEntry] = []
-    for prefix, folder in (("", models), ("backtest/", models / "backtest")):
+    rehearsals = sorted(p for p in models.iterdir() if p.is_dir() and is_backtest(p.name)) if models.is_dir() else []
+    for prefix, folder in (("", models), *((f"{p.name}/", p) for p in rehearsals)):
         if not folder.is_dir():
             continue
         for run in sorted(p for p in folder.iterdir() if (p / RUN).is_file()):
@@ -118,7 +120,9 @@ def prune(models: Path, keep: int) -> list[Path]:
     if keep < 0:
         raise UserError(f"--keep must be at least 0, got {keep}")
     removed = []
-    for folder in (Path(models) / HISTORY, Path(models) / "backtest" / HISTORY):
+    models = Path(models)
+    rehearsals = [p for p in models.iterdir() if p.is_dir() and is_backtest(p.name)] if models.is_dir() else []
+    for folder in (models / HISTORY, *(p / HISTORY for p in rehearsals)):
         if not folder.is_dir():
             continue
         for run_id in sorted(folder.iterdir()):

@@ -17,6 +17,7 @@ import polars as pl
 
 from gbmcvr import metrics
 from gbmcvr.atomic import atomic_dir, write_json
+from gbmcvr.data.split import is_backtest
 from gbmcvr.errors import UserError
 from gbmcvr.models.base import TrainedRun
 from gbmcvr.schema import PRED_ID, PRED_P, PRED_SPLIT
@@ -190,18 +191,18 @@ def keep_aside(run_dir: Path, origin: str) -> Path | None:
 
 
 def check_new_run(run_dir: Path, overwrite: bool) -> None:
-    if run_dir.name in RESERVED or run_dir.name.startswith("optuna"):
+    if run_dir.name in RESERVED or run_dir.name.startswith("optuna") or is_backtest(run_dir.name):
         raise UserError(f"run id '{run_dir.name}' is reserved for tuning outputs; choose another --run-id")
     if run_dir.exists() and not overwrite:
         raise UserError(f"{run_dir}: run exists (choose another --run-id or pass --overwrite)")
 
 
-TRAIN_PLANS = ("validate", "backtest")
+TRAIN_PLANS = ("validate", "backtest", "backtest-N")
 
 
 def check_train_plan(plan: str) -> str:
     """Models train on a plan with a validation day: `validate` (the submission) or `backtest` (the rehearsal)."""
-    if plan not in TRAIN_PLANS:
+    if plan != "validate" and not is_backtest(plan):
         raise UserError(f"cannot train on plan '{plan}' (choose {' or '.join(TRAIN_PLANS)}; --refit uses 'full')")
     return plan
 
@@ -233,7 +234,7 @@ def read_run_meta(run_dir: Path) -> dict:
 def _retrain(run_dir: Path) -> str:
     """The command that trains a run again, for messages about its damaged files."""
     run_dir = Path(run_dir)
-    plan = " --plan backtest" if run_dir.parent.name == "backtest" else ""
+    plan = f" --plan {run_dir.parent.name}" if is_backtest(run_dir.parent.name) else ""
     return f"gbmcvr train MODEL --run-id {run_dir.name}{plan} --overwrite"
 
 

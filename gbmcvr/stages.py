@@ -20,7 +20,7 @@ from gbmcvr.context import Context, is_main
 from gbmcvr.data.ingest import IngestResult, source_files
 from gbmcvr.data.ingest import ingest as ingest_raw
 from gbmcvr.data.profile import load_profile
-from gbmcvr.data.split import TEST_LABELS, plan_days
+from gbmcvr.data.split import TEST_LABELS, backtest_plan, is_backtest, plan_days
 from gbmcvr.errors import UserError
 from gbmcvr.fe import select as selection
 from gbmcvr.fe.pipeline import BuildResult, build, raw_fingerprint, read_manifest, recipe_hash, stale_reason
@@ -116,8 +116,8 @@ def check_features_current(ctx: Context, feature_set: str, plan: str) -> dict[st
 def check_run_current(ctx: Context, run_dir: Path, meta: dict[str, Any]) -> None:
     """Refuse a run trained on another raw store or another version of its feature set's config."""
     redo = f"gbmcvr train {meta.get('kind', 'MODEL')} --run-id {run_dir.name} --overwrite"
-    if meta.get("plan") == "backtest":
-        redo += " --plan backtest"
+    if is_backtest(str(meta.get("plan", ""))):
+        redo += f" --plan {meta['plan']}"
     if "raw_fingerprint" in meta and meta["raw_fingerprint"] != raw_fingerprint(ctx.wd.raw):
         raise UserError(f"{run_dir}: trained on another raw store (the data was ingested again since); run `{redo}`")
     feature_set = meta.get("feature_set", ctx.cfg.feature_set)
@@ -172,8 +172,8 @@ def train(
         run = model.train(ctx, opts)
         if not run.write:
             return run
-        if plan == "backtest" and run.predicts_installs:
-            run.metrics["backtest"] = backtest_metrics(ctx, opts.feature_set, run.preds, run.metrics["base_rate"])
+        if is_backtest(plan) and run.predicts_installs:
+            run.metrics["backtest"] = backtest_metrics(ctx, opts.feature_set, run.preds, run.metrics["base_rate"], plan)
             _report_backtest(ctx, opts.run_id, run.metrics["backtest"])
         manifest = read_manifest(ctx.wd.feature_plan(opts.feature_set, plan), "gbmcvr features")
         meta = {
@@ -190,10 +190,12 @@ def train(
     return run
 
 
-def backtest_metrics(ctx: Context, feature_set: str, preds: pl.DataFrame, base_rate: float) -> dict[str, Any]:
-    """Test-day scores of a backtest run against the labels its plan kept aside (scoring only)."""
+def backtest_metrics(
+    ctx: Context, feature_set: str, preds: pl.DataFrame, base_rate: float, plan: str = "backtest"
+) -> dict[str, Any]:
+    """Test-day scores of a rehearsal run against the labels its plan kept aside (scoring only)."""
     profile = ctx.cfg.load_profile()
-    labels = pl.read_parquet(ctx.wd.feature_plan(feature_set, "backtest") / TEST_LABELS, glob=False)
+    labels = pl.read_parquet(ctx.wd.feature_plan(feature_set, plan) / TEST_LABELS, glob=False)
     args = (labels, profile.id_column, profile.install_label, base_rate)
     out = {"test": backtest_scores(preds, *args)}
     if UNREFIT in preds.columns:
@@ -251,7 +253,7 @@ def aligned_runs(wd: Workdir, runs: list[str], plan: str, refit: dict[str, bool]
     preds = {}
     for run in runs:
         run_dir = wd.run(run, plan)
-        if plan == "backtest" and not run_dir.is_dir():
+        if is_backtest(plan) and not run_dir.is_dir():
             raise UserError(
                 f"{run_dir}: no backtest run for '{run}' ('auto' chooses on the backtest: "
                 f"`gbmcvr features --plan backtest` then `gbmcvr train MODEL --plan backtest --run-id {run}`)"
@@ -270,36 +272,73 @@ def aligned_runs(wd: Workdir, runs: list[str], plan: str, refit: dict[str, bool]
     return align(preds)
 
 
-def backtest_choice(
-    ctx: Context, runs: list[str], *, opts: SubmitOptions, refit: dict[str, bool] | None = None
-) -> dict[str, Any]:
-    """Try every candidate method on the backtest runs; choose by their test-day scores only."""
+def _rehearsal(
+    ctx: Context, runs: list[str], plan: str, opts: SubmitOptions, refit: dict[str, bool] | None
+) -> tuple[int, dict[tuple[str, str], np.ndarray], np.ndarray]:
+    """One rehearsal day: its target day, every candidate's predictions of it, and its kept-aside labels."""
     profile = ctx.cfg.load_profile()
     for run in runs:
-        if ctx.wd.run(run, "backtest").is_dir():
-            check_run_current(ctx, ctx.wd.run(run, "backtest"), read_run_meta(ctx.wd.run(run, "backtest")))
-    aligned = aligned_runs(ctx.wd, runs, "backtest", refit)
-    target_day = profile.valid_day
+        if ctx.wd.run(run, plan).is_dir():
+            check_run_current(ctx, ctx.wd.run(run, plan), read_run_meta(ctx.wd.run(run, plan)))
+    aligned = aligned_runs(ctx.wd, runs, plan, refit)
+    target_day = plan_days(profile, plan)["test"][0]
     inputs = bt.PostInputs(
-        aligned.valid, valid_labels(ctx, aligned.valid_ids), aligned.test, day_rates(ctx, "backtest"), target_day
+        aligned.valid, valid_labels(ctx, aligned.valid_ids), aligned.test, day_rates(ctx, plan), target_day
     )
     pairs = bt.candidates(opts.calibration, opts.weights, len(runs))
-    ctx.progress(
-        f"backtest: {len(pairs)} post-processing candidates on {len(aligned.test_ids):,} day-{target_day} rows"
-    )
     preds = bt.candidate_predictions(inputs, pairs, opts.space, opts.folds, ctx.cfg.seed, opts.trend_days)
-    first = ctx.wd.run(runs[0], "backtest")
-    fs = read_run_meta(first).get("feature_set", ctx.cfg.feature_set)
-    labels_path = ctx.wd.feature_plan(fs, "backtest") / TEST_LABELS
+    fs = read_run_meta(ctx.wd.run(runs[0], plan)).get("feature_set", ctx.cfg.feature_set)
+    labels_path = ctx.wd.feature_plan(fs, plan) / TEST_LABELS
     if not labels_path.is_file():
-        raise UserError(f"{labels_path}: no kept-aside labels (rebuild with `gbmcvr features --plan backtest --force`)")
+        raise UserError(f"{labels_path}: no kept-aside labels (rebuild with `gbmcvr features --plan {plan} --force`)")
     labels = pl.read_parquet(labels_path, columns=[profile.id_column, profile.install_label], glob=False)
     y = (
         pl.DataFrame({profile.id_column: aligned.test_ids})
         .join(labels, on=profile.id_column, how="left", maintain_order="left")[profile.install_label]
         .to_numpy()
     )
-    rows = bt.score_candidates(preds, y, float(read_metrics(first)["base_rate"]))
+    return target_day, preds, y
+
+
+def rehearsal_plans(ctx: Context, runs: list[str], days: int) -> list[str]:
+    """The rehearsal plans to choose on: `backtest`, then `backtest-2`, ... up to `days`, as far as every run
+    has been trained on them (`gbmcvr run` trains them all)."""
+    plans = [backtest_plan(1)]
+    for depth in range(2, days + 1):
+        plan = backtest_plan(depth)
+        if not all(ctx.wd.run(r, plan).is_dir() for r in runs):
+            break
+        plans.append(plan)
+    return plans
+
+
+def backtest_choice(
+    ctx: Context, runs: list[str], *, opts: SubmitOptions, refit: dict[str, bool] | None = None
+) -> dict[str, Any]:
+    """Try every candidate method on the rehearsal days; choose on their pooled rows (mean paired difference
+    and its standard error), keeping the simplest candidate unless another wins by more than two SE."""
+    plans = rehearsal_plans(ctx, runs, opts.rehearsal_days)
+    days, day_preds, day_labels = [], [], []
+    for plan in plans:
+        day, preds, y = _rehearsal(ctx, runs, plan, opts, refit if plan == backtest_plan(1) else None)
+        days.append(day)
+        day_preds.append(preds)
+        day_labels.append(y)
+    pairs = list(day_preds[0])
+    ctx.progress(
+        f"backtest: {len(pairs)} post-processing candidates on {sum(map(len, day_labels)):,} rows of "
+        f"{len(days)} rehearsal day(s) {', '.join(map(str, days))}"
+    )
+    pooled = {pair: np.concatenate([p[pair] for p in day_preds]) for pair in pairs}
+    y = np.concatenate(day_labels)
+    base_rate = float(read_metrics(ctx.wd.run(runs[0], plans[0]))["base_rate"])
+    rows = bt.score_candidates(pooled, y, base_rate)
+    for r in rows:
+        pair = (r["calibration"], r["weights"])
+        r["per_day"] = {
+            str(day): float(log_loss(labels, p[pair]))
+            for day, p, labels in zip(days, day_preds, day_labels, strict=True)
+        }
     choice = bt.decide(rows)
     chosen = next(r for r in rows if (r["calibration"], r["weights"]) == choice)
     simplest = rows[0]
@@ -311,14 +350,17 @@ def backtest_choice(
     )
     ctx.progress(
         f"backtest: chose calibration '{choice[0]}', weights '{choice[1]}' "
-        f"(day-{target_day} log loss {chosen['logloss']:.5f}, calibration ratio {chosen['calibration_ratio']:.3f}; "
-        f"{evidence})"
+        f"(log loss {chosen['logloss']:.5f} over {len(days)} day(s), calibration ratio "
+        f"{chosen['calibration_ratio']:.3f}; {evidence})"
     )
     return {
         "rows": rows,
         "calibration": choice[0],
         "weights": choice[1],
-        "target_day": target_day,
+        "target_day": days[0],
+        "days": days,
+        "simplest": [simplest["calibration"], simplest["weights"]],
+        "significance": bt.SIGNIFICANCE,
         "test_rate": float(np.mean(y)),
         "asked": {"calibration": opts.calibration, "weights": opts.weights},
     }

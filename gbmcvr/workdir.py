@@ -56,9 +56,9 @@ class Workdir:
         return self.features / check_name(feature_set, "feature set") / plan
 
     def run(self, run_id: str, plan: str = "validate") -> Path:
-        """models/<run-id>/, or models/backtest/<run-id>/ for a run trained on the backtest plan."""
+        """models/<run-id>/, or models/<plan>/<run-id>/ for a run trained on a rehearsal plan (backtest, backtest-2)."""
         check_name(run_id, "run id")
-        return self.models / "backtest" / run_id if plan == "backtest" else self.models / run_id
+        return self.models / plan / run_id if plan.startswith("backtest") else self.models / run_id
 
     def submission(self, name: str) -> Path:
         """submissions/<name>.tsv (its .json, .md and plots lie beside it)."""

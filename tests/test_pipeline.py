@@ -90,8 +90,15 @@ def test_run_chooses_on_the_backtest(tmp_path):
     assert "p_without_refit" in pl.read_parquet(wd.run("e2e", "backtest") / "preds.parquet").columns
     report = json.loads((wd.submissions / "auto.json").read_text())
     rows = report["backtest"]["rows"]
-    chosen = next(r for r in rows if r["calibration"] == report["calibration"])
-    assert chosen["logloss"] == min(r["logloss"] for r in rows)
+    assert len(report["backtest"]["days"]) == 3 and steps["train e2e (backtest-3)"] == "done"
+    assert all(len(r["per_day"]) == 3 for r in rows)
+    simplest = rows[0]
+    pick = (report["backtest"]["calibration"], report["backtest"]["weights"])
+    chosen = next(r for r in rows if (r["calibration"], r["weights"]) == pick)
+    if chosen is simplest:
+        assert simplest["gap"] <= 2 * simplest["gap_se"]
+    else:
+        assert chosen["logloss"] == min(r["logloss"] for r in rows) and simplest["gap"] > 2 * simplest["gap_se"]
     evidence = report["refit_evidence"]["e2e"]
     assert (evidence["with_refit"] < evidence["without_refit"]) == (steps["refit e2e"] == "yes")
     assert json.loads((wd.run("e2e") / "run.json").read_text())["refit"] == (steps["refit e2e"] == "yes")

@@ -99,6 +99,8 @@ class GbmKind:
         gcfg = ctx.cfg.section(self.section)
         resolved = self.params(ctx, opts.params)
         refit = bool(opts.refit)
+        if refit and opts.plan not in ("validate", "backtest"):
+            raise UserError(f"--refit on plan '{opts.plan}': the refit's evidence is rehearsed on 'backtest' only")
         address = opts.dask or gcfg.dask
         if address and opts.plan != "validate":
             raise UserError("--dask trains on the validate plan only")

@@ -28,6 +28,7 @@ class SubmitOptions:
     folds: int = 5
     name: str = "submission"
     trend_days: int = 7
+    rehearsal_days: int = 3  # `auto` chooses on this many rehearsal days (backtest, backtest-2, ...) together
 
 
 def parse_weights(text: str, n_runs: int) -> list[float] | None:
@@ -55,6 +56,8 @@ def submit_options(raw: dict[str, Any], where: str) -> SubmitOptions:
         raise UserError(f"{where}: trend_days must be at least 2")
     if opts.space not in SPACES:
         raise UserError(f"{where}: space must be one of {', '.join(SPACES)}, not '{opts.space}'")
+    if opts.rehearsal_days < 1:
+        raise UserError(f"{where}: rehearsal_days must be at least 1")
     if int(opts.folds) < 2:
         raise UserError(f"{where}: folds must be at least 2")
     return opts

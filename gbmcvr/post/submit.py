@@ -264,31 +264,36 @@ def _means_lines(result: SubmitResult) -> list[str]:
 def _backtest_lines(bt: dict[str, Any]) -> list[str]:
     rows = sorted(bt["rows"], key=lambda r: r["logloss"])
     chosen = (bt["calibration"], bt["weights"])
-    day = bt["target_day"]
-    why = (
-        f"it has the lowest day-{day} log loss of {len(rows)} candidates (day {day} install rate {bt['test_rate']:.4f})"
-    )
-    if len(rows) > 1 and "gap" in rows[1]:
-        runner = rows[1]
-        noise = "within noise" if runner["gap"] < 2 * runner["gap_se"] else "more than 2 standard errors"
-        why += (
-            f"; the runner-up ({runner['calibration']}, {runner['weights']}) is {runner['gap']:.6f} behind "
-            f"(paired standard error {runner['gap_se']:.6f}: {noise})"
+    days = bt.get("days", [bt["target_day"]])
+    day = ", ".join(map(str, days))
+    simplest = tuple(bt.get("simplest", (bt["rows"][0]["calibration"], bt["rows"][0]["weights"])))
+    base = next((r for r in bt["rows"] if (r["calibration"], r["weights"]) == simplest), bt["rows"][0])
+    z = bt.get("significance", 2.0)
+    if chosen == simplest:
+        why = (
+            f"it is the simplest candidate and no other beat it by more than {z:g} paired standard errors "
+            f"over the rows of day(s) {day} (install rate {bt['test_rate']:.4f})"
+        )
+    else:
+        why = (
+            f"it beats the simplest candidate ({simplest[0]}, {simplest[1]}) by {base['gap']:.6f} log loss "
+            f"(paired standard error {base['gap_se']:.6f}, more than {z:g} SE) over the rows of day(s) {day}"
         )
     lines = [
-        f"## Backtest (fitted without day {day}'s labels, scored on them)",
+        f"## Backtest (fitted without the labels of day(s) {day}, scored on them)",
         "",
         f"Asked for calibration `{bt['asked']['calibration']}`, weights `{bt['asked']['weights']}`; "
         f"chosen: calibration `{chosen[0]}`, weights `{chosen[1]}`, because {why}.",
         "",
-        f"| calibration | weights | day-{day} log loss | gap to best (± SE) | NCE | calibration ratio | mean prediction |",
-        "|---|---|---|---|---|---|---|",
+        "| calibration | weights | log loss | gap to best (± SE) | per day | NCE | calibration ratio | mean prediction |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mark = " **chosen**" if (r["calibration"], r["weights"]) == chosen else ""
         gap = f"{r['gap']:.6f} ± {r['gap_se']:.6f}" if "gap" in r else "—"
+        per_day = ", ".join(f"{d}: {v:.5f}" for d, v in r.get("per_day", {}).items()) or "—"
         lines.append(
-            f"| {r['calibration']}{mark} | {r['weights']} | {r['logloss']:.5f} | {gap} | {r['nce']:.5f} | "
+            f"| {r['calibration']}{mark} | {r['weights']} | {r['logloss']:.5f} | {gap} | {per_day} | {r['nce']:.5f} | "
             f"{r['calibration_ratio']:.3f} | {r['mean_p']:.4f} |"
         )
     return [*lines, ""]
