@@ -47,6 +47,11 @@ class Reporter:
     def __call__(self, message: str) -> None:
         LOG.info(message)
 
+    @property
+    def draws_bars(self) -> bool:
+        """Whether counted work shows as bars (a terminal) rather than lines."""
+        return self._console is not None
+
     @contextlib.contextmanager
     def task(self, label: str, total: int | None, unit: str = "") -> Iterator[Task]:
         if self._console is None:

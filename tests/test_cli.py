@@ -64,3 +64,14 @@ def test_importing_and_plotting_leave_the_process_alone(tmp_path) -> None:
     assert backend == "svg"
     assert int(verbosity) == 20  # optuna's own default (INFO) is untouched
     assert (tmp_path / "x.png").stat().st_size > 0
+
+
+def test_the_default_feature_set_pastes_into_gbmcvr_toml(tmp_path, capsys) -> None:
+    from gbmcvr.fe.spec import default_spec
+    from gbmcvr.stages import feature_spec_of
+
+    code, out, _ = run_cli(["features", "--show-default"], capsys)
+    assert code == 0
+    (tmp_path / "gbmcvr.toml").write_text(out)
+    cfg = load_config(None, tmp_path / "gbmcvr.toml")
+    assert feature_spec_of(cfg) == default_spec(cfg.load_profile())

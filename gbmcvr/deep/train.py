@@ -163,10 +163,11 @@ def train_mtdm(
             m.train()
         t0, sums, count = time.perf_counter(), {}, 0
         n_batches = -(-len(fit) // cfg.batch_size)
+        bars = isinstance(progress, Reporter) and progress.draws_bars
         shown = contextlib.ExitStack()
         bar = shown.enter_context(counted(progress, f"mtdm epoch {epoch}/{cfg.epochs}", n_batches, "batches"))
         for done, idx in enumerate(batches(len(fit), cfg.batch_size, batch_gen, shuffle=True), start=1):
-            if isinstance(progress, Reporter):  # a bar inside the epoch; plain lines come once per epoch below
+            if bars:  # a bar inside the epoch on a terminal; plain lines come once per epoch below
                 bar.update(done)
             if parallel is not None and (idx := parallel.shard(idx)) is None:
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -268,7 +269,12 @@ def _validate(spec: FeatureSpec, profile: Profile, where: str) -> None:
 
 
 def default_toml_text() -> str:
-    return (resources.files("gbmcvr.defaults") / "features_default.toml").read_text()
+    """The default feature set as `[features.<family>]` tables: pasted into gbmcvr.toml, it parses as it is."""
+    text = (resources.files("gbmcvr.defaults") / "features_default.toml").read_text()
+    text = text.replace(
+        "# Copy this under [features] in gbmcvr.toml to edit it.", "# Paste this into gbmcvr.toml to edit it."
+    )
+    return re.sub(r"(?m)^\[([A-Za-z_][A-Za-z0-9_.]*)\]", r"[features.\1]", text)
 
 
 def default_raw(profile: Profile) -> dict[str, Any]:

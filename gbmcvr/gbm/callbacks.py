@@ -28,7 +28,6 @@ class _Progress:
             return
         if self._task is None:
             self._task = self._stack.enter_context(counted(self.report, self.label, env.end_iteration, "rounds"))
-            self._task.update(0)
             self._task._next_line_at = self.every
         status = ""
         if env.evaluation_result_list:
