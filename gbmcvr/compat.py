@@ -32,6 +32,15 @@ def deep() -> SimpleNamespace:
     return SimpleNamespace(torch=torch, distributed=distributed, kaml_run=kaml_run, run=run, train=train)
 
 
+def mlflow() -> ModuleType:
+    """The `mlflow` package, or a UserError naming the extra that provides it."""
+    try:
+        import mlflow as ml
+    except ImportError:
+        raise UserError("tracking with MLflow needs mlflow: pip install 'gbmcvr[mlflow]'") from None
+    return ml
+
+
 def catboost() -> ModuleType:
     """The `catboost` package, or a UserError saying how to install it."""
     try:

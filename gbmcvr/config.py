@@ -17,6 +17,7 @@ from gbmcvr.models import registry
 from gbmcvr.post.options import SubmitOptions, submit_options
 from gbmcvr.space import TuneConfig, tune_config
 from gbmcvr.tomlfile import check_keys, read_toml, toml_text, typed_fields
+from gbmcvr.tracking import TrackConfig, track_config
 from gbmcvr.workdir import check_name
 
 BUILTIN_SOURCE = "built-in defaults"
@@ -41,6 +42,7 @@ class PipelineConfig:
     sections: dict[str, Any] = field(default_factory=default_sections)  # each kind's table, typed
     tune: TuneConfig = field(default_factory=TuneConfig)
     submit: SubmitOptions = field(default_factory=SubmitOptions)
+    track: TrackConfig = field(default_factory=TrackConfig)
     source: str = BUILTIN_SOURCE
 
     def section(self, name: str) -> Any:
@@ -62,7 +64,7 @@ _SCALARS = ("profile", "data", "seed", "feature_set", "select", "models")
 def config_from_dict(raw: dict[str, Any], where: str) -> PipelineConfig:
     """Validate and type the whole config: the top level, [features], every kind's table, [tune], [submit]."""
     kind_sections = registry.sections()
-    tables = ("features", *kind_sections, "tune", "submit")
+    tables = ("features", *kind_sections, "tune", "submit", "track")
     check_keys(raw, (*_SCALARS, *tables), where)
     for section in tables:
         if section in raw and not isinstance(raw[section], dict):
@@ -84,6 +86,7 @@ def config_from_dict(raw: dict[str, Any], where: str) -> PipelineConfig:
         },
         tune=tune_config(dict(raw.get("tune", {})), f"{where} [tune]"),
         submit=submit_options(dict(raw.get("submit", {})), f"{where} [submit]"),
+        track=track_config(dict(raw.get("track", {})), f"{where} [track]"),
         source=where,
     )
     config_feature_spec(cfg.features, cfg.load_profile(), f"{where} [features]")
@@ -140,6 +143,7 @@ def effective_toml(cfg: PipelineConfig) -> str:
     tune.update(tune.pop("spaces"))
     top["tune"] = tune
     top["submit"] = _plain(cfg.submit)
+    top["track"] = _plain(cfg.track)
     if cfg.features is not None:
         top["features"] = dict(cfg.features)
     header = (
@@ -191,4 +195,7 @@ calibration = "scaling"       # auto (chosen on the backtest) | none | scaling |
                               # | shift-em | trend | BASE+shift-em | BASE+trend
 weights = "simplex"           # auto (chosen on the backtest) | equal | simplex | logit | stacker | "0.5,0.5"
 space = "probability"         # probability | logit
+
+# [track]                     # MLflow (pip install "gbmcvr[mlflow]"): every training and tuning trial logged
+# mlflow = "sqlite:///mlflow.db"   # relative to the work directory; or http://host:5000
 """

@@ -50,6 +50,7 @@ from gbmcvr.schema import PRED_P, PRED_SPLIT, TRUTH_INSTALL, TRUTH_P_INSTALL
 from gbmcvr.space import model_space
 from gbmcvr.tables import load_tables
 from gbmcvr.tomlfile import read_toml
+from gbmcvr.tracking import log_run
 from gbmcvr.workdir import Workdir, check_name
 
 
@@ -187,6 +188,9 @@ def train(
             **provenance(started, ctx.cfg.source),
         }
         write_run(run_dir, run, meta)
+        tracked = log_run(ctx.cfg.track, ctx.wd.root, f"{opts.run_id} ({plan})", run_dir)
+        if tracked:
+            ctx.progress(f"logged to MLflow: run {tracked}")
     return run
 
 

@@ -19,8 +19,8 @@ def _normalise(name: str) -> str:
 def _declared() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     requirements = list(project["dependencies"])
-    for extra in project.get("optional-dependencies", {}).values():
-        requirements += extra
+    for name, extra in project.get("optional-dependencies", {}).items():
+        requirements += [*extra, name]  # an extra's own name: its module when it is not installed here
     return {_normalise(re.match(r"[A-Za-z0-9_.-]+", r).group(0)) for r in requirements}
 
 

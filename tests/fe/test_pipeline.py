@@ -190,7 +190,7 @@ def test_cli_bad_config_exit_code(tmp_path, capsys):
 
 def test_show_default(capsys):
     code, out, _ = run_cli(["features", "--show-default"], capsys)
-    assert code == 0 and "[target]" in out and 'scheme = "oof"' in out
+    assert code == 0 and "[features.target]" in out and 'scheme = "oof"' in out
 
 
 KEY_SPEC = {
