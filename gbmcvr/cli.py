@@ -225,6 +225,7 @@ def features(
         out.print(default_toml_text(), markup=False)
         return
     ctx = _context(workdir, config)
+    ctx.wd.feature_plan(feature_set or ctx.cfg.feature_set, "validate")  # a plain name, checked before any output
     _, sources = config_feature_spec(ctx.cfg.features, ctx.cfg.load_profile(), ctx.cfg.source)
     out.print("feature families: " + ", ".join(f"{family} ({where})" for family, where in sources.items()))
     plans = ["validate", "full"] if plan == Plan.both else [plan.value]

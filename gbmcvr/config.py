@@ -4,7 +4,7 @@ when the file is read; unknown keys are errors. Each model kind parses its own t
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -96,18 +96,19 @@ def config_from_dict(raw: dict[str, Any], where: str) -> PipelineConfig:
 def load_config(path: Path | None, workdir_config: Path) -> PipelineConfig:
     """The config from `path`, else the work directory's `gbmcvr.toml`, else built-in defaults.
 
-    A relative `data` folder is resolved against the folder of the config file that names it (the work
-    directory for the built-in defaults), never against the current folder."""
+    Relative paths in it (`data`, a profile `.toml`) are resolved against the folder of the config file that
+    names them (the work directory for the built-in defaults), never against the current folder."""
     if path is None and workdir_config.is_file():
         path = workdir_config
-    if path is None:
-        cfg = config_from_dict({}, BUILTIN_SOURCE)
-        base = workdir_config.parent
-    else:
-        cfg = config_from_dict(read_toml(Path(path)), str(path))
-        base = Path(path).parent
-    data = Path(cfg.data).expanduser()
-    return replace(cfg, data=str(data if data.is_absolute() else (base / data).resolve()))
+    raw = read_toml(Path(path)) if path is not None else {}
+    base = Path(path).parent if path is not None else workdir_config.parent
+    data = Path(raw.get("data", PipelineConfig.data)).expanduser() if isinstance(raw.get("data", ""), str) else None
+    if data is not None:
+        raw["data"] = str(data if data.is_absolute() else (base / data).resolve())
+    profile = raw.get("profile")
+    if isinstance(profile, str) and profile.endswith(".toml") and not Path(profile).expanduser().is_absolute():
+        raw["profile"] = str((base / profile).resolve())
+    return config_from_dict(raw, str(path) if path is not None else BUILTIN_SOURCE)
 
 
 def _plain(obj: Any) -> Any:

@@ -16,10 +16,16 @@ from gbmcvr.errors import UserError
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file; a missing file or a syntax error is a UserError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a TOML file")
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
-        return tomllib.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark, as some editors write, is harmless
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML ({exc})") from None
 

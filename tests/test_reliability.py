@@ -220,6 +220,12 @@ CASES = [
         ("[cross]", "named twice"),
     ),
     Case("work directory is a file", _workdir_is_a_file, ("work directory is a file",)),
+    Case("config is a folder", _args("features", "--config", "/tmp"), ("/tmp", "a folder, not a TOML file")),
+    Case(
+        "config not UTF-8",
+        _then(lambda work: (work / "gbmcvr.toml").write_bytes(b"seed = \xff\n"), "features"),
+        ("gbmcvr.toml", "not UTF-8"),
+    ),
     # 8. scores that would mislead
     Case(
         "base rate above 1",
@@ -431,3 +437,11 @@ def test_a_file_size_limit_is_one_line(world: Path, tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: cannot write")
+
+
+def test_a_byte_order_mark_in_the_config_is_harmless(copy: Path) -> None:
+    from gbmcvr.config import load_config
+
+    path = _w(copy) / "gbmcvr.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_config(None, path).seed == 3
