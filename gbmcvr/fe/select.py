@@ -2,10 +2,11 @@
 
 Every candidate family is built once (the `candidates` set, backtest plan); a candidate feature set is then a
 choice of columns from those tables, scored by a fast proxy LightGBM (fixed parameters, fixed rounds) trained
-on the last fit days of the backtest plan and scored on its validation day (the selection day). The search is
-greedy: the categorical handling first, then one forward pass (switch each absent family on, keep it if the
-selection-day log loss drops by `min_gain`), then one backward pass (switch each present family off, keep it
-off if the loss does not rise). Each pass costs one fit per family, where a best-first search costs one per
+on up to `proxy_rows` rows sampled from the whole fit window of the backtest plan and scored on its validation
+day (the selection day). The search is greedy: the categorical handling first, then one forward pass (switch
+each absent family on, keep it if the selection-day log loss drops by more than two paired standard errors of
+the per-row difference), then one backward pass (switch each present family off, keep it off unless the loss
+rises by more than two standard errors): noise keeps the simpler set. Each pass costs one fit per family, where a best-first search costs one per
 family per step and an Optuna study over ~10 on/off choices needs more trials than that to beat it.
 
 The backtest plan's test day (the validation day of the profile) is never read during the search: its labels
@@ -67,8 +68,8 @@ class SelectOptions:
     """The proxy model and the search budget."""
 
     rounds: int = 150
-    proxy_days: int = 4
-    min_gain: float = 1e-4
+    proxy_rows: int = 400_000  # fit rows sampled from the whole fit window (all of them when fewer)
+    significance: float = 2.0  # a change is kept only when it wins by this many paired standard errors
     max_fits: int = 30
     seed: int = 42
 
@@ -175,13 +176,13 @@ def toml_text(raw: dict[str, Any], header: str) -> str:
 
 
 class Proxy:
-    """The fast proxy: fixed-parameter LightGBM on the last fit days, scored on the selection day."""
+    """The fast proxy: fixed-parameter LightGBM on rows sampled from the fit window, scored on the selection day."""
 
     def __init__(self, tables: FeatureTables, opts: SelectOptions, progress: Callable[[str], None]) -> None:
         fit = tables.splits["fit"]
-        day = next(c["name"] for c in tables.manifest["columns"] if c["role"] == "day")
-        days = sorted(fit[day].unique().to_list())
-        self.fit = fit.filter(pl.col(day).is_in(days[-opts.proxy_days :]))
+        self.fit = (
+            fit.sample(opts.proxy_rows, seed=opts.seed).sort(tables.id_column) if fit.height > opts.proxy_rows else fit
+        )
         self.valid = tables.splits["valid"]
         self.label = tables.install_label
         self.family = {c["name"]: c["family"] for c in tables.manifest["columns"]}
@@ -213,18 +214,26 @@ class Proxy:
         self.fits += 1
         return lgb.train(params, data, num_boost_round=self.opts.rounds)
 
-    def score(self, choice: Choice) -> float:
-        """Selection-day log loss of the proxy trained on the choice's columns."""
+    def score(self, choice: Choice) -> np.ndarray:
+        """Selection-day log loss of each row, for the proxy trained on the choice's columns."""
         start = time.perf_counter()
         booster = self.train(choice)
         cols, _ = self.columns(choice)
-        p = booster.predict(self.valid.select(cols))
-        value = metrics.log_loss(self.valid[self.label].to_numpy(), p)
+        p = np.clip(booster.predict(self.valid.select(cols)), metrics.EPS, 1 - metrics.EPS)
+        y = self.valid[self.label].to_numpy().astype(np.float64)
+        losses = -(y * np.log(p) + (1 - y) * np.log1p(-p))
+        value = float(losses.mean())
         self.progress(
             f"select: fit {self.fits}/{self.opts.max_fits} {choice.label()} ({len(cols)} columns): "
             f"log loss {value:.6f} ({time.perf_counter() - start:.0f}s)"
         )
-        return value
+        return losses
+
+
+def paired_gain(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
+    """Mean per-row log-loss drop from `before` to `after`, and its paired standard error."""
+    diff = before - after
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("inf")
 
 
 def search(proxy: Proxy, families: tuple[str, ...], requires: dict[str, set[str]], opts: SelectOptions) -> Selection:
@@ -233,30 +242,41 @@ def search(proxy: Proxy, families: tuple[str, ...], requires: dict[str, set[str]
     current = Choice(closure({f for f in DEFAULT_ON if f in families}, requires, families), DEFAULT_HANDLING)
     best = proxy.score(current)
     steps: list[dict[str, Any]] = [
-        {"step": "start (default set)", "choice": current.label(), "logloss": best, "gain": 0.0}
+        {"step": "start (default set)", "choice": current.label(), "logloss": float(best.mean()), "gain": 0.0}
     ]
 
-    def try_step(name: str, candidate: Choice, keep_if_gain: float) -> None:
+    def try_step(name: str, candidate: Choice, simpler: bool) -> None:
+        """Take a more complex candidate only when it wins by `significance` SE; a simpler one unless it
+        loses by that much (so noise keeps the simpler option)."""
         nonlocal current, best
         if proxy.fits >= opts.max_fits or candidate == current:
             return
-        value = proxy.score(candidate)
-        gain = best - value
-        kept = gain >= keep_if_gain
-        steps.append({"step": name, "choice": candidate.label(), "logloss": value, "gain": gain, "kept": kept})
+        losses = proxy.score(candidate)
+        gain, se = paired_gain(best, losses)
+        kept = gain > -opts.significance * se if simpler else gain > opts.significance * se
+        steps.append(
+            {
+                "step": name,
+                "choice": candidate.label(),
+                "logloss": float(losses.mean()),
+                "gain": gain,
+                "se": se,
+                "kept": kept,
+            }
+        )
         if kept:
-            current, best = candidate, value
+            current, best = candidate, losses
 
     for handling in HANDLING:
         if handling != current.handling:
-            try_step(f"handling {handling}", Choice(current.families, handling), opts.min_gain)
+            try_step(f"handling {handling}", Choice(current.families, handling), simpler=False)
     for family in families:
         if family not in current.families:
             on = closure({*current.families, family}, requires, families)
             try_step(
                 "add " + ", ".join(f for f in on if f not in current.families),
                 Choice(on, current.handling),
-                opts.min_gain,
+                simpler=False,
             )
     for family in families:
         if family in current.families:
@@ -267,7 +287,7 @@ def search(proxy: Proxy, families: tuple[str, ...], requires: dict[str, set[str]
                 families,
             )
             dropped = ", ".join(f for f in current.families if f not in rest)
-            try_step(f"drop {dropped}", Choice(rest, current.handling), 0.0)
+            try_step(f"drop {dropped}", Choice(rest, current.handling), simpler=True)
     return Selection(current, steps, {}, time.perf_counter() - start)
 
 
@@ -330,12 +350,13 @@ def report_markdown(selection: Selection, name: str) -> str:
         "",
         f"Chosen: **{selection.choice.label()}** ({selection.seconds:.0f}s).",
         "",
-        "| step | candidate | selection-day log loss | gain | kept |",
+        "| step | candidate | selection-day log loss | gain (± paired SE) | kept |",
         "|---|---|---|---|---|",
     ]
     for s in selection.steps:
         kept = "" if "kept" not in s else ("yes" if s["kept"] else "no")
-        lines.append(f"| {s['step']} | {s['choice']} | {s['logloss']:.6f} | {s['gain']:+.6f} | {kept} |")
+        se = f" ± {s['se']:.6f}" if "se" in s else ""
+        lines.append(f"| {s['step']} | {s['choice']} | {s['logloss']:.6f} | {s['gain']:+.6f}{se} | {kept} |")
     h = selection.holdout
     if h:
         lines += [

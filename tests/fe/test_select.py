@@ -114,3 +114,33 @@ def test_select_command_writes_a_feature_set_the_pipeline_builds(small_work, tmp
     assert _selected(Context(own, PipelineConfig()), steps).feature_set == SELECTED and steps == {"select": "current"}
     code, _, err = run_cli(["select", "--rounds", "0", "--workdir", own.root], capsys)
     assert code == 2 and "--rounds and --max-fits must be at least 1" in err
+
+
+class _FakeProxy:
+    """Per-row losses by family set: `novelty` helps by a noise-sized amount, `lagged` by a clear one."""
+
+    def __init__(self, rng) -> None:
+        self.fits = 0
+        self.base = rng.uniform(0.2, 0.6, 5000)
+        self.noise = rng.normal(0, 0.05, 5000)
+
+    def score(self, choice):
+        self.fits += 1
+        losses = self.base.copy()
+        if "novelty" in choice.families:
+            losses = losses - 0.0005 + self.noise  # mean gain 0.0005, SE ~0.0007: noise
+        if "lagged" in choice.families:
+            losses = losses - 0.01  # every row better: many standard errors
+        return losses
+
+
+def test_a_family_that_wins_by_less_than_two_standard_errors_is_not_taken() -> None:
+    import numpy as np
+
+    from gbmcvr.fe.select import DEFAULT_ON, SelectOptions, search
+
+    families = (*DEFAULT_ON, "novelty", "lagged")
+    selection = search(_FakeProxy(np.random.default_rng(0)), families, {}, SelectOptions(max_fits=30))
+    assert "lagged" in selection.choice.families and "novelty" not in selection.choice.families
+    novelty = next(s for s in selection.steps if s["step"] == "add novelty")
+    assert not novelty["kept"] and abs(novelty["gain"]) < 2 * novelty["se"]
