@@ -192,7 +192,9 @@ def keep_aside(run_dir: Path, origin: str) -> Path | None:
 
 def check_new_run(run_dir: Path, overwrite: bool) -> None:
     if run_dir.name in RESERVED or run_dir.name.startswith("optuna") or is_backtest(run_dir.name):
-        raise UserError(f"run id '{run_dir.name}' is reserved for tuning outputs; choose another --run-id")
+        raise UserError(
+            f"run id '{run_dir.name}' is reserved (tuning outputs, rehearsal plans, run history); choose another --run-id"
+        )
     if run_dir.exists() and not overwrite:
         raise UserError(f"{run_dir}: run exists (choose another --run-id or pass --overwrite)")
 

@@ -394,6 +394,9 @@ def submit(
     """
     if not runs:
         raise UserError("no runs given (pass --runs RUN [RUN ...])")
+    twice = sorted({r for r in runs if runs.count(r) > 1})
+    if twice:
+        raise UserError(f"run '{twice[0]}' given twice in --runs (an ensemble takes each run once)")
     opts = opts or ctx.cfg.submit
     profile = ctx.cfg.load_profile()
     for run in runs:

@@ -159,6 +159,8 @@ CASES = [
         ("[submit]", "'a/b'", "plain name"),
     ),
     Case("tune into a reserved run id", _args("train", "e2e", "--run-id", "tuned"), ("reserved",)),
+    Case("a rehearsal plan's name as run id", _args("train", "e2e", "--run-id", "backtest-2"), ("reserved",)),
+    Case("the same run twice", _args("submit", "--runs", "e2e", "--runs", "e2e"), ("'e2e' given twice",)),
     # 4. damaged internal files
     Case("empty run.json", _then(_write("models/e2e/run.json", b""), "submit", "--runs", "e2e"), ("damaged", "empty")),
     Case(
