@@ -40,6 +40,15 @@ def catboost() -> ModuleType:
     return cb
 
 
+def xgboost() -> ModuleType:
+    """The `xgboost` package, or a UserError saying how to install it."""
+    try:
+        import xgboost as xgb
+    except ImportError:
+        raise UserError("the XGBoost model needs xgboost: pip install 'xgboost>=2'") from None
+    return xgb
+
+
 def pyplot() -> ModuleType:
     """matplotlib's pyplot on the file-only Agg backend (reports write PNGs; no display is needed)."""
     import matplotlib
