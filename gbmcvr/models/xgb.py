@@ -319,10 +319,11 @@ def _predict_frame(booster: Any, frame: pl.DataFrame) -> np.ndarray:
 
 
 class Booster:
-    """A trained or loaded XGBoost model: install probabilities for feature frames."""
+    """A trained or loaded XGBoost model: install probabilities for feature frames (and, trained, XGBoost's
+    valid log-loss history)."""
 
-    def __init__(self, booster: Any) -> None:
-        self.booster = booster
+    def __init__(self, booster: Any, history: list[float] | None = None) -> None:
+        self.booster, self.history = booster, history
 
     def predict(self, frame: pl.DataFrame) -> dict[str, np.ndarray]:
         return {"p": _predict_frame(self.booster, frame)}
@@ -392,7 +393,7 @@ class XGBoostKind:
         data = quantile_matrices(tables, cfg, params["nthread"], ctx.progress)
         model, history = _fit(data, params, cfg, ctx.progress)
         seconds = time.perf_counter() - start
-        booster, features, fit_rows, cats = Booster(model), data.features, data.fit_rows, data.categorical
+        booster, features, fit_rows, cats = Booster(model, history), data.features, data.fit_rows, data.categorical
         del data  # the binned matrices are not needed to predict
         ids = {s: tables.splits[s][tables.id_column].to_numpy() for s in ("valid", "test")}
         preds = prediction_table(ids, {s: booster.predict_batches(tables.batches(s, features)) for s in ids})
