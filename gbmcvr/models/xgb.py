@@ -25,6 +25,7 @@ import polars as pl
 from gbmcvr import compat, metrics
 from gbmcvr.context import Context, quiet
 from gbmcvr.errors import UserError
+from gbmcvr.gbm.models import _release_freed_memory
 from gbmcvr.gbm.train import plot_importance
 from gbmcvr.models.base import Objective, TrainedRun, TrainOptions
 from gbmcvr.runs import input_key, params_file, prediction_table
@@ -278,6 +279,7 @@ def quantile_matrices(
         made[split] = xgb.QuantileDMatrix(
             it, max_bin=cfg.max_bin, ref=made.get(ref), nthread=threads, enable_categorical=bool(cats)
         )
+        _release_freed_memory()  # the row groups' Arrow buffers, held by the pool, are not needed to train
     return XgbData(made["fit"], made["valid"], features, sorted(cats), len(y_fit), cfg.max_bin)
 
 
