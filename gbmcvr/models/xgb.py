@@ -268,6 +268,9 @@ def quantile_matrices(
     """QuantileDMatrix of the fit split from its row batches in float32 blocks; the valid one references it."""
     xgb = compat.xgboost()
     features = tables.features()
+    refused = [f for f in features if any(ch in f for ch in "[]<")]
+    if refused:
+        raise UserError(f"xgb: XGBoost refuses feature names with [, ] or <: rename column '{refused[0]}' in the data")
     cats = set(categorical_features(tables, features, cfg))
     types = ["c" if f in cats else "q" for f in features]
     y_fit = _label(tables, "fit")

@@ -208,3 +208,14 @@ def test_bad_config_device_and_options_are_user_errors(xgb_work, monkeypatch):
         xgb_kind.resolve_device("cuda")
     monkeypatch.setattr(xgb_kind, "cuda_devices", lambda: 1)
     assert xgb_kind.resolve_device("auto") == "cuda"
+
+
+def test_feature_names_xgboost_refuses_are_user_errors(small_work):
+    wd, _, _ = small_work
+    tables = load_tables(wd.features, "default", "validate", ("fit", "valid"), lean=("fit", "valid"))
+    manifest = copy.deepcopy(tables.manifest)
+    numeric = next(c for c in manifest["columns"] if c["role"] == "numeric")
+    numeric["name"] = "price[usd]"
+    tables = FeatureTables(tables.plan_dir, manifest, tables.splits)
+    with pytest.raises(UserError, match=r"rename column 'price\[usd\]' in the data"):
+        xgb_kind.quantile_matrices(tables, xgb_kind.XgbConfig(), 1)
