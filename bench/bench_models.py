@@ -1,7 +1,7 @@
 """Benchmark: model quality on generated data (issue tables), printed as JSON lines.
 
 For `--scale` (default 0.2): generates data (or reuses --data), ingests, builds features (validate + full),
-trains the raw-column baseline, the `--models` kinds (e2e, ts; add cb), the `--refit-models` with --refit
+trains the raw-column baseline, the `--models` kinds (e2e, ts; add cb, xgb), the `--refit-models` with --refit
 and the MTDM, then scores every
 run's valid and test predictions, the base-rate prior and the truth; then the Table-5-style grid of
 calibrations and ensembles scored on the test day against the truth.

@@ -50,6 +50,15 @@ def catboost() -> ModuleType:
     return cb
 
 
+def xgboost() -> ModuleType:
+    """The `xgboost` package, or a UserError saying how to install it."""
+    try:
+        import xgboost as xgb
+    except ImportError:
+        raise UserError("the XGBoost model needs xgboost: pip install 'xgboost>=2'") from None
+    return xgb
+
+
 class _Figures:
     """pyplot's `subplots` and `close` on bare matplotlib Figures: nothing is registered with pyplot and the
     process's backend is left alone (a notebook's inline plots keep working while gbmcvr writes PNGs)."""

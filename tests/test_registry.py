@@ -147,9 +147,9 @@ def test_fake_kind_through_the_cli_tune_and_config(fake, work, capsys):
 
 
 def test_unknown_kind_and_tune_keys_are_errors():
-    with pytest.raises(UserError, match="unknown model 'xgb' in models"):
-        config_from_dict({"models": ["e2e", "xgb"]}, "t")
+    with pytest.raises(UserError, match="unknown model 'nope' in models"):
+        config_from_dict({"models": ["e2e", "nope"]}, "t")
     with pytest.raises(UserError, match=r"\[tune\]: unknown key 'e2e_typo'"):
         config_from_dict({"tune": {"e2e_typo": {}}}, "t")
-    with pytest.raises(UserError, match="unknown model 'xgb'"):
-        registry.get("xgb")
+    with pytest.raises(UserError, match="unknown model 'nope'"):
+        registry.get("nope")
