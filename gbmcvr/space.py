@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +55,12 @@ def parse_space(raw: dict[str, dict[str, Any]], where: str) -> list[Dimension]:
             raise UserError(f"{at}: type must be int, float or categorical, not '{kind}'")
         if "low" not in spec or "high" not in spec:
             raise UserError(f"{at}: needs low and high")
-        low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
+        low, high, log = spec["low"], spec["high"], spec.get("log", False)
+        if not isinstance(log, bool):
+            raise UserError(f"{at}: log must be true or false (no quotes), got {log!r}")
+        for bound in ("low", "high"):
+            if isinstance(spec[bound], bool) or not isinstance(spec[bound], int | float):
+                raise UserError(f"{at}: {bound} must be a number, got {spec[bound]!r}")
         if low > high:
             raise UserError(f"{at}: low {low} is greater than high {high}")
         if log and low <= 0:
@@ -96,12 +104,30 @@ def model_space(target: str, overrides: dict[str, Any] | None, where: str) -> li
     return parse_space(raw, f"{where} [tune.{target}]")
 
 
+def toml_value(value: Any) -> str:
+    """One TOML value: booleans as true/false, strings quoted, numbers as Python writes them, lists of those."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise UserError(f"cannot write {value!r} as a TOML value")
+
+
+def toml_key(name: str) -> str:
+    """A bare TOML key where TOML allows one, else a quoted one."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+
+
 def space_toml(model: str, dims: list[Dimension]) -> str:
-    lines = [f"[tune.{model}]"]
+    """The space as a `[tune.<model>]` table that reads back to the same dimensions."""
+    lines = [f"[tune.{toml_key(model)}]"]
     for d in dims:
-        spec = d.to_dict()
-        body = ", ".join(
-            f"{k} = {str(v).lower() if isinstance(v, bool) else v!r}".replace("'", '"') for k, v in spec.items()
-        )
-        lines.append(f"{d.name} = {{ {body} }}")
+        body = ", ".join(f"{k} = {toml_value(v)}" for k, v in d.to_dict().items())
+        lines.append(f"{toml_key(d.name)} = {{ {body} }}")
     return "\n".join(lines) + "\n"

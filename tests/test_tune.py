@@ -3,14 +3,16 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from gbmcvr import stages
+from gbmcvr import space, stages
 from gbmcvr.config import load_config
 from gbmcvr.context import Context
+from gbmcvr.space import tune_config
 from gbmcvr.workdir import Workdir
 from tests.factories import run_cli
 
@@ -190,3 +192,23 @@ def test_worker_threads_share_the_cores(monkeypatch):
     assert tune.worker_threads(3) == 3
     monkeypatch.setenv(tune.WORKERS_ENV, "32")
     assert tune.worker_threads(0) == 1
+
+
+@pytest.mark.parametrize("target", ["e2e", "ts-like", "cb", "mtdm"])
+def test_show_space_reads_back_exactly(target, capsys):
+    """The printed space, pasted into gbmcvr.toml, is the same space (log = false stays false)."""
+    code, out, _ = run_cli(["tune", target, "--show-space"], capsys)
+    assert code == 0 and '"false"' not in out and '"true"' not in out
+    raw = tomllib.loads(out)["tune"][target]
+    printed = space.model_space(target, raw, "printed")
+    assert printed == space.model_space(target, None, "built-in")
+    assert [d.log for d in printed] == [d.log for d in space.model_space(target, None, "built-in")]
+    assert tune_config({"tune": {target: raw}}["tune"], "pasted [tune]").spaces[target] == raw
+
+
+def test_quoted_log_refused(capsys, tmp_path):
+    (tmp_path / "gbmcvr.toml").write_text(
+        '[tune.e2e]\nnum_leaves = { type = "int", low = 4, high = 8, log = "false" }\n'
+    )
+    code, _, err = run_cli(["tune", "e2e", "--show-space", "--workdir", tmp_path], capsys)
+    assert code == 2 and "log must be true or false" in err and "num_leaves" in err
