@@ -151,6 +151,13 @@ def check_mtdm(cfg: MtdmConfig, where: str) -> None:
         raise UserError(f"{where}: expert_hidden needs at least one layer")
     if cfg.distill_weight > 0 and not cfg.distill_run:
         raise UserError(f"{where}: distill_weight > 0 needs distill_run (a teacher run id)")
+    if cfg.learning_rate <= 0:
+        raise UserError(f"{where}: learning_rate must be positive, got {cfg.learning_rate}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise UserError(f"{where}: dropout must be in [0, 1), got {cfg.dropout}")
+    for key in ("weight_decay", "distill_weight", "mutual_weight", "patience"):
+        if getattr(cfg, key) < 0:
+            raise UserError(f"{where}: {key} must be >= 0, got {getattr(cfg, key)}")
     if cfg.threads < 0:
         raise UserError(f"{where}: threads must be >= 0 (0 = torch's default), got {cfg.threads}")
     if cfg.qr_threshold < 0:

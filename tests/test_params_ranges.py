@@ -1,0 +1,149 @@
+"""Model parameters checked when the config or a parameters file is read, before any work: LightGBM's and
+CatBoost's own names and aliases, ranges, types, GPU devices; each refusal is one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gbmcvr.errors import UserError
+from gbmcvr.gbm.params import gbm_config, read_params_file
+from gbmcvr.models.cb import cb_config, flat
+from tests.factories import run_cli
+
+GPU_LESS = "no GPU on this machine"
+
+
+def _show_space(root: Path, toml: str, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """Read the config through the CLI (the cheapest command that reads it) and return its outcome."""
+    (root / "gbmcvr.toml").write_text(toml)
+    return run_cli(["tune", "e2e", "--show-space", "--workdir", root], capsys)
+
+
+@pytest.mark.parametrize(
+    ("toml", "words"),
+    [
+        ("[gbm.e2e]\nlearning_rate = 0\n", ("[gbm].e2e", "learning_rate", "positive")),
+        ("[gbm.e2e]\nlearning_rate = -0.1\n", ("learning_rate", "positive")),
+        ("[gbm.e2e]\nnum_leaves = 1\n", ("num_leaves", "at least 2")),
+        ('[gbm.e2e]\nnum_leaves = "many"\n', ("num_leaves", "integer", "many")),
+        ("[gbm]\nnum_boost_round = 0\n", ("num_boost_round", "at least 1")),
+        ("[gbm.ts_like]\nbagging_fraction = 1.5\n", ("[gbm].ts_like", "bagging_fraction", "(0, 1]")),
+        ("[gbm.e2e]\nsubsample = 0\n", ("subsample", "(0, 1]")),
+        ("[gbm.e2e]\nnum_leafs = 8\n", ("unknown LightGBM parameter 'num_leafs'", "did you mean 'num_leaves'")),
+        ("[gbm.e2e]\ncolsample_bytree = 0.5\nfeature_fraction = 0.6\n", ("same LightGBM parameter", "give it once")),
+        ("[gbm.e2e]\nn_estimators = 10\n", ("n_estimators", "num_boost_round in [gbm]")),
+        ('[gbm.e2e]\nobjective = "nope"\n', ("LightGBM refused the parameters", "nope")),
+        ("[mtdm]\nlearning_rate = -0.001\n", ("[mtdm]", "learning_rate", "positive")),
+        ("[mtdm]\ndropout = 1.0\n", ("dropout", "[0, 1)")),
+        ("[mtdm]\ndropout = -0.1\n", ("dropout", "[0, 1)")),
+        ("[mtdm]\nepochs = 0\n", ("epochs", "at least 1")),
+        ("[mtdm]\nbatch_size = 0\n", ("batch_size", "at least 1")),
+        ("seed = -1\n", ("seed", ">= 0")),
+        ("[cb]\nlearning_rate = 0\n", ("[cb]", "learning_rate", "positive")),
+        ("[cb]\ndepht = 4\n", ("unknown CatBoost parameter 'depht'", "did you mean 'depth'")),
+        ("[cb]\neta = 0.1\nlearning_rate = 0.2\n", ("same CatBoost parameter", "give it once")),
+        ("[cb]\nrandom_state = 3\n", ("random_state", "top-level seed")),
+        ('[cb]\ngrow_policy = "nope"\n', ("CatBoost refused the parameters", "nope")),
+        ("[cb]\nsubsample = 2.0\n", ("CatBoost refused the parameters", "Subsample")),
+    ],
+)
+def test_refused_when_the_config_is_read(tmp_path, capsys, toml, words):
+    code, out, err = _show_space(tmp_path, toml, capsys)
+    assert code == 2, err
+    assert all(w in err for w in words), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "[tune.e2e]" not in out
+
+
+def test_lightgbm_names_and_aliases_accepted_and_normalised():
+    raw = {
+        "e2e": {
+            "colsample_bytree": 0.5,
+            "subsample": 0.9,
+            "interaction_constraints": [[0, 1]],
+            "device_type": "cpu",
+            "extra_trees": True,
+        }
+    }
+    cfg = gbm_config(raw, "[gbm]")
+    assert cfg.stage_params["e2e"] == {
+        "feature_fraction": 0.5,
+        "bagging_fraction": 0.9,
+        "interaction_constraints": [[0, 1]],
+        "device_type": "cpu",
+        "extra_trees": True,
+    }
+    # an alias replaces the default it names, not a second value beside it
+    params = cfg.params("e2e", 7)
+    assert params["feature_fraction"] == 0.5 and "colsample_bytree" not in params and params["seed"] == 7
+
+
+def _has_gpu(module: str) -> bool:
+    if module == "lightgbm":
+        from gbmcvr.gbm.params import probe
+
+        return probe({"device_type": "gpu"}) is None
+    from catboost.utils import get_gpu_device_count
+
+    return get_gpu_device_count() > 0
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda", "GPU"])
+def test_gpu_lightgbm_refused_in_one_line_without_a_gpu(device):
+    if device == "gpu" and _has_gpu("lightgbm"):
+        pytest.skip("this machine has a GPU LightGBM can use")
+    if device == "GPU":
+        if _has_gpu("catboost"):
+            pytest.skip("this machine has a GPU CatBoost can use")
+        with pytest.raises(UserError, match='task_type = "GPU" needs a GPU'):
+            cb_config({"task_type": "GPU"}, "[cb]")
+        return
+    with pytest.raises(UserError, match=f'device_type = "{device}" needs a GPU') as info:
+        gbm_config({"e2e": {"device": device}}, "[gbm]")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({"num_leaves": "many"}, ("num_leaves", "integer", "many")),
+        ({"learning_rate": 0.0}, ("learning_rate", "positive")),
+        ({"bagging_fraction": 0}, ("bagging_fraction", "(0, 1]")),
+        ({"params": {"leaves": 3}}, ("unknown LightGBM parameter 'leaves'",)),
+        ({"num_leaves": None}, ("num_leaves", "got None")),
+    ],
+)
+def test_params_file_refused_when_read(tmp_path, params, words):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(params))
+    with pytest.raises(UserError) as info:
+        read_params_file(path, ("e2e",))
+    assert str(path) in str(info.value) and all(w in str(info.value) for w in words)
+
+
+def test_params_file_integral_floats_become_integers(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"params": {"num_leaves": 31.0, "sub_row": 0.5}}))
+    assert read_params_file(path, ("e2e",)) == {"e2e": {"num_leaves": 31, "bagging_fraction": 0.5}}
+
+
+def test_catboost_own_names_and_aliases():
+    cfg = cb_config({"eta": 0.1, "max_depth": 4, "od_wait": 7, "grow_policy": "Lossguide", "max_leaves": 8}, "[cb]")
+    assert (cfg.learning_rate, cfg.depth, cfg.early_stopping_rounds) == (0.1, 4, 7)
+    assert cfg.extra == {"grow_policy": "Lossguide", "max_leaves": 8}
+    assert cb_config(flat(cfg), "[cb]") == cfg
+    assert flat(cb_config({}, "[cb]")) == {k: v for k, v in flat(cfg).items() if k not in cfg.extra} | {
+        "learning_rate": 0.08,
+        "depth": 6,
+        "early_stopping_rounds": 100,
+    }
+
+
+@pytest.mark.parametrize("command", ["synth", "tune"])
+def test_negative_seed_option_refused(tmp_path, capsys, command):
+    args = [tmp_path / "out", "--scale", "0.01"] if command == "synth" else ["e2e", "--workdir", tmp_path]
+    code, _, err = run_cli([command, *args, "--seed", "-1"], capsys)
+    assert code == 2 and "--seed" in err
+    assert not (tmp_path / "out").exists()
