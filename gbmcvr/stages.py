@@ -348,7 +348,7 @@ def tune(
     study_name = study or f"{target}-{cfg.feature_set}"
     setup = tuning.TuneSetup(target, study_name, storage, trials, timeout, seed, pruner, space, ctx.wd.models / "tuned")
     the_study = tuning.load_study(setup, cfg.feature_set)
-    if not worker and storage.startswith("journal:"):
+    if not worker:
         n = tuning.fail_running(the_study)
         if n:
             ctx.progress(f"marked {n} trial(s) left running by a dead process as failed")
@@ -360,8 +360,10 @@ def tune(
         if timeout:
             args += ["--timeout", str(timeout)]
         ctx.progress(f"starting {workers} workers on {tuning.redact(storage)}, study '{study_name}'")
-        tuning.spawn_workers(args, workers, seed, storage, cfg.tune.threads_per_worker)
-        return Tuning(the_study, True)
+        completed = tuning.spawn_workers(args, workers, seed, storage, cfg.tune.threads_per_worker)
+        if not completed:
+            ctx.progress(tuning.INTERRUPTED)
+        return Tuning(the_study, completed)
     threads = tuning.worker_threads(cfg.tune.threads_per_worker) if worker else None
     objective = kind.objective(ctx, target, space, seed, threads)
     ctx.progress(
