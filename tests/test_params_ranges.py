@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gbmcvr.errors import UserError
@@ -147,3 +148,26 @@ def test_negative_seed_option_refused(tmp_path, capsys, command):
     code, _, err = run_cli([command, *args, "--seed", "-1"], capsys)
     assert code == 2 and "--seed" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_catboost_errors_during_training_are_one_line():
+    import catboost
+
+    from gbmcvr.models.cb import catboost_errors
+
+    x = np.arange(40, dtype=np.float64).reshape(20, 2)
+    model = catboost.CatBoostClassifier(iterations=2, grow_policy="nope", verbose=False, allow_writing_files=False)
+    with pytest.raises(UserError, match="^CatBoost refused the parameters: Key 'nope'") as info, catboost_errors():
+        model.fit(x, np.arange(20) % 2)
+    assert "\n" not in str(info.value) and ".cpp" not in str(info.value)
+
+
+def test_torch_value_errors_during_training_are_one_line():
+    import torch
+
+    from gbmcvr.deep.params import torch_errors
+
+    with pytest.raises(UserError, match="^PyTorch refused the parameters: Invalid learning rate"), torch_errors():
+        torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=-1.0)
+    with pytest.raises(ValueError, match="not from torch"), torch_errors():
+        raise ValueError("not from torch")
