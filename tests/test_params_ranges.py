@@ -81,6 +81,14 @@ def test_lightgbm_names_and_aliases_accepted_and_normalised():
     assert params["feature_fraction"] == 0.5 and "colsample_bytree" not in params and params["seed"] == 7
 
 
+def test_per_feature_parameters_are_not_refused_for_their_length():
+    """The probe has as many features as a per-feature parameter names; the real count is checked in training."""
+    cfg = gbm_config({"e2e": {"monotone_constraints": [1, -1, 0, 0, 0], "feature_contri": "1,1,1,1,1"}}, "[gbm]")
+    assert cfg.stage_params["e2e"]["monotone_constraints"] == [1, -1, 0, 0, 0]
+    with pytest.raises(UserError, match="LightGBM refused the parameters: .*monotone_constraints"):
+        gbm_config({"e2e": {"monotone_constraints": [1, 0], "feature_contri": [1, 1, 1]}}, "[gbm]")
+
+
 def _has_gpu(module: str) -> bool:
     if module == "lightgbm":
         from gbmcvr.gbm.params import probe

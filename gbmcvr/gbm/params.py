@@ -104,6 +104,14 @@ RANGES: dict[str, tuple[type, Callable[[float], bool], str]] = {
     **{k: (float, lambda v: v >= 0, ">= 0") for k in NON_NEGATIVE},
 }
 GPU_DEVICES = ("gpu", "cuda")
+# one value per feature: the probe gets as many features as they describe
+PER_FEATURE = (
+    "monotone_constraints",
+    "max_bin_by_feature",
+    "feature_contri",
+    "cegb_penalty_feature_lazy",
+    "cegb_penalty_feature_coupled",
+)
 
 
 @cache
@@ -178,13 +186,20 @@ def lightgbm_message(exc: BaseException) -> str:
     return re.sub(r" at \S+, line \d+\s*\.?$", "", lines[0].strip())
 
 
+def _length(value: Any) -> int:
+    """How many features a per-feature parameter describes (a list, or LightGBM's comma-separated string)."""
+    return len(value) if isinstance(value, list | tuple) else len(str(value).split(","))
+
+
 def probe(params: dict[str, Any]) -> str | None:
-    """Why LightGBM refuses these parameters (a Booster on 20 rows), or None when it takes them."""
+    """Why LightGBM refuses these parameters (a Booster on 20 rows, as many features as a per-feature
+    parameter describes), or None when it takes them; what depends on the real data is checked in training."""
     import lightgbm as lgb
     import numpy as np
 
     quiet = {**params, "verbosity": -1}
-    x = np.arange(40, dtype=np.float64).reshape(20, 2)
+    width = max([2, *(_length(params[k]) for k in PER_FEATURE if k in params)])
+    x = np.random.default_rng(0).normal(size=(20, width))
     try:
         with c_stderr_off():
             lgb.Booster(quiet, lgb.Dataset(x, label=np.arange(20) % 2, params=quiet))
