@@ -100,8 +100,11 @@ def tune_config(raw: dict[str, Any], where: str) -> TuneConfig:
 
 def model_space(target: str, overrides: dict[str, Any] | None, where: str) -> list[Dimension]:
     """The built-in space of a tuning target with `[tune.<target>]` entries replacing or adding dimensions."""
-    raw = {**registry.target_kind(target).default_space(target), **(overrides or {})}
-    return parse_space(raw, f"{where} [tune.{target}]")
+    kind = registry.target_kind(target)
+    dims = parse_space({**kind.default_space(target), **(overrides or {})}, f"{where} [tune.{target}]")
+    if overrides and hasattr(kind, "check_space"):  # names and bounds the kind's library accepts
+        kind.check_space(dims, f"{where} [tune.{target}]")
+    return dims
 
 
 def toml_value(value: Any) -> str:

@@ -49,6 +49,13 @@ def _show_space(root: Path, toml: str, capsys: pytest.CaptureFixture) -> tuple[i
         ("[cb]\nrandom_state = 3\n", ("random_state", "top-level seed")),
         ('[cb]\ngrow_policy = "nope"\n', ("CatBoost refused the parameters", "nope")),
         ("[cb]\nsubsample = 2.0\n", ("CatBoost refused the parameters", "Subsample")),
+        (
+            '[tune.e2e]\nsubsample = { type = "float", low = 0.5, high = 1.0 }\n',
+            ("[tune.e2e]", "same LightGBM parameter", "named 'bagging_fraction'"),
+        ),
+        ('[tune.e2e]\nnum_leafs = { type = "int", low = 4, high = 8 }\n', ("did you mean 'num_leaves'",)),
+        ('[tune.ts-like]\nnum_leaves = { type = "int", low = 1, high = 8 }\n', ("num_leaves", "at least 2")),
+        ('[tune.cb]\neta = { type = "float", low = 0.01, high = 0.1 }\n', ("[tune.cb]", "same CatBoost parameter")),
     ],
 )
 def test_refused_when_the_config_is_read(tmp_path, capsys, toml, words):
@@ -79,6 +86,15 @@ def test_lightgbm_names_and_aliases_accepted_and_normalised():
     # an alias replaces the default it names, not a second value beside it
     params = cfg.params("e2e", 7)
     assert params["feature_fraction"] == 0.5 and "colsample_bytree" not in params and params["seed"] == 7
+
+
+def test_alias_dimension_replaces_the_default_in_trials():
+    """A space dimension named by an alias reaches LightGBM under its canonical name, over the default."""
+    from gbmcvr.gbm.params import canonical_names
+
+    cfg = gbm_config({}, "[gbm]")
+    params = cfg.params("e2e", 1, canonical_names({"sub_feature": 0.4}))
+    assert params["feature_fraction"] == 0.4 and "sub_feature" not in params
 
 
 def test_per_feature_parameters_are_not_refused_for_their_length():

@@ -222,6 +222,28 @@ def check_params(params: dict[str, Any], where: str) -> dict[str, Any]:
     raise UserError(f"{where}: LightGBM refused the parameters: {refusal}")
 
 
+def check_space(dims: list[Any], where: str) -> None:
+    """A LightGBM search space: LightGBM's names (aliases allowed), each parameter once, bounds and choices in
+    range, and none of gbmcvr's own settings."""
+    seen: dict[str, str] = {}
+    for d in dims:
+        values = list(d.choices) if d.type == "categorical" else [d.low, d.high]
+        for value in values:
+            (name,) = canonical_params({d.name: value}, f"{where}.{d.name}")
+        if name in seen:
+            raise UserError(
+                f"{where}: '{seen[name]}' and '{d.name}' are the same LightGBM parameter; "
+                f"give one dimension, named '{name}' to replace the built-in one"
+            )
+        seen[name] = d.name
+
+
+def canonical_names(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters under LightGBM's canonical names (names already checked)."""
+    names = lightgbm_names()
+    return {names.get(k, k): v for k, v in params.items()}
+
+
 @contextmanager
 def lightgbm_errors() -> Iterator[None]:
     """LightGBM's errors during training as one-line UserErrors."""

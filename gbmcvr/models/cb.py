@@ -300,6 +300,12 @@ class CatBoostKind:
     def default_space(self, target: str) -> dict[str, dict[str, Any]]:
         return dict(SPACE)
 
+    def check_space(self, dims: list[Dimension], where: str) -> None:
+        """CatBoost's names (aliases allowed), each parameter once, none of gbmcvr's own settings."""
+        own, _ = _split({d.name: d.choices[0] if d.choices else d.low for d in dims}, where)
+        if "log_every" in own or "threads" in own:
+            raise UserError(f"{where}: log_every and threads are not tuned")
+
     def config(self, ctx: Context, params: str | None) -> CbConfig:
         """The `[cb]` config with a parameters file or the tuned export (`tuned`) over it."""
         cfg = ctx.cfg.section(self.section)
@@ -363,7 +369,8 @@ class CatBoostKind:
 
         def fn(trial: optuna.Trial) -> tuple[float, dict]:
             suggested = {d.name: d.suggest(trial) for d in space}
-            cfg = replace(cb_config({**flat(base), **suggested}, "search space"), log_every=0)
+            own, extra = _split(suggested, "search space")  # CatBoost's aliases replace the config's values
+            cfg = replace(cb_config({**flat(base), **own, **extra}, "search space"), log_every=0)
             pruning = CatBoostPruningCallback(trial, "Logloss")
             with catboost_errors():
                 model = _fit(tables, _params(cfg, seed, threads), cfg, callbacks=[pruning])

@@ -14,7 +14,16 @@ from gbmcvr.context import Context
 from gbmcvr.errors import UserError
 from gbmcvr.gbm import dask_train
 from gbmcvr.gbm.models import STAGES, binning_of, predict_kind, stage_data, train_stage
-from gbmcvr.gbm.params import KIND_STAGES, GbmConfig, gbm_config, lightgbm_errors, read_params_file, tune_name
+from gbmcvr.gbm.params import (
+    KIND_STAGES,
+    GbmConfig,
+    canonical_names,
+    check_space,
+    gbm_config,
+    lightgbm_errors,
+    read_params_file,
+    tune_name,
+)
 from gbmcvr.gbm.train import GbmRun, load_run, save_models, train_gbm
 from gbmcvr.models.base import Objective, Predictor, TrainedRun, TrainOptions
 from gbmcvr.runs import UNREFIT, input_key, prediction_table
@@ -55,6 +64,9 @@ class GbmKind:
 
     def default_space(self, target: str) -> dict[str, dict[str, Any]]:
         return dict(SPACE)
+
+    def check_space(self, dims: list[Dimension], where: str) -> None:
+        check_space(dims, where)
 
     def params(self, ctx: Context, source: str | None) -> dict[str, dict[str, Any]]:
         """Per-stage parameters: config defaults, overridden by a params file or the tuned export."""
@@ -165,7 +177,7 @@ class GbmKind:
         def fn(trial: optuna.Trial) -> tuple[float, dict]:
             suggested = {d.name: d.suggest(trial) for d in space}
             # no feature pre-filter: one Dataset serves trials with any min_data_in_leaf (kept in the export)
-            params = {**gcfg.params(stage.name, seed, suggested), "feature_pre_filter": False}
+            params = {**gcfg.params(stage.name, seed, canonical_names(suggested)), "feature_pre_filter": False}
             if threads:
                 params["num_threads"] = threads
             key = json.dumps(binning_of(params), sort_keys=True)
