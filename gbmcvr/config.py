@@ -65,8 +65,10 @@ def config_from_dict(raw: dict[str, Any], where: str) -> PipelineConfig:
         if section in raw and not isinstance(raw[section], dict):
             raise UserError(f"{where}: [{section}] must be a table, got {raw[section]!r}")
     values = typed_fields(PipelineConfig, {k: v for k, v in raw.items() if k in _SCALARS}, where)
-    if values.get("seed", 0) < 0:
-        raise UserError(f"{where}: seed must be >= 0 (numpy, LightGBM, Optuna and torch take it), got {values['seed']}")
+    if not 0 <= values.get("seed", 0) < 2**31:
+        raise UserError(
+            f"{where}: seed must be in [0, 2^31) (numpy, LightGBM, Optuna and torch take it), got {values['seed']}"
+        )
     for m in values.get("models", ()):
         if m not in registry.names():
             raise UserError(f"{where}: unknown model '{m}' in models (choose from {', '.join(registry.names())})")

@@ -93,8 +93,8 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 
 def load_study(setup: TuneSetup, feature_set: str) -> optuna.Study:
     """Create or resume the study; refuse one whose stored space or model differs from the current one."""
-    if setup.seed < 0:
-        raise UserError(f"--seed must be >= 0, got {setup.seed}")
+    if not 0 <= setup.seed < 2**31:
+        raise UserError(f"--seed must be in [0, 2^31), got {setup.seed}")
     storage = open_storage(setup.storage_url)
     try:
         study = optuna.create_study(
