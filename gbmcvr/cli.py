@@ -352,18 +352,22 @@ def tune(
     if show_space:
         out.print(space_toml(model, model_space(model, ctx.cfg.tune.spaces.get(model), ctx.cfg.source)), markup=False)
         return
-    tuned = stages.tune(
-        ctx,
-        model,
-        trials=trials,
-        timeout=timeout,
-        storage=storage,
-        study=study,
-        workers=workers,
-        seed=seed,
-        pruner=pruner,
-        worker=worker,
-    )
+    try:
+        tuned = stages.tune(
+            ctx,
+            model,
+            trials=trials,
+            timeout=timeout,
+            storage=storage,
+            study=study,
+            workers=workers,
+            seed=seed,
+            pruner=pruner,
+            worker=worker,
+        )
+    except KeyboardInterrupt:  # before the first trial (reading the tables): the same one line
+        console.print(tuning.INTERRUPTED, markup=False)
+        raise typer.Exit(130) from None
     if worker:
         return
     the_study, completed = tuned.study, tuned.completed

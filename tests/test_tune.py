@@ -314,3 +314,14 @@ def test_killing_the_parent_ends_its_workers(work):
     done = len(_study(url).get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
     tune_stage(wd, cfg, "e2e", trials=done + 1, storage=url)
     assert not _study(url).get_trials(states=(TrialState.RUNNING,))
+
+
+def test_ctrl_c_before_the_first_trial_is_the_same_line(work, capsys, monkeypatch):
+    wd, _ = work
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages, "tune", interrupted)
+    code, _, err = run_cli(["tune", "e2e", "--trials", "1", "--workdir", wd.root], capsys)
+    assert code == 130 and err.strip() == tuning.INTERRUPTED
