@@ -86,7 +86,13 @@ MANAGED = {
     "input_model": "gbmcvr loads its own models",
     "output_model": "gbmcvr saves its own models",
 }
-FRACTIONS = ("bagging_fraction", "feature_fraction", "feature_fraction_bynode", "pos_bagging_fraction")
+FRACTIONS = (
+    "bagging_fraction",
+    "feature_fraction",
+    "feature_fraction_bynode",
+    "pos_bagging_fraction",
+    "neg_bagging_fraction",
+)
 NON_NEGATIVE = ("lambda_l1", "lambda_l2", "min_gain_to_split", "min_sum_hessian_in_leaf", "cat_smooth", "cat_l2")
 # the ranges users most often get wrong, checked with a plain message; LightGBM checks the rest (`probe`)
 RANGES: dict[str, tuple[type, Callable[[float], bool], str]] = {
@@ -99,7 +105,6 @@ RANGES: dict[str, tuple[type, Callable[[float], bool], str]] = {
     "min_data_per_group": (int, lambda v: v >= 1, "at least 1"),
     "max_depth": (int, lambda v: True, "an integer (<= 0: no limit)"),
     "num_threads": (int, lambda v: True, "an integer (<= 0: LightGBM's default)"),
-    "neg_bagging_fraction": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
     **{k: (float, lambda v: 0 < v <= 1, "in (0, 1]") for k in FRACTIONS},
     **{k: (float, lambda v: v >= 0, ">= 0") for k in NON_NEGATIVE},
 }
