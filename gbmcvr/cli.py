@@ -365,8 +365,9 @@ def tune(
             pruner=pruner,
             worker=worker,
         )
-    except KeyboardInterrupt:  # before the first trial (reading the tables): the same one line
-        console.print(tuning.INTERRUPTED, markup=False)
+    except KeyboardInterrupt:  # before the first trial (reading the tables): the same one line, from the parent
+        if not worker:
+            console.print(tuning.INTERRUPTED, markup=False)
         raise typer.Exit(130) from None
     if worker:
         return

@@ -361,7 +361,8 @@ def tune(
             args += ["--timeout", str(timeout)]
         ctx.progress(f"starting {workers} workers on {tuning.redact(storage)}, study '{study_name}'")
         completed = tuning.spawn_workers(args, workers, seed, storage, cfg.tune.threads_per_worker)
-        if not completed:
+        if not completed:  # every worker has ended: no trial of theirs is still running
+            tuning.fail_running(the_study)
             ctx.progress(tuning.INTERRUPTED)
         return Tuning(the_study, completed)
     threads = tuning.worker_threads(cfg.tune.threads_per_worker) if worker else None

@@ -244,7 +244,8 @@ def run_trials(
                 catch=(),
             )
     except KeyboardInterrupt:
-        if not parent:  # the parent of workers says it once
+        if not parent:  # a trial interrupted as Optuna created it stays RUNNING; the parent of workers cleans up
+            fail_running(study)
             report(INTERRUPTED)
         return False
     return True

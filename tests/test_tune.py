@@ -325,3 +325,24 @@ def test_ctrl_c_before_the_first_trial_is_the_same_line(work, capsys, monkeypatc
     monkeypatch.setattr(stages, "tune", interrupted)
     code, _, err = run_cli(["tune", "e2e", "--trials", "1", "--workdir", wd.root], capsys)
     assert code == 130 and err.strip() == tuning.INTERRUPTED
+
+
+def test_ctrl_c_with_workers_prints_one_line(work):
+    """Ctrl-C reaches the parent and its workers (one process group): one line, exit 130, no RUNNING trial."""
+    wd, _ = work
+    url = f"journal:{wd.models / 'ctrl-c.log'}"
+    cmd = [sys.executable, "-m", "gbmcvr", "tune", "e2e", "--trials", "50", "--workers", "2"]
+    proc = subprocess.Popen(
+        [*cmd, "--storage", url, "--workdir", str(wd.root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    _wait_for(url, 1, 1, time.time() + 180)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text and "failed with" not in text
+    assert text.count("interrupted: completed trials are kept") == 1, text
+    assert not _study(url).get_trials(states=(TrialState.RUNNING,))
