@@ -108,7 +108,7 @@ def synth(
         Path, typer.Argument(metavar="OUT", help="Folder to write (an earlier synth output is replaced).")
     ],
     scale: Annotated[float, typer.Option(help="1.0 = real size (~3.5 M train rows; multi-action: 1 M).")] = 1.0,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**31 - 1, help="Random seed (>= 0).")] = 0,
     kind: Annotated[str, typer.Option(help="sharechat, or multi-action (N conversion actions).")] = "sharechat",
     actions: Annotated[int, typer.Option(help="multi-action only: number of conversion actions N.")] = 4,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT even if it holds other files.")] = False,
@@ -370,7 +370,7 @@ def run_cmd(
 @app.command()
 def demo(
     scale: Annotated[float, typer.Option(help="Data scale (0.03 ~ 100k train rows).")] = 0.03,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**31 - 1, help="Random seed (>= 0).")] = 0,
     workdir: WorkdirOpt = Path("gbmcvr-demo"),
 ) -> None:
     """Generate ~100k rows, run the whole pipeline (e2e, ts, MTDM), analyze the data, score against the truth."""
@@ -400,7 +400,9 @@ def tune(
     ] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default MODEL-FEATURESET).")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes sharing a JournalStorage file.")] = 1,
-    seed: Annotated[int | None, typer.Option(help="Sampler seed (default: the config seed).")] = None,
+    seed: Annotated[
+        int | None, typer.Option(min=0, max=2**31 - 1, help="Sampler seed (default: the config seed).")
+    ] = None,
     pruner: Annotated[str | None, typer.Option(help="median | hyperband | none")] = None,
     show_space: Annotated[bool, typer.Option("--show-space", help="Print the search space and exit.")] = False,
     device: Annotated[Device, typer.Option(help="Deep models: CUDA when present (auto), or cpu / cuda.")] = Device.auto,
@@ -420,18 +422,23 @@ def tune(
     if show_space:
         out.print(space_toml(model, model_space(model, ctx.cfg.tune.spaces.get(model), ctx.cfg.source)), markup=False)
         return
-    tuned = stages.tune(
-        ctx,
-        model,
-        trials=trials,
-        timeout=timeout,
-        storage=storage,
-        study=study,
-        workers=workers,
-        seed=seed,
-        pruner=pruner,
-        worker=worker,
-    )
+    try:
+        tuned = stages.tune(
+            ctx,
+            model,
+            trials=trials,
+            timeout=timeout,
+            storage=storage,
+            study=study,
+            workers=workers,
+            seed=seed,
+            pruner=pruner,
+            worker=worker,
+        )
+    except KeyboardInterrupt:  # before the first trial (reading the tables): the same one line, from the parent
+        if not worker:
+            print(tuning.INTERRUPTED, file=sys.stderr)
+        raise typer.Exit(130) from None
     if worker:
         return
     the_study, completed = tuned.study, tuned.completed

@@ -70,9 +70,10 @@ def config_from_dict(raw: dict[str, Any], where: str) -> PipelineConfig:
         if section in raw and not isinstance(raw[section], dict):
             raise UserError(f"{where}: [{section}] must be a table, got {raw[section]!r}")
     values = typed_fields(PipelineConfig, {k: v for k, v in raw.items() if k in _SCALARS}, where)
-    seed = values.get("seed", 42)
-    if not 0 <= seed < 2**32:
-        raise UserError(f"{where}: seed must be an integer in [0, 2**32), got {seed}")
+    if not 0 <= values.get("seed", 0) < 2**31:
+        raise UserError(
+            f"{where}: seed must be in [0, 2^31) (numpy, LightGBM, Optuna and torch take it), got {values['seed']}"
+        )
     check_name(values.get("feature_set", "default"), f"{where}: feature_set")
     for m in values.get("models", ()):
         if m not in registry.names():

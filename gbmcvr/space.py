@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +55,12 @@ def parse_space(raw: dict[str, dict[str, Any]], where: str) -> list[Dimension]:
             raise UserError(f"{at}: type must be int, float or categorical, not '{kind}'")
         if "low" not in spec or "high" not in spec:
             raise UserError(f"{at}: needs low and high")
-        low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
+        low, high, log = spec["low"], spec["high"], spec.get("log", False)
+        if not isinstance(log, bool):
+            raise UserError(f"{at}: log must be true or false (no quotes), got {log!r}")
+        for bound in ("low", "high"):
+            if isinstance(spec[bound], bool) or not isinstance(spec[bound], int | float):
+                raise UserError(f"{at}: {bound} must be a number, got {spec[bound]!r}")
         if low > high:
             raise UserError(f"{at}: low {low} is greater than high {high}")
         if log and low <= 0:
@@ -92,16 +100,37 @@ def tune_config(raw: dict[str, Any], where: str) -> TuneConfig:
 
 def model_space(target: str, overrides: dict[str, Any] | None, where: str) -> list[Dimension]:
     """The built-in space of a tuning target with `[tune.<target>]` entries replacing or adding dimensions."""
-    raw = {**registry.target_kind(target).default_space(target), **(overrides or {})}
-    return parse_space(raw, f"{where} [tune.{target}]")
+    kind = registry.target_kind(target)
+    dims = parse_space({**kind.default_space(target), **(overrides or {})}, f"{where} [tune.{target}]")
+    if overrides and hasattr(kind, "check_space"):  # names and bounds the kind's library accepts
+        kind.check_space(dims, f"{where} [tune.{target}]")
+    return dims
+
+
+def toml_value(value: Any) -> str:
+    """One TOML value: booleans as true/false, strings quoted, numbers as Python writes them, lists of those."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise UserError(f"cannot write {value!r} as a TOML value")
+
+
+def toml_key(name: str) -> str:
+    """A bare TOML key where TOML allows one, else a quoted one."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
 
 
 def space_toml(model: str, dims: list[Dimension]) -> str:
-    lines = [f"[tune.{model}]"]
+    """The space as a `[tune.<model>]` table that reads back to the same dimensions."""
+    lines = [f"[tune.{toml_key(model)}]"]
     for d in dims:
-        spec = d.to_dict()
-        body = ", ".join(
-            f"{k} = {str(v).lower() if isinstance(v, bool) else v!r}".replace("'", '"') for k, v in spec.items()
-        )
-        lines.append(f"{d.name} = {{ {body} }}")
+        body = ", ".join(f"{k} = {toml_value(v)}" for k, v in d.to_dict().items())
+        lines.append(f"{toml_key(d.name)} = {{ {body} }}")
     return "\n".join(lines) + "\n"

@@ -51,6 +51,7 @@ from gbmcvr.space import model_space
 from gbmcvr.tables import load_tables
 from gbmcvr.tomlfile import read_toml
 from gbmcvr.tracking import log_run
+from gbmcvr.tracking import log_trial as log_trial_run
 from gbmcvr.workdir import Workdir, check_name
 
 
@@ -461,9 +462,25 @@ def tune(
         models = ctx.wd.models
         storage = f"journal:{models / 'optuna-journal.log'}" if workers > 1 else f"sqlite:///{models / 'optuna.db'}"
     study_name = study or f"{target}-{cfg.feature_set}"
-    setup = tuning.TuneSetup(target, study_name, storage, trials, timeout, seed, pruner, space, ctx.wd.models / "tuned")
+    track = cfg.track
+
+    def log_trial(trial: optuna.trial.FrozenTrial) -> None:
+        log_trial_run(track, ctx.wd.root, study_name, trial.number, trial.params, trial.value)
+
+    setup = tuning.TuneSetup(
+        target,
+        study_name,
+        storage,
+        trials,
+        timeout,
+        seed,
+        pruner,
+        space,
+        ctx.wd.models / "tuned",
+        log_trial if track.mlflow else None,
+    )
     the_study = tuning.load_study(setup, cfg.feature_set)
-    if not worker and storage.startswith("journal:"):
+    if not worker:
         n = tuning.fail_running(the_study)
         if n:
             ctx.progress(f"marked {n} trial(s) left running by a dead process as failed")
@@ -475,8 +492,11 @@ def tune(
         if timeout:
             args += ["--timeout", str(timeout)]
         ctx.progress(f"starting {workers} workers on {tuning.redact(storage)}, study '{study_name}'")
-        tuning.spawn_workers(args, workers, seed, storage, cfg.tune.threads_per_worker)
-        return Tuning(the_study, True)
+        completed = tuning.spawn_workers(args, workers, seed, storage, cfg.tune.threads_per_worker)
+        if not completed:  # every worker has ended: no trial of theirs is still running
+            tuning.fail_running(the_study)
+            ctx.progress(tuning.INTERRUPTED)
+        return Tuning(the_study, completed)
     threads = tuning.worker_threads(cfg.tune.threads_per_worker) if worker else None
     objective = kind.objective(ctx, target, space, seed, threads)
     ctx.progress(

@@ -1,35 +1,47 @@
 """Optuna tuning of every model against its validation log loss: resumable, prunable, parallel.
 
 Storage: an RDB URL (default SQLite `models/optuna.db`; PostgreSQL for many machines; heartbeats mark the
-trials of dead workers as failed) or `journal:PATH` (JournalStorage file, the default with --workers > 1;
-it has no heartbeats, so a new tune run marks trials left RUNNING by a dead run as failed).
+trials of dead workers as failed) or `journal:PATH` (JournalStorage file, the default with --workers > 1).
+Every trial records the process that runs it, so a resumed study marks the trials of dead processes on this
+machine as failed at once (a killed run leaves none RUNNING), and its sampler is seeded with the seed and the
+number of trials already in the study, so it continues the search instead of repeating its first trials.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from gbmcvr.atomic import write_json
 from gbmcvr.errors import UserError
+from gbmcvr.lock import pid_alive
 from gbmcvr.space import Dimension
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-optuna.logging.set_verbosity(optuna.logging.WARNING)  # gbmcvr prints its own line per trial
 STORAGE_ENV = "GBMCVR_TUNE_STORAGE"
 WORKERS_ENV = "GBMCVR_TUNE_WORKERS"
+PARENT_ENV = "GBMCVR_TUNE_PARENT"  # a worker's parent pid: the worker ends when its parent is gone
+PROCESS_ATTR = "process"  # "host pid" of the process running a trial
+INTERRUPTED = "interrupted: completed trials are kept; rerun the same command to resume"
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,19 @@ class TuneSetup:
     pruner: str
     space: list[Dimension]
     tuned_dir: Path
+    on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None  # e.g. MLflow's nested run per trial
+
+
+@contextlib.contextmanager
+def optuna_quiet() -> Iterator[None]:
+    """Optuna's INFO lines off while gbmcvr prints its own per trial; the caller's verbosity is restored after
+    (importing or using gbmcvr never changes Optuna's logging for the rest of the process)."""
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
@@ -80,17 +105,18 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 
 def load_study(setup: TuneSetup, feature_set: str) -> optuna.Study:
     """Create or resume the study; refuse one whose stored space or model differs from the current one."""
+    if not 0 <= setup.seed < 2**31:
+        raise UserError(f"--seed must be in [0, 2^31), got {setup.seed}")
     storage = open_storage(setup.storage_url)
-    sampler = optuna.samplers.TPESampler(seed=setup.seed)
     try:
-        study = optuna.create_study(
-            study_name=setup.study_name,
-            storage=storage,
-            sampler=sampler,
-            pruner=make_pruner(setup.pruner),
-            direction="minimize",
-            load_if_exists=True,
-        )
+        with optuna_quiet():
+            study = optuna.create_study(
+                study_name=setup.study_name,
+                storage=storage,
+                pruner=make_pruner(setup.pruner),
+                direction="minimize",
+                load_if_exists=True,
+            )
     except UserError:
         raise
     except Exception as exc:
@@ -110,16 +136,54 @@ def load_study(setup: TuneSetup, feature_set: str) -> optuna.Study:
                     f"study '{setup.study_name}' was created with a different {key.replace('_', ' ')}; "
                     f"resume it with the same settings or start a new one with --study {setup.study_name}-2"
                 )
+    fail_dead(study, local=False)
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(setup.seed, len(study.get_trials(deepcopy=False))))
     return study
 
 
-def fail_running(study: optuna.Study) -> int:
-    """Mark trials left RUNNING by a dead process as failed (journal storage has no heartbeats)."""
+def sampler_seed(seed: int, trials: int) -> int:
+    """The sampler's seed for a study that already has `trials` trials: the seed itself for a new study, else
+    one drawn from (seed, trials), so that a resumed study does not repeat the parameters of its first trials."""
+    if trials == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, trials]).generate_state(1)[0])
+
+
+def this_process() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def _dead(trial: optuna.trial.FrozenTrial, local: bool) -> bool:
+    """Whether a RUNNING trial's process is gone: it ran on this machine under a pid that no longer exists, or
+    it records no process (a trial killed as it started) and `local` says no other process runs the study."""
+    owner = trial.user_attrs.get(PROCESS_ATTR)
+    if owner is None:
+        return local
+    host, _, pid = str(owner).rpartition(" ")
+    return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
+
+
+def fail_dead(study: optuna.Study, local: bool) -> int:
+    """Mark RUNNING trials of dead processes failed (those of this machine at once; of other machines, past
+    the heartbeat's grace period on RDB storage); `local`: also those that record no process."""
+    storage = study._storage
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # nothing without heartbeats
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        n += 1
+        if _dead(t, local):
+            with contextlib.suppress(RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+                n += storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     return n
+
+
+def fail_running(study: optuna.Study) -> int:
+    """Before a run starts its workers (or trials of its own): fail the trials of dead processes and, on a
+    storage file of this machine (journal, SQLite), those that record none."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    local = isinstance(backend, optuna.storages.JournalStorage) or str(getattr(backend, "url", "")).startswith("sqlite")
+    return fail_dead(study, local=local)
 
 
 def finished(study: optuna.Study) -> int:
@@ -150,16 +214,19 @@ def _trial_callback(setup: TuneSetup, report: Callable[[str], None]):
             best = None
         secs = trial.user_attrs.get("seconds")
         where = f"{secs:.1f}s" if secs is not None else ""
+        done = f"{finished(study)} of {setup.trials} finished"
+        if setup.on_trial is not None and trial.state == TrialState.COMPLETE:
+            setup.on_trial(trial)
         if trial.state == TrialState.COMPLETE:
             report(
-                f"trial {trial.number}: valid log loss {trial.value:.5f} {where}"
+                f"trial {trial.number} ({done}): valid log loss {trial.value:.5f} {where}"
                 + (f" | best {best.value:.5f} (trial {best.number})" if best else "")
             )
             if best is not None and best.number == trial.number:
                 export_best(study, setup)
         elif trial.state == TrialState.PRUNED:
             report(
-                f"trial {trial.number}: pruned at step {trial.last_step} {where}"
+                f"trial {trial.number} ({done}): pruned at step {trial.last_step} {where}"
                 + (f" | best {best.value:.5f} (trial {best.number})" if best else "")
             )
         else:
@@ -180,18 +247,77 @@ def run_trials(
         report(f"study '{setup.study_name}' already has {finished(study)} finished trials (asked for {setup.trials})")
         return True
     cap = optuna.study.MaxTrialsCallback(setup.trials, states=FINISHED)
+    parent = os.environ.get(PARENT_ENV)
+    if parent:
+        watch_parent(int(parent))
     try:
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            timeout=setup.timeout,
-            callbacks=[cap, _trial_callback(setup, report)],
-            catch=(),
-        )
+        with quiet_interrupts(), optuna_quiet():
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=setup.timeout,
+                callbacks=[cap, _trial_callback(setup, report)],
+                catch=(),
+            )
     except KeyboardInterrupt:
-        report("interrupted: completed trials are kept; rerun the same command to resume")
+        if not parent:  # a trial interrupted as Optuna created it stays RUNNING; the parent of workers cleans up
+            fail_running(study)
+            report(INTERRUPTED)
         return False
     return True
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Drops Optuna's two warnings about a trial failed by KeyboardInterrupt (one holds its traceback)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        number = message.split(" ")[1] if message.startswith("Trial ") else ""
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.interrupted.add(number)
+            return False
+        return not (number in self.interrupted and "failed with value" in message)
+
+
+@contextlib.contextmanager
+def quiet_interrupts() -> Iterator[None]:
+    """Ctrl-C ends tuning with gbmcvr's one line: Optuna's log of the interrupted trial is dropped (its other
+    messages and the logging level stay as they are)."""
+    logger = logging.getLogger("optuna.study._optimize")
+    drop = _NoInterruptTraceback()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def watch_parent(parent: int) -> None:
+    """End this worker when its parent is gone (the parent killed with -9 cannot stop its workers)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="gbmcvr-parent-watch", daemon=True).start()
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """For a worker before it starts (Linux): SIGTERM when the parent dies, and no start if it already has."""
+
+    def setup() -> None:
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup
 
 
 def redact(url: str) -> str:
@@ -217,26 +343,41 @@ def worker_threads(configured: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get(WORKERS_ENV, "1"))))
 
 
-def spawn_workers(args: list[str], workers: int, seed: int, storage: str, threads_per_worker: int = 0) -> None:
-    """Run K worker processes of the same tune command sharing one storage; wait for all. The storage URL
-    (which may hold a password) reaches them through the environment, never their command line; each
-    worker takes cores / K threads unless `threads_per_worker` says otherwise."""
-    env = {**os.environ, STORAGE_ENV: storage, WORKERS_ENV: str(workers)}
+def spawn_workers(args: list[str], workers: int, seed: int, storage: str, threads_per_worker: int = 0) -> bool:
+    """Run K worker processes of the same tune command sharing one storage; wait for all (False: interrupted).
+    The storage URL (which may hold a password) reaches them through the environment, never their command
+    line; each worker takes cores / K threads unless `threads_per_worker` says otherwise, and ends with its
+    parent."""
+    env = {**os.environ, STORAGE_ENV: storage, WORKERS_ENV: str(workers), PARENT_ENV: str(os.getpid())}
     procs = []
     for i in range(workers):
         cmd = [sys.executable, "-m", "gbmcvr", "tune", *args, "--seed", str(seed + i), "--worker"]
-        procs.append(subprocess.Popen(cmd, env=env))
+        procs.append(subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent(os.getpid())))
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait()
-        raise
+        stop_workers(procs)
+        return False
     bad = [c for c in codes if c != 0]
     if bad:
         raise UserError(f"{len(bad)} of {workers} tune workers failed (exit codes {bad})")
+    return True
+
+
+def stop_workers(procs: list[subprocess.Popen], grace: float = 20.0) -> None:
+    """Interrupt the workers (each marks its running trial failed and exits), then terminate any left."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired, KeyboardInterrupt):
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+            p.wait()
 
 
 def summary_rows(study: optuna.Study, top: int = 10) -> list[dict[str, Any]]:
@@ -267,6 +408,7 @@ def timed(fn: Callable[[optuna.Trial], tuple[float, dict]]) -> Callable[[optuna.
     """Wrap an objective to record seconds and its attributes on the trial, also when pruned."""
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(PROCESS_ATTR, this_process())
         start = time.perf_counter()
         try:
             value, attrs = fn(trial)

@@ -209,8 +209,8 @@ CASES = [
         ("e2e.json", "JSON object"),
     ),
     # 7. settings out of range, checked before any work
-    Case("negative seed", _config_top("seed = -1", "features"), ("seed", "[0, 2**32)")),
-    Case("seed too large", _config_top("seed = 4294967296", "features"), ("seed",)),
+    Case("negative seed", _config_top("seed = -1", "features"), ("seed", "[0, 2^31)")),
+    Case("seed too large", _config_top("seed = 2147483648", "features"), ("seed",)),
     Case(
         "a cross of a column with itself",
         _config('[features.cross]\npairs = [["f_2", "f_2"]]\n', "features"),

@@ -1,16 +1,22 @@
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import tomllib
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from gbmcvr import stages
+from gbmcvr import space, stages
+from gbmcvr import tune as tuning
 from gbmcvr.config import load_config
 from gbmcvr.context import Context
+from gbmcvr.lock import pid_alive
+from gbmcvr.space import tune_config
 from gbmcvr.workdir import Workdir
 from tests.factories import run_cli
 
@@ -190,3 +196,153 @@ def test_worker_threads_share_the_cores(monkeypatch):
     assert tune.worker_threads(3) == 3
     monkeypatch.setenv(tune.WORKERS_ENV, "32")
     assert tune.worker_threads(0) == 1
+
+
+@pytest.mark.parametrize("target", ["e2e", "ts-like", "cb", "mtdm"])
+def test_show_space_reads_back_exactly(target, capsys):
+    """The printed space, pasted into gbmcvr.toml, is the same space (log = false stays false)."""
+    code, out, _ = run_cli(["tune", target, "--show-space"], capsys)
+    assert code == 0 and '"false"' not in out and '"true"' not in out
+    raw = tomllib.loads(out)["tune"][target]
+    printed = space.model_space(target, raw, "printed")
+    assert printed == space.model_space(target, None, "built-in")
+    assert [d.log for d in printed] == [d.log for d in space.model_space(target, None, "built-in")]
+    assert tune_config({"tune": {target: raw}}["tune"], "pasted [tune]").spaces[target] == raw
+
+
+def test_quoted_log_refused(capsys, tmp_path):
+    (tmp_path / "gbmcvr.toml").write_text(
+        '[tune.e2e]\nnum_leaves = { type = "int", low = 4, high = 8, log = "false" }\n'
+    )
+    code, _, err = run_cli(["tune", "e2e", "--show-space", "--workdir", tmp_path], capsys)
+    assert code == 2 and "log must be true or false" in err and "num_leaves" in err
+
+
+def _tune_process(wd, url: str, *args: str, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "gbmcvr", "tune", "e2e", "--trials", "50", "--storage", url, "--workdir", str(wd.root)]
+    return subprocess.Popen([*cmd, *args], stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def _wait_for(url: str, completed: int, running: int, deadline: float) -> list:
+    """Wait until the study has `completed` finished trials and `running` running ones; the running trials."""
+    while time.time() < deadline:
+        try:
+            study = _study(url)
+        except Exception:  # not created yet (no file, no study, a database not yet written)
+            time.sleep(0.2)
+            continue
+        done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+        now = study.get_trials(states=(TrialState.RUNNING,))
+        if len(done) >= completed and len(now) >= running:
+            return now
+        time.sleep(0.05)
+    raise AssertionError(f"the study did not reach {completed} finished and {running} running trials")
+
+
+def test_killed_sqlite_study_resumes_without_running_trials_or_repeats(work):
+    """kill -9 on the default SQLite storage: the resumed study fails the killed trial at once (not after the
+    heartbeat's grace period) and continues the search instead of repeating the first trials' parameters."""
+    wd, cfg = work
+    url = f"sqlite:///{wd.models / 'kill.db'}"
+    proc = _tune_process(wd, url)
+    running = _wait_for(url, 2, 1, time.time() + 180)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    study = _study(url)
+    first = [t.params for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))]
+    assert running[0].user_attrs["process"].endswith(f" {proc.pid}")
+    tune_stage(wd, cfg, "e2e", trials=len(first) + 2, storage=url)
+    study = _study(url)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert all(study.trials[t.number].state == TrialState.FAIL for t in running)
+    new = [t.params for t in study.trials if t.number > max(r.number for r in running)]
+    assert len(new) >= 2 and not any(p in first for p in new)
+
+
+def test_simulated_dead_trials_failed_on_resume(work):
+    """A RUNNING trial of a dead process of this machine, and one that records no process (killed as it
+    started): both failed when the study resumes; a trial of a live process is left alone."""
+    wd, cfg = work
+    url = f"sqlite:///{wd.models / 'sim.db'}"
+    tune_stage(wd, cfg, "e2e", trials=1, storage=url)
+    study = _study(url)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    ids = {}
+    for name, owner in (("dead", f"{host} {dead.stdout.strip()}"), ("none", None), ("live", f"{host} {os.getpid()}")):
+        trial = study.ask()
+        if owner:
+            trial.set_user_attr("process", owner)
+        ids[name] = trial.number
+    tune_stage(wd, cfg, "e2e", trials=2, storage=url)
+    states = {name: _study(url).trials[n].state for name, n in ids.items()}
+    assert states == {"dead": TrialState.FAIL, "none": TrialState.FAIL, "live": TrialState.RUNNING}
+
+
+def test_sampler_seed_continues_a_resumed_study():
+    assert tuning.sampler_seed(42, 0) == 42
+    assert tuning.sampler_seed(42, 3) == tuning.sampler_seed(42, 3) != tuning.sampler_seed(42, 4)
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(work):
+    wd, _ = work
+    url = f"sqlite:///{wd.models / 'int.db'}"
+    proc = _tune_process(wd, url, stderr=subprocess.PIPE)
+    _wait_for(url, 1, 1, time.time() + 180)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text and "failed with" not in text
+    assert "interrupted: completed trials are kept" in text
+    assert not _study(url).get_trials(states=(TrialState.RUNNING,))
+
+
+def test_killing_the_parent_ends_its_workers(work):
+    """kill -9 on the parent of --workers 2: its workers end too, and the resumed study has no RUNNING trial."""
+    wd, cfg = work
+    url = f"journal:{wd.models / 'parent.log'}"
+    proc = _tune_process(wd, url, "--workers", "2")
+    running = _wait_for(url, 1, 1, time.time() + 180)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    pids = [int(t.user_attrs["process"].rpartition(" ")[2]) for t in running]
+    deadline = time.time() + 30
+    while time.time() < deadline and any(pid_alive(p) for p in pids):
+        time.sleep(0.2)
+    assert not any(pid_alive(p) for p in pids)
+    done = len(_study(url).get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    tune_stage(wd, cfg, "e2e", trials=done + 1, storage=url)
+    assert not _study(url).get_trials(states=(TrialState.RUNNING,))
+
+
+def test_ctrl_c_before_the_first_trial_is_the_same_line(work, capsys, monkeypatch):
+    wd, _ = work
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages, "tune", interrupted)
+    code, _, err = run_cli(["tune", "e2e", "--trials", "1", "--workdir", wd.root], capsys)
+    assert code == 130 and err.strip() == tuning.INTERRUPTED
+
+
+def test_ctrl_c_with_workers_prints_one_line(work):
+    """Ctrl-C reaches the parent and its workers (one process group): one line, exit 130, no RUNNING trial."""
+    wd, _ = work
+    url = f"journal:{wd.models / 'ctrl-c.log'}"
+    cmd = [sys.executable, "-m", "gbmcvr", "tune", "e2e", "--trials", "50", "--workers", "2"]
+    proc = subprocess.Popen(
+        [*cmd, "--storage", url, "--workdir", str(wd.root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    _wait_for(url, 1, 1, time.time() + 180)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text and "failed with" not in text
+    assert text.count("interrupted: completed trials are kept") == 1, text
+    assert not _study(url).get_trials(states=(TrialState.RUNNING,))

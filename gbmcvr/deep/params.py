@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -151,9 +154,30 @@ def check_mtdm(cfg: MtdmConfig, where: str) -> None:
         raise UserError(f"{where}: expert_hidden needs at least one layer")
     if cfg.distill_weight > 0 and not cfg.distill_run:
         raise UserError(f"{where}: distill_weight > 0 needs distill_run (a teacher run id)")
+    if cfg.learning_rate <= 0:
+        raise UserError(f"{where}: learning_rate must be positive, got {cfg.learning_rate}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise UserError(f"{where}: dropout must be in [0, 1), got {cfg.dropout}")
+    for key in ("weight_decay", "distill_weight", "mutual_weight", "patience"):
+        if getattr(cfg, key) < 0:
+            raise UserError(f"{where}: {key} must be >= 0, got {getattr(cfg, key)}")
     if cfg.threads < 0:
         raise UserError(f"{where}: threads must be >= 0 (0 = torch's default), got {cfg.threads}")
     if cfg.qr_threshold < 0:
         raise UserError(f"{where}: qr_threshold must be >= 0 (0 = off), got {cfg.qr_threshold}")
     if not 0.0 <= cfg.ranking_gamma <= 1.0:
         raise UserError(f"{where}: ranking_gamma must be in [0, 1]")
+
+
+@contextmanager
+def torch_errors() -> Iterator[None]:
+    """A ValueError raised inside PyTorch during training (a parameter it refuses) as a one-line UserError;
+    a ValueError from anywhere else stays what it is."""
+    try:
+        yield
+    except ValueError as exc:
+        frames = traceback.extract_tb(exc.__traceback__)
+        if not frames or "/torch/" not in frames[-1].filename.replace("\\", "/"):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"PyTorch refused the parameters: {first}") from None

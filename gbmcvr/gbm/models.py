@@ -26,7 +26,7 @@ import pyarrow as pa
 from gbmcvr.atomic import atomic_path
 from gbmcvr.errors import UserError
 from gbmcvr.gbm import callbacks
-from gbmcvr.gbm.params import KIND_STAGES, GbmConfig
+from gbmcvr.gbm.params import KIND_STAGES, GbmConfig, lightgbm_message, probe
 from gbmcvr.schema import LIKE
 from gbmcvr.tables import FeatureTables, RowBatch
 
@@ -319,7 +319,10 @@ def _load_binary(
             str(path), params=params, feature_name=features, categorical_feature=cats, free_raw_data=not reusable
         ).construct()
     except lgb.basic.LightGBMError as exc:
-        progress(f"rebuilding the Dataset: the cached {path} cannot be read ({exc})")
+        refusal = probe(params)
+        if refusal is not None:  # the parameters are at fault, not the cache: keep it
+            raise UserError(f"LightGBM refused the parameters: {refusal}") from None
+        progress(f"rebuilding the Dataset: the cached {path} cannot be read ({lightgbm_message(exc)})")
         path.unlink(missing_ok=True)
         return None
 

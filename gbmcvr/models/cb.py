@@ -4,11 +4,15 @@ stopping on the validation day. Model files are CatBoost's own binary format (`m
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
+import re
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from functools import partial
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ from optuna_integration import CatBoostPruningCallback
 from gbmcvr import compat, metrics
 from gbmcvr.context import Context, quiet
 from gbmcvr.errors import UserError
+from gbmcvr.gbm.params import c_stderr_off
 from gbmcvr.models.base import Objective, TrainedRun, TrainOptions
 from gbmcvr.runs import input_key, params_file, prediction_table
 from gbmcvr.space import Dimension
@@ -46,6 +51,7 @@ class CbConfig:
     max_ctr_complexity: int = 1  # 1: no categorical combinations (the feature set's crosses stand in; 2 cores)
     threads: int = 0  # 0: every core of this machine
     log_every: int = 100
+    extra: dict[str, Any] = field(default_factory=dict)  # any other CatBoost parameter, under the name given
 
 
 SPACE: dict[str, dict[str, Any]] = {
@@ -58,20 +64,141 @@ SPACE: dict[str, dict[str, Any]] = {
 }
 
 
+# CatBoost parameters gbmcvr sets itself: a table naming one is told where it belongs
+MANAGED = {
+    "loss_function": "the cb kind models installs with Logloss",
+    "eval_metric": "early stopping and tuning read the validation Logloss",
+    "random_seed": "set the top-level seed",
+    "cat_features": "the dataset profile and feature manifest say which columns are categorical",
+    "allow_writing_files": "gbmcvr writes the model files",
+    "train_dir": "gbmcvr writes the model files",
+    "use_best_model": "early stopping on the validation day keeps the best iteration",
+    "verbose": "set log_every",
+    "silent": "set log_every",
+    "logging_level": "set log_every",
+    "metric_period": "set log_every",
+    "callback": "gbmcvr passes its own callbacks",
+}
+# CatBoost's names for CbConfig fields that gbmcvr names otherwise
+FIELD_OF = {"thread_count": "threads", "od_wait": "early_stopping_rounds"}
+OWN = {f.name for f in fields(CbConfig)} - {"extra"}
+
+
+@cache
+def catboost_names() -> dict[str, str]:
+    """Every CatBoostClassifier argument -> the name CatBoost's own synonym processing gives it."""
+    cb = compat.catboost()
+    names = {}
+    for name in inspect.signature(cb.CatBoostClassifier.__init__).parameters:
+        if name == "self":
+            continue
+        params: dict[str, Any] = {name: 1}
+        try:
+            cb.core._process_synonyms(params)
+        except Exception:  # a synonym needing other arguments (scale_pos_weight): it keeps its own name
+            params = {name: 1}
+        names[name] = next(iter(params)) if len(params) == 1 else name
+    return names
+
+
+def _split(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """CbConfig fields and the other CatBoost parameters of a `[cb]` table, aliases normalised."""
+    own, extra, given = {}, {}, {}
+    for key, value in raw.items():
+        names = {} if key in OWN else catboost_names()  # importing catboost only for a parameter of its own
+        if key in OWN:
+            name = key
+        elif key in names:
+            name = FIELD_OF.get(names[key], names[key])
+        else:
+            known = sorted(OWN | set(names))
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"{where}: unknown CatBoost parameter '{key}'{hint}")
+        if name in MANAGED:
+            raise UserError(f"{where}: '{key}' is not set here: {MANAGED[name]}")
+        if name in given:
+            raise UserError(
+                f"{where}: '{given[name]}' and '{key}' are the same CatBoost parameter ({name}); give it once"
+            )
+        given[name] = key
+        if name in OWN:
+            own[name] = value
+        elif value is None or isinstance(value, dict):
+            raise UserError(f"{where}: '{key}' must be a number, string, boolean or list, got {value!r}")
+        else:
+            extra[key] = value
+    return own, extra
+
+
+def catboost_message(exc: BaseException) -> str:
+    """A CatBoost error's first line without the C++ source location it starts with."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return re.sub(r"^\S+:\d+: ", "", lines[0].strip())
+
+
+def _probe(cfg: CbConfig, where: str) -> None:
+    """Fit two trees on 20 rows with the table's parameters; CatBoost's refusal (a GPU asked for where there
+    is none included) becomes a one-line UserError."""
+    cb = compat.catboost()
+    if str(cfg.extra.get("task_type", "CPU")).upper() == "GPU":
+        from catboost.utils import get_gpu_device_count
+
+        with c_stderr_off():
+            gpus = get_gpu_device_count()
+        if gpus == 0:
+            raise UserError(f'{where}: task_type = "GPU" needs a GPU CatBoost can use; none here')
+    x = np.arange(40, dtype=np.float64).reshape(20, 2)
+    params = {**_params(cfg, 0, threads=1), "iterations": 2}
+    try:
+        with c_stderr_off():
+            cb.CatBoostClassifier(**params).fit(x, np.arange(20) % 2, verbose=False)
+    except cb.CatBoostError as exc:
+        raise UserError(f"{where}: CatBoost refused the parameters: {catboost_message(exc)}") from None
+
+
 def cb_config(raw: dict[str, Any], where: str) -> CbConfig:
-    """Parse and check the `[cb]` table."""
-    cfg = CbConfig(**typed_fields(CbConfig, raw, where))
+    """Parse and check the `[cb]` table: CbConfig's fields and any other CatBoost parameter (its own names)."""
+    own, extra = _split({k: v for k, v in raw.items() if k != "extra"}, where)
+    own_extra, _ = _split(dict(raw.get("extra", {})), where) if "extra" in raw else ({}, {})
+    if own_extra:
+        raise UserError(f"{where}: extra holds CatBoost parameters without fields of their own: {', '.join(own_extra)}")
+    cfg = CbConfig(**typed_fields(CbConfig, own, where), extra={**dict(raw.get("extra", {})), **extra})
     for key in ("iterations", "early_stopping_rounds", "depth", "border_count"):
         if getattr(cfg, key) < 1:
             raise UserError(f"{where}: {key} must be at least 1, got {getattr(cfg, key)}")
-    if cfg.threads < 0 or cfg.learning_rate <= 0:
-        raise UserError(f"{where}: threads must be >= 0 (0: every core) and learning_rate positive")
+    if cfg.depth > 16:
+        raise UserError(f"{where}: depth must be at most 16, got {cfg.depth}")
+    if cfg.learning_rate <= 0:
+        raise UserError(f"{where}: learning_rate must be positive, got {cfg.learning_rate}")
+    for key in ("threads", "l2_leaf_reg", "random_strength", "bagging_temperature", "one_hot_max_size", "log_every"):
+        if getattr(cfg, key) < 0:
+            raise UserError(f"{where}: {key} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.extra:
+        _probe(cfg, where)
     return cfg
+
+
+def flat(cfg: CbConfig) -> dict[str, Any]:
+    """The config as one `[cb]` table (the extra CatBoost parameters beside the fields)."""
+    table = asdict(cfg)
+    return {**{k: v for k, v in table.items() if k != "extra"}, **table["extra"]}
+
+
+@contextmanager
+def catboost_errors() -> Iterator[None]:
+    """CatBoost's errors during training as one-line UserErrors."""
+    cb = compat.catboost()
+    try:
+        yield
+    except cb.CatBoostError as exc:
+        raise UserError(f"CatBoost refused the parameters: {catboost_message(exc)}") from None
 
 
 def _params(cfg: CbConfig, seed: int, threads: int | None = None) -> dict[str, Any]:
     """CatBoostClassifier arguments: binary log loss, the seed, a fixed thread count (same bytes per machine)."""
     return {
+        **cfg.extra,
         "loss_function": "Logloss",
         "iterations": cfg.iterations,
         "learning_rate": cfg.learning_rate,
@@ -173,16 +300,22 @@ class CatBoostKind:
     def default_space(self, target: str) -> dict[str, dict[str, Any]]:
         return dict(SPACE)
 
+    def check_space(self, dims: list[Dimension], where: str) -> None:
+        """CatBoost's names (aliases allowed), each parameter once, none of gbmcvr's own settings."""
+        own, _ = _split({d.name: d.choices[0] if d.choices else d.low for d in dims}, where)
+        if "log_every" in own or "threads" in own:
+            raise UserError(f"{where}: log_every and threads are not tuned")
+
     def config(self, ctx: Context, params: str | None) -> CbConfig:
         """The `[cb]` config with a parameters file or the tuned export (`tuned`) over it."""
         cfg = ctx.cfg.section(self.section)
         if params is None:
             return cfg
         override, where = params_file(ctx.wd.models, self.name, params, "CatBoost")
-        return cb_config({**asdict(cfg), **override}, where)
+        return cb_config({**flat(cfg), **override}, where)
 
     def input_key(self, ctx: Context, manifest: dict[str, Any], opts: TrainOptions) -> str:
-        cfg = asdict(self.config(ctx, opts.params))
+        cfg = flat(self.config(ctx, opts.params))
         return input_key(self.name, manifest["config_hash"], manifest["raw_fingerprint"], cfg, ctx.cfg.seed)
 
     def train(self, ctx: Context, opts: TrainOptions) -> TrainedRun:
@@ -192,7 +325,8 @@ class CatBoostKind:
         tables = load_tables(ctx.wd.features, opts.feature_set, opts.plan)
         ctx.progress(f"cb: {tables.splits['fit'].height:,} fit rows, {len(tables.columns('categorical'))} categoricals")
         start = time.perf_counter()
-        booster = Booster(_fit(tables, _params(cfg, ctx.cfg.seed), cfg, ctx.progress))
+        with catboost_errors():
+            booster = Booster(_fit(tables, _params(cfg, ctx.cfg.seed), cfg, ctx.progress))
         seconds = time.perf_counter() - start
         ids = {s: tables.splits[s][tables.id_column].to_numpy() for s in ("valid", "test")}
         preds = prediction_table(ids, {s: booster.predict(tables.splits[s]) for s in ids})
@@ -210,7 +344,7 @@ class CatBoostKind:
                 "valid": {"p": metrics.report(y, p_valid, rate)},
                 "train_seconds": round(seconds, 2),
             },
-            params={"cb": asdict(cfg), "best_iteration": best, "fit_rows": tables.splits["fit"].height},
+            params={"cb": flat(cfg), "best_iteration": best, "fit_rows": tables.splits["fit"].height},
             stages=[self.name],
             input_key=self.input_key(ctx, tables.manifest, opts),
             save=partial(_save, booster=booster),
@@ -235,9 +369,11 @@ class CatBoostKind:
 
         def fn(trial: optuna.Trial) -> tuple[float, dict]:
             suggested = {d.name: d.suggest(trial) for d in space}
-            cfg = cb_config({**asdict(replace(base, log_every=0)), **suggested}, "search space")
+            own, extra = _split(suggested, "search space")  # CatBoost's aliases replace the config's values
+            cfg = replace(cb_config({**flat(base), **own, **extra}, "search space"), log_every=0)
             pruning = CatBoostPruningCallback(trial, "Logloss")
-            model = _fit(tables, _params(cfg, seed, threads), cfg, callbacks=[pruning])
+            with catboost_errors():
+                model = _fit(tables, _params(cfg, seed, threads), cfg, callbacks=[pruning])
             pruning.check_pruned()
             value = float(model.get_best_score()["validation"]["Logloss"])
             return value, {"params": suggested, "best_iteration": int(model.get_best_iteration() or 0) + 1}

@@ -14,7 +14,16 @@ from gbmcvr.context import Context
 from gbmcvr.errors import UserError
 from gbmcvr.gbm import dask_train
 from gbmcvr.gbm.models import STAGES, binning_of, predict_kind, stage_data, train_stage
-from gbmcvr.gbm.params import KIND_STAGES, GbmConfig, gbm_config, read_params_file, tune_name
+from gbmcvr.gbm.params import (
+    KIND_STAGES,
+    GbmConfig,
+    canonical_names,
+    check_space,
+    gbm_config,
+    lightgbm_errors,
+    read_params_file,
+    tune_name,
+)
 from gbmcvr.gbm.train import GbmRun, load_run, save_models, train_gbm
 from gbmcvr.models.base import Objective, Predictor, TrainedRun, TrainOptions
 from gbmcvr.runs import UNREFIT, input_key, prediction_table
@@ -55,6 +64,9 @@ class GbmKind:
 
     def default_space(self, target: str) -> dict[str, dict[str, Any]]:
         return dict(SPACE)
+
+    def check_space(self, dims: list[Dimension], where: str) -> None:
+        check_space(dims, where)
 
     def params(self, ctx: Context, source: str | None) -> dict[str, dict[str, Any]]:
         """Per-stage parameters: config defaults, overridden by a params file or the tuned export."""
@@ -104,11 +116,13 @@ class GbmKind:
         address = opts.dask or gcfg.dask
         if address and opts.plan != "validate":
             raise UserError("--dask trains on the validate plan only")
-        if address:
-            run, tables = self._train_dask(ctx, opts, gcfg, resolved, address, refit)
-        else:
-            tables = load_tables(ctx.wd.features, opts.feature_set, opts.plan, lean=("fit", "valid", "test"))
-            run = train_gbm(self.name, tables, gcfg, resolved, ctx.progress, self._refit_tables(ctx, opts, refit))
+        with lightgbm_errors():
+            if address:
+                run, tables = self._train_dask(ctx, opts, gcfg, resolved, address, refit)
+            else:
+                tables = load_tables(ctx.wd.features, opts.feature_set, opts.plan, lean=("fit", "valid", "test"))
+                refit_tables = self._refit_tables(ctx, opts, refit)
+                run = train_gbm(self.name, tables, gcfg, resolved, ctx.progress, refit_tables)
         preds = run.preds
         if opts.plan == "backtest" and refit:
             ids = {"test": tables.splits["test"][tables.id_column].to_numpy()}
@@ -165,16 +179,17 @@ class GbmKind:
         def fn(trial: optuna.Trial) -> tuple[float, dict]:
             suggested = {d.name: d.suggest(trial) for d in space}
             # no feature pre-filter: one Dataset serves trials with any min_data_in_leaf (kept in the export)
-            params = {**gcfg.params(stage.name, seed, suggested), "feature_pre_filter": False}
+            params = {**gcfg.params(stage.name, seed, canonical_names(suggested)), "feature_pre_filter": False}
             if threads:
                 params["num_threads"] = threads
             key = json.dumps(binning_of(params), sort_keys=True)
-            if key not in shared:
-                shared[key] = stage_data(tables, stage, params, gcfg, reusable=True)
             pruning = LightGBMPruningCallback(trial, "binary_logloss", valid_name="valid", report_interval=5)
-            model = train_stage(
-                tables, stage, params, gcfg, lambda _: None, extra_callbacks=[pruning], data=shared[key]
-            )
+            with lightgbm_errors():
+                if key not in shared:
+                    shared[key] = stage_data(tables, stage, params, gcfg, reusable=True)
+                model = train_stage(
+                    tables, stage, params, gcfg, lambda _: None, extra_callbacks=[pruning], data=shared[key]
+                )
             value = float(model.booster.best_score["valid"]["binary_logloss"])
             return value, {
                 "params": {k: v for k, v in params.items() if k not in ("seed", "num_threads")},

@@ -12,7 +12,7 @@ import optuna
 
 from gbmcvr import compat
 from gbmcvr.context import Context, quiet
-from gbmcvr.deep.params import KamlConfig, MtdmConfig, check_mtdm, mtdm_config, mtdm_kaml_config
+from gbmcvr.deep.params import KamlConfig, MtdmConfig, check_mtdm, mtdm_config, mtdm_kaml_config, torch_errors
 from gbmcvr.errors import UserError
 from gbmcvr.models.base import Objective, Predictor, TrainedRun, TrainOptions
 from gbmcvr.runs import input_key, params_file, read_run_meta
@@ -95,9 +95,11 @@ class MtdmKind:
             with deep.distributed.process_group(deep.train.resolve_device(ctx.device), seed) as parallel:
                 main = parallel.rank == 0
                 progress = ctx.progress if main else quiet
-                run = deep.run.train_mtdm_run(tables, mcfg, seed, ctx.device, teacher, progress, None, parallel)
+                with torch_errors():
+                    run = deep.run.train_mtdm_run(tables, mcfg, seed, ctx.device, teacher, progress, None, parallel)
             return self._trained(run, mcfg, key, main, {"world_size": parallel.world_size})
-        run = deep.run.train_mtdm_run(tables, mcfg, seed, ctx.device, teacher, ctx.progress)
+        with torch_errors():
+            run = deep.run.train_mtdm_run(tables, mcfg, seed, ctx.device, teacher, ctx.progress)
         return self._trained(run, mcfg, key, True, {})
 
     def _trained(self, run: Any, mcfg: MtdmConfig, key: str, write: bool, meta: dict[str, Any]) -> TrainedRun:
@@ -172,7 +174,8 @@ class MtdmKind:
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
-            run = deep.run.train_mtdm_run(tables, trial_cfg, seed, ctx.device, None, quiet, report)
+            with torch_errors():
+                run = deep.run.train_mtdm_run(tables, trial_cfg, seed, ctx.device, None, quiet, report)
             return float(run.metrics["valid"]["p"]["logloss"]), {
                 "params": suggested,
                 "best_iteration": run.result.best_epoch,

@@ -8,10 +8,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from gbmcvr.errors import UserError
 from gbmcvr.fe.pipeline import LIKE
 from gbmcvr.gbm import models
 from gbmcvr.gbm.models import STAGES, predict_stage, stage_data, train_stage
-from gbmcvr.gbm.params import DEFAULT_PARAMS, GbmConfig
+from gbmcvr.gbm.params import DEFAULT_PARAMS, GbmConfig, lightgbm_errors
 from gbmcvr.tables import load_tables
 
 ROWS = {"fit": 1500, "valid": 400, "test": 300}
@@ -131,6 +132,28 @@ def test_fit_dataset_binary_is_cached_by_tables_stage_and_dataset_params(plan, m
     rebuilt = train_stage(tables, STAGES["e2e"], PARAMS, cfg, messages.append, rounds=10)
     assert any("cannot be read" in m for m in messages)
     assert rebuilt.booster.model_to_string() == first.booster.model_to_string()
+
+
+def test_parameters_refused_by_lightgbm_keep_a_valid_cache(plan):
+    """Parameters LightGBM refuses fail the run in one line and never delete a good Dataset binary."""
+    root, _ = plan
+    tables = load_tables(root, "default", "validate", lean=("fit",))
+    first = train_stage(tables, STAGES["e2e"], PARAMS, GbmConfig(), lambda _: None, rounds=5)
+    cached = sorted((root / "default" / "validate" / models.CACHE_DIR).iterdir())
+    before = cached[0].read_bytes()
+    messages = []
+    with pytest.raises(UserError, match="LightGBM refused the parameters: .*bagging_fraction") as info:
+        train_stage(tables, STAGES["e2e"], {**PARAMS, "bagging_fraction": 3.0}, GbmConfig(), messages.append, rounds=5)
+    assert "\n" not in str(info.value) and " at /" not in str(info.value)
+    assert cached[0].read_bytes() == before and not any("cannot be read" in m for m in messages)
+    again = train_stage(tables, STAGES["e2e"], PARAMS, GbmConfig(), lambda _: None, rounds=5)
+    assert again.booster.model_to_string() == first.booster.model_to_string()
+
+
+def test_lightgbm_errors_during_training_are_one_line():
+    x = np.arange(40, dtype=np.float64).reshape(20, 2)
+    with pytest.raises(UserError, match="^LightGBM refused the parameters: .*num_leaves"), lightgbm_errors():
+        lgb.train({"num_leaves": 1, "verbosity": -1}, lgb.Dataset(x, label=np.arange(20) % 2), num_boost_round=2)
 
 
 def test_in_memory_tables_are_never_cached(plan):

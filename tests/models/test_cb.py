@@ -102,7 +102,7 @@ def test_bad_config_and_options_are_user_errors(cb_work):
 
     with pytest.raises(UserError, match=r"\[cb\]: depth must be at least 1"):
         config_from_dict({"cb": {"depth": 0}}, "t")
-    with pytest.raises(UserError, match=r"\[cb\]: unknown key 'depht'"):
+    with pytest.raises(UserError, match=r"\[cb\]: unknown CatBoost parameter 'depht' \(did you mean 'depth'\?\)"):
         config_from_dict({"cb": {"depht": 3}}, "t")
     with pytest.raises(UserError, match="--refit, --dask and --ddp"):
         stages.train(ctx, "cb", run_id="cb-refit", refit=True)
