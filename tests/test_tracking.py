@@ -44,3 +44,23 @@ def test_a_training_is_logged_to_a_real_mlflow_store(tmp_path, capsys) -> None:
     assert [m.value for m in curve] == pytest.approx(metrics["learning_curve"]["e2e"])
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert {"preds.parquet", "run.json", "model_e2e.txt"} <= artifacts
+
+
+def test_tuning_trials_are_nested_runs(tmp_path, capsys) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    wd, _, _ = make_workdir(tmp_path, scale=0.003, plans=("validate",))
+    wd.config_file.write_text(
+        '[gbm]\nnum_boost_round = 6\nearly_stopping_rounds = 3\nlog_every = 0\n[track]\nmlflow = "sqlite:///ml.db"\n'
+    )
+    code, _, err = run_cli(["tune", "e2e", "--trials", "2", "--pruner", "none", "--workdir", wd.root], capsys)
+    assert code == 0, err
+    assert "(2 of 2 finished)" in err
+    client = MlflowClient(f"sqlite:///{(wd.root / 'ml.db').resolve()}")
+    runs = client.search_runs([client.get_experiment_by_name("gbmcvr").experiment_id])
+    parent = [r for r in runs if r.data.tags.get("role") == "study"]
+    trials = [r for r in runs if "trial" in r.data.tags]
+    assert len(parent) == 1 and len(trials) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent[0].info.run_id}
+    assert all("valid_logloss" in r.data.metrics for r in trials)

@@ -125,7 +125,7 @@ def test_killed_process_keeps_trials_and_fails_the_running_one(work):
 @pytest.mark.parametrize(
     ("extra", "args", "message"),
     [
-        ("", ["tune", "xgb"], "unknown model 'xgb' to tune"),
+        ("", ["tune", "nope"], "unknown model 'nope' to tune"),
         (
             '[tune.e2e]\nnum_leaves = {type = "int", low = 50, high = 10}\n',
             ["tune", "e2e"],
