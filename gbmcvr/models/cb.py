@@ -25,6 +25,7 @@ from gbmcvr import compat, metrics
 from gbmcvr.context import Context, quiet
 from gbmcvr.errors import UserError
 from gbmcvr.gbm.params import c_stderr_off
+from gbmcvr.gbm.train import plot_importance
 from gbmcvr.models.base import Objective, TrainedRun, TrainOptions
 from gbmcvr.runs import input_key, params_file, prediction_table
 from gbmcvr.space import Dimension
@@ -284,6 +285,12 @@ def _save(folder: Path, booster: Booster) -> None:
         {"feature": booster.model.feature_names_, "importance": booster.model.get_feature_importance()}
     )
     importance.sort("importance", descending=True).write_csv(folder / "importance.csv")
+    plot_importance(
+        importance.select("feature", pl.col("importance").alias("gain"))
+        .with_columns(pl.lit("cb").alias("stage"))
+        .sort("gain", descending=True),
+        folder / "importance.png",
+    )
 
 
 class CatBoostKind:

@@ -46,6 +46,7 @@ def test_trains_early_stops_and_beats_the_prior(cb_work):
     meta = json.loads((ctx.wd.run("cb") / "run.json").read_text())
     assert meta["kind"] == "cb" and meta["input_key"] == stages.model_input_key(ctx, "cb")
     assert (ctx.wd.run("cb") / "model.cbm").is_file() and (ctx.wd.run("cb") / "importance.csv").is_file()
+    assert (ctx.wd.run("cb") / "importance.png").stat().st_size > 0
 
 
 def test_reloaded_model_reproduces_the_prediction_table(cb_work):
