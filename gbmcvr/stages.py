@@ -217,6 +217,14 @@ def _report_backtest(ctx: Context, run_id: str, scores: dict[str, Any]) -> None:
     )
 
 
+def train_install_rate(ctx: Context) -> float:
+    """The NCE base rate of submissions: the install rate of every labelled train row in the raw store (what
+    `gbmcvr score` uses, from the rate `synth` records beside its truth), so both print the same NCE."""
+    profile = ctx.cfg.load_profile()
+    rate = pl.scan_parquet(ctx.wd.raw / "train.parquet", glob=False).select(pl.col(profile.install_label).mean())
+    return float(rate.collect().item())
+
+
 def day_rates(ctx: Context, plan: str) -> bt.DayRates:
     """Install rate of each labelled day of a plan (its fit and validation days), from the raw store."""
     profile = ctx.cfg.load_profile()
@@ -409,7 +417,7 @@ def submit(
         backtest = backtest_choice(ctx, runs, opts=opts, refit=refit)
         opts = replace(opts, calibration=backtest["calibration"], weights=backtest["weights"])
     y_valid = valid_labels(ctx, aligned.valid_ids)
-    base_rate = float(read_metrics(ctx.wd.run(runs[0]))["base_rate"])
+    base_rate = train_install_rate(ctx)
     truth_table = read_truth(truth) if truth is not None else None
     test_ids = pl.read_parquet(ctx.wd.raw / "test.parquet", columns=[profile.id_column], glob=False)[profile.id_column]
     if truth_table is not None:

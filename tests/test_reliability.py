@@ -447,3 +447,17 @@ def test_a_byte_order_mark_in_the_config_is_harmless(copy: Path) -> None:
     path = _w(copy) / "gbmcvr.toml"
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     assert load_config(None, path).seed == 3
+
+
+def test_submit_and_score_print_the_same_nce(copy: Path, capsys) -> None:
+    """One NCE base rate: the install rate of every labelled train row, in `submit` and in `score`."""
+    work = _w(copy)
+    code, _, err = run_cli(
+        ["submit", "--runs", "e2e", "--name", "n", "--truth", copy / "data", "--workdir", work], capsys
+    )
+    assert code == 0, err
+    report = json.loads((work / "submissions" / "n.json").read_text())
+    code, out, err = run_cli(["score", work / "submissions" / "n.tsv", "--truth", copy / "data"], capsys)
+    assert code == 0, err
+    nce = float(next(line for line in out.splitlines() if line.startswith("NCE")).split()[1])
+    assert report["table"][-1]["test_nce"] == pytest.approx(nce, abs=1e-5)

@@ -196,7 +196,7 @@ def markdown(result: SubmitResult, opts: SubmitOptions, truth_logloss: float | N
     lines = [
         "# Submission report",
         "",
-        f"NCE divides log loss by the entropy of base rate p = {result.base_rate:.4f} (install rate of the fit window).",
+        f"NCE divides log loss by the entropy of base rate p = {result.base_rate:.4f} (install rate of every labelled train row, as `gbmcvr score` uses).",
         f"Calibration `{opts.calibration}` (valid-fitted part on the valid day), ensemble `{opts.weights}`; "
         f"cross-fit column: calibration and ensemble fitted on {opts.folds - 1} of {opts.folds} folds of valid rows, "
         "scored on the held-out fold (the test-day shift step does not act on valid rows).",
@@ -400,7 +400,7 @@ def write_submission(
             "refit_evidence": result.refit,
             "space": opts.space,
             "base_rate": result.base_rate,
-            "base_rate_source": "install rate of the fit window",
+            "base_rate_source": "install rate of every labelled train row",
             "table": result.table,
             "truth_logloss": truth_logloss,
         },
