@@ -107,7 +107,7 @@ def write_report(wd: Workdir) -> Path:
                 f"<b>{html.escape(str(backtest.get('weights')))}</b> (on day {backtest.get('target_day')})</p>"
             )
             parts.append(_table(backtest["rows"], ["calibration", "weights", "logloss", "gap", "gap_se"]))
-        for suffix in ("_reliability.png", "_rates.png"):
+        for suffix in ("_backtest_reliability.png", "_reliability.png", "_rates.png"):
             png = tsv.with_name(tsv.stem + suffix)
             if png.is_file():
                 parts.append(_image(png, page, png.stem))

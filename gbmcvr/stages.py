@@ -33,7 +33,14 @@ from gbmcvr.post import backtest as bt
 from gbmcvr.post import submission as sub
 from gbmcvr.post.options import SubmitOptions
 from gbmcvr.post.scoring import check_truth_covers, read_truth
-from gbmcvr.post.submit import Aligned, SubmitResult, align, make_submission, write_submission
+from gbmcvr.post.submit import (
+    Aligned,
+    SubmitResult,
+    align,
+    make_submission,
+    reliability_bins,
+    write_submission,
+)
 from gbmcvr.runs import (
     UNREFIT,
     backtest_scores,
@@ -370,6 +377,7 @@ def backtest_choice(
         "rows": rows,
         "calibration": choice[0],
         "weights": choice[1],
+        "reliability": reliability_bins(pooled[choice], y),
         "target_day": days[0],
         "days": days,
         "simplest": [simplest["calibration"], simplest["weights"]],

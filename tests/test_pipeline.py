@@ -104,5 +104,10 @@ def test_run_chooses_on_the_backtest(tmp_path):
     assert json.loads((wd.run("e2e") / "run.json").read_text())["refit"] == (steps["refit e2e"] == "yes")
     md = (wd.submissions / "auto.md").read_text()
     assert "## Backtest" in md and "## Refit" in md and (wd.submissions / "auto_rates.png").is_file()
+    bins = report["backtest"]["reliability"]
+    counts = [b["rows"] for b in bins]
+    assert len(bins) == 10 and max(counts) - min(counts) <= 1
+    assert all(0 <= b["rate"] <= 1 and 0 < b["mean_p"] < 1 for b in bins)
+    assert (wd.submissions / "auto_backtest_reliability.png").stat().st_size > 0
     again = run_pipeline(Context(wd, load_config(None, wd.config_file)), truth=data).steps
     assert again["train e2e (backtest)"] == "current" and again["train e2e"] == "current"

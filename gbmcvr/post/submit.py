@@ -343,6 +343,36 @@ def rate_plot(result: SubmitResult, path: Path) -> None:
     plt.close(fig)
 
 
+def reliability_bins(p: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Equal-frequency bins of predictions: mean prediction, observed rate and row count of each."""
+    order = np.argsort(p, kind="stable")
+    return [
+        {"mean_p": float(p[c].mean()), "rate": float(y[c].mean()), "rows": len(c)}
+        for c in np.array_split(order, bins)
+        if len(c)
+    ]
+
+
+def backtest_reliability_plot(backtest: dict[str, Any], path: Path) -> None:
+    """Out-of-sample reliability: the chosen method on the rehearsal days it never fitted on, with bin counts."""
+    plt = pyplot()
+    bins = backtest["reliability"]
+    fig, ax = plt.subplots(figsize=(6, 6))
+    xs, ys = [b["mean_p"] for b in bins], [b["rate"] for b in bins]
+    ax.plot(xs, ys, marker="o", label=f"{backtest['calibration']}, {backtest['weights']}")
+    for b in bins:
+        ax.annotate(f"{b['rows']:,}", (b["mean_p"], b["rate"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    top = max(max(xs), max(ys))
+    ax.plot([0, top], [0, top], color="grey", linestyle="--", label="perfect")
+    ax.set_xlabel("mean predicted (rehearsal days, out of sample)")
+    ax.set_ylabel("observed install rate")
+    ax.set_title(f"Reliability on rehearsal day(s) {', '.join(map(str, backtest.get('days', [])))} (rows per bin)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def reliability_plot(result: SubmitResult, path: Path, bins: int = 15) -> None:
     """Predicted vs observed install rate in equal-frequency bins of the valid rows."""
     plt = pyplot()
@@ -354,7 +384,7 @@ def reliability_plot(result: SubmitResult, path: Path, bins: int = 15) -> None:
         ax.plot([p[c].mean() for c in chunks], [result.y_valid[c].mean() for c in chunks], marker="o", label=name)
     top = max(float(np.max(p)) for p in result.valid_plot.values())
     ax.plot([0, top], [0, top], color="grey", linestyle="--", label="perfect")
-    ax.set_xlabel("mean predicted (valid, calibrated)")
+    ax.set_xlabel(f"mean predicted (valid, calibrated; in sample; {len(result.y_valid) // bins:,} rows per bin)")
     ax.set_ylabel("observed install rate")
     ax.set_title("Reliability diagram")
     ax.legend()
@@ -385,6 +415,10 @@ def write_submission(
     with atomic_path(out_dir / f"{name}_rates.png") as tmp:
         rate_plot(result, tmp.with_suffix(".png"))
         tmp.with_suffix(".png").replace(tmp)
+    if result.backtest is not None and result.backtest.get("reliability"):
+        with atomic_path(out_dir / f"{name}_backtest_reliability.png") as tmp:
+            backtest_reliability_plot(result.backtest, tmp.with_suffix(".png"))
+            tmp.with_suffix(".png").replace(tmp)
     write_json(out_dir / f"{name}_calibration.json", result.calibrators)
     write_json(
         out_dir / f"{name}.json",
