@@ -6,6 +6,7 @@ import fnmatch
 import gzip
 import hashlib
 import io
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ class IngestResult:
     train_rows: int
     test_rows: int
     seconds: float
+    skipped: tuple[str, ...] = ()  # entries of the data folders that are not train or test files, with why
 
 
 def schema(profile: Profile, with_labels: bool) -> dict[str, pl.DataType]:
@@ -46,17 +48,74 @@ def schema(profile: Profile, with_labels: bool) -> dict[str, pl.DataType]:
 
 def source_files(data_dir: Path, profile: Profile) -> tuple[list[Path], list[Path]]:
     """The train and test files the profile's globs match under `data_dir` (sorted), or a UserError."""
+    train, test, _ = source_scan(data_dir, profile)
+    return train, test
+
+
+def source_scan(data_dir: Path, profile: Profile) -> tuple[list[Path], list[Path], list[str]]:
+    """Train files, test files, and each skipped entry of their folders with the reason (`path (why)`)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"{data_dir}: data folder not found (generate one with `gbmcvr synth {data_dir}`)")
+    globs = (*profile.train_files, *profile.test_files)
+    seen: set[Path] = set()
+    for glob in globs:
+        seen.update(_entries(data_dir, glob))
 
-    def match(globs: tuple[str, ...], what: str) -> list[Path]:
-        files = sorted({p for g in globs for p in data_dir.glob(g) if p.is_file()})
+    def match(patterns: tuple[str, ...], what: str) -> list[Path]:
+        files = sorted({p for g in patterns for p in seen | set(data_dir.glob(g)) if _matches(data_dir, p, g)})
         if not files:
-            raise UserError(f"{data_dir}: no {what} files matching {', '.join(globs)}")
+            raise UserError(f"{data_dir}: no {what} files matching {', '.join(patterns)}")
         return files
 
-    return match(profile.train_files, "train"), match(profile.test_files, "test")
+    train, test = match(profile.train_files, "train"), match(profile.test_files, "test")
+    chosen = set(train) | set(test)
+    skipped = [f"{p} ({_skip_reason(p, globs)})" for p in sorted(seen - chosen)]
+    return train, test, skipped
+
+
+def _entries(data_dir: Path, glob: str) -> set[Path]:
+    """Every entry of the folders a glob's file part looks in (what a data folder holds beside the matches)."""
+    folder, _, _ = glob.rpartition("/")
+    if "**" in glob:
+        return set()
+    folders = [p for p in data_dir.glob(folder) if p.is_dir()] if folder else [data_dir]
+    entries = {e for f in folders for e in f.iterdir()}
+    for entry in entries:
+        if entry.is_symlink() and not entry.exists():
+            raise UserError(f"{entry}: broken symbolic link (its target {entry.readlink()} does not exist)")
+    return entries
+
+
+def _loose_pattern(pattern: str) -> bool:
+    """A `*.csv`-like file pattern: its matches may also be gzip (`.csv.gz`) or spell the suffix in capitals."""
+    stem, dot, suffix = pattern.rpartition(".")
+    return bool(dot) and suffix.isalnum() and "[" not in stem
+
+
+def _matches(data_dir: Path, path: Path, glob: str) -> bool:
+    """Whether a file matches a profile glob: exactly, or (for `*.csv`-like globs) gzip or any-case suffix."""
+    if not path.is_file() or path.is_symlink() and not path.exists():
+        return False
+    rel = path.relative_to(data_dir).as_posix()
+    if fnmatch.fnmatchcase(rel, glob):
+        return True
+    folder, _, pattern = glob.rpartition("/")
+    if not _loose_pattern(pattern) or (folder and not fnmatch.fnmatchcase(rel.rpartition("/")[0], folder)):
+        return False
+    name = path.name.lower().removesuffix(".gz")
+    return rel.count("/") == glob.count("/") and fnmatch.fnmatchcase(name, pattern.lower())
+
+
+def _skip_reason(path: Path, globs: tuple[str, ...]) -> str:
+    if path.is_dir():
+        return "a folder"
+    return f"matches none of {', '.join(globs)}"
+
+
+def _data_name(path: Path) -> str:
+    """The file name without a `.gz` suffix: what file_days globs are matched against."""
+    return path.name[:-3] if path.name.lower().endswith(".gz") else path.name
 
 
 def source_listing(files: list[Path]) -> list[dict[str, object]]:
@@ -66,6 +125,8 @@ def source_listing(files: list[Path]) -> list[dict[str, object]]:
 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_EXACT_FLOAT = 2**53  # integral floats above this cannot be trusted to name one integer
+INT_BOUNDS = {pl.Int8: 127, pl.Int16: 2**15 - 1, pl.Int32: 2**31 - 1}  # |value| a float may take to cast exactly
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def _is_gzip(path: Path) -> bool:
@@ -111,6 +172,18 @@ def _check_text(path: Path, data: bytes, sep: str, header: list[str]) -> None:
         n = int(fields[bad[0]])
         word = "fewer" if n < len(header) else "more"
         raise UserError(f"{path}: line {line} has {n} fields, {word} than the header's {len(header)}")
+
+
+def _normalise(data: bytes) -> bytes:
+    """Drop a UTF-8 byte-order mark and blank lines at the end; turn CR-only line endings into newlines."""
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM) :]
+    if b"\r" in data[:65536] and b"\n" not in data:
+        data = data.replace(b"\r", b"\n")
+    end = len(data.rstrip(b"\r\n"))
+    if end < len(data) - 2:
+        data = data[:end] + b"\n"
+    return data
 
 
 def _header(data: bytes, path: Path, sep: str) -> list[str]:
@@ -159,37 +232,90 @@ def _parse_text(path: Path, text: pl.DataFrame, dtypes: dict[str, pl.DataType]) 
             as_float = raw.cast(pl.Float64, strict=False)
             integral = as_float.is_finite() & (as_float == as_float.round()) & (as_float.abs() < MAX_EXACT_FLOAT)
             value = pl.coalesce(raw.cast(pl.Int64, strict=False), pl.when(integral).then(as_float.cast(pl.Int64)))
-            kind = "an integer"
+            value, kind = (
+                value.cast(dtype, strict=False),
+                "an integer" + ("" if dtype == pl.Int64 else f" that fits {dtype}"),
+            )
         else:
             value, kind = raw.cast(pl.Float64, strict=False), "a number"
         row = _first_bad(text, pl.col(col).is_not_null() & value.is_null())
         if row is not None:
             raise UserError(f"{path}: line {row + 2}, column '{col}': '{text[col][row]}' is not {kind}")
-        exprs.append(value.cast(dtype, strict=False).alias(col))
+        exprs.append(value.alias(col))
     return text.select(exprs)
 
 
+def _read(source: io.BytesIO, sep: str, schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
+    """A strict read with the given dtypes, or None when a value does not parse."""
+    try:
+        return pl.read_csv(source, separator=sep, schema=schema)
+    except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
+        return None
+
+
+def _read_text(source: io.BytesIO, sep: str, columns: list[str] | None = None) -> pl.DataFrame:
+    """Columns as the strings they are written as: what an error message quotes."""
+    return pl.read_csv(source, separator=sep, infer_schema=False, columns=columns)
+
+
+def _as_integers(frame: pl.DataFrame, dtypes: dict[str, pl.DataType]) -> tuple[pl.DataFrame, list[str]]:
+    """Integer columns read as floats cast back to their dtypes, and the columns left for the text parser
+    (a value that is not integral, beyond 2^53 where floats stop naming one integer, or outside the dtype)."""
+    ints = [c for c in frame.columns if dtypes[c].is_integer()]
+    if not ints:
+        return frame, []
+    exact = frame.select(
+        (
+            pl.col(c).is_finite()
+            & (pl.col(c) == pl.col(c).round())
+            & (pl.col(c).abs() <= INT_BOUNDS.get(type(dtypes[c]), MAX_EXACT_FLOAT - 1))
+        ).all()
+        for c in ints
+    ).row(0, named=True)
+    castable = [c for c in ints if exact[c]]
+    frame = frame.with_columns(pl.col(c).cast(dtypes[c]) for c in castable)
+    return frame, [c for c in ints if not exact[c]]
+
+
+def _check_finite(path: Path, data: bytes, frame: pl.DataFrame, sep: str) -> None:
+    """Refuse `inf`, `nan` and values beyond float64 (`1e400`) in float columns, naming the first one's line."""
+    floats = [c for c, t in frame.schema.items() if t == pl.Float64]
+    if not floats:
+        return
+    row = frame.select(pl.any_horizontal(~pl.col(floats).is_finite()).arg_true().first()).item()
+    if row is None:
+        return
+    col = next(c for c in floats if frame[c][row] is not None and not math.isfinite(frame[c][row]))
+    text = _read_text(io.BytesIO(data), sep, [col])[col][row]
+    raise UserError(f"{path}: line {row + 2}, column '{col}': '{text}' is not a finite number")
+
+
 def _read_file(path: Path, profile: Profile, is_test: bool) -> pl.DataFrame:
-    data = _raw_bytes(path)
+    data = _normalise(_raw_bytes(path))
     sep = profile.separator
     header = _header(data, path, sep)
     with_labels = _check_columns(path, header, profile, is_test)
     dtypes = schema(profile, with_labels)
     source = io.BytesIO(data)
-    try:
-        frame = pl.read_csv(source, separator=sep, schema={c: dtypes[c] for c in header})
-    except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
-        frame = None
+    frame = _read(source, sep, {c: dtypes[c] for c in header})
+    if frame is None:
+        # integral floats (`1.0`, as pandas writes integer columns with missing values): read as floats, cast back
+        floats = {c: pl.Float64() if dtypes[c].is_integer() else dtypes[c] for c in header}
+        frame = _read(source, sep, floats)
+        if frame is not None:
+            frame, inexact = _as_integers(frame, dtypes)
+            if inexact:
+                frame = frame.with_columns(_parse_text(path, _read_text(source, sep, inexact), dtypes))
     # the reader refuses long rows but fills short ones with nulls: equal separator counts rule both out
     if frame is None or data.count(sep.encode()) != (frame.height + 1) * (len(header) - 1):
         _check_text(path, data, sep, header)
     if frame is None:
-        # slow path, only for files that need it: integral floats such as `0.0`, or a value to point at
-        text = pl.read_csv(source, separator=sep, schema={c: pl.String() for c in header})
-        frame = _parse_text(path, text, dtypes)
+        # slow path, only for files that need it: a value to point at
+        frame = _parse_text(path, _read_text(source, sep), dtypes)
+    _check_finite(path, data, frame, sep)
     del data, source
     if profile.day is None:
-        day = next((d for g, d in profile.file_days.items() if fnmatch.fnmatch(path.name, g)), None)
+        day = next((d for g, d in profile.file_days.items() if fnmatch.fnmatch(_data_name(path), g)), None)
         if day is None:
             raise UserError(f"{path}: no file_days entry of profile '{profile.name}' matches this file name")
         frame = frame.with_columns(pl.lit(day, dtype=pl.Int64).alias(profile.day_column))
@@ -257,7 +383,7 @@ def ingest(
 
 def _ingest(data_dir: Path, profile: Profile, out: Path, progress: Callable[[str], None]) -> IngestResult:
     start = time.perf_counter()
-    train_files, test_files = source_files(data_dir, profile)
+    train_files, test_files, skipped = source_scan(data_dir, profile)
     train = _read_split(train_files, profile, False, progress)
     test = _read_split(test_files, profile, True, progress)
     id_col, day_col = profile.id_column, profile.day_column
@@ -302,4 +428,4 @@ def _ingest(data_dir: Path, profile: Profile, out: Path, progress: Callable[[str
             },
         )
         progress(f"wrote raw store ({train.height:,} train rows, {test.height:,} test rows)")
-    return IngestResult(Path(out), train.height, test.height, time.perf_counter() - start)
+    return IngestResult(Path(out), train.height, test.height, time.perf_counter() - start, tuple(skipped))
