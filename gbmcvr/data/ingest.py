@@ -285,16 +285,13 @@ def _as_integers(frame: pl.DataFrame, dtypes: dict[str, pl.DataType]) -> tuple[p
     ints = [c for c in frame.columns if dtypes[c].is_integer()]
     if not ints:
         return frame, []
-    exact = frame.select(
-        (
-            pl.col(c).is_finite()
-            & (pl.col(c) == pl.col(c).round())
-            & (pl.col(c).abs() <= INT_BOUNDS.get(type(dtypes[c]), MAX_EXACT_FLOAT - 1))
-        ).all()
-        for c in ints
-    ).row(0, named=True)
+    bound = {c: INT_BOUNDS.get(type(dtypes[c]), MAX_EXACT_FLOAT - 1) for c in ints}
+    # NaN and infinities fail the bound (Polars orders NaN above every number)
+    exact = frame.select(((pl.col(c) == pl.col(c).round()) & (pl.col(c).abs() <= bound[c])).all() for c in ints).row(
+        0, named=True
+    )
     castable = [c for c in ints if exact[c]]
-    frame = frame.with_columns(pl.col(c).cast(dtypes[c]) for c in castable)
+    frame = frame.with_columns(pl.col(c).cast(dtypes[c], strict=False) for c in castable)
     return frame, [c for c in ints if not exact[c]]
 
 
@@ -311,8 +308,9 @@ def _check_finite(path: Path, source: Path | io.BytesIO, frame: pl.DataFrame, se
     raise UserError(f"{path}: line {row + 2}, column '{col}': '{text}' is not a finite number")
 
 
-def _read_file(path: Path, profile: Profile, is_test: bool) -> pl.DataFrame:
-    """One file as a typed, checked frame (the reader takes plain files itself; others are read into memory)."""
+def _read_file(path: Path, profile: Profile, is_test: bool, floats_first: bool = False) -> tuple[pl.DataFrame, bool]:
+    """One file as a typed, checked frame, and whether its integers were read as floats (the reader takes plain
+    files itself, others are read into memory). `floats_first` skips the integer read an earlier file failed."""
     head = _head(path)
     data = None if _readable_as_is(path, head) else _normalise(_raw_bytes(path))
     source = path if data is None else io.BytesIO(data)
@@ -320,8 +318,9 @@ def _read_file(path: Path, profile: Profile, is_test: bool) -> pl.DataFrame:
     header = _header(head if data is None else data[:HEAD_BYTES], path, sep, complete=data is not None)
     with_labels = _check_columns(path, header, profile, is_test)
     dtypes = schema(profile, with_labels)
-    frame = _read(source, sep, {c: dtypes[c] for c in header})
-    if frame is None:
+    frame = None if floats_first else _read(source, sep, {c: dtypes[c] for c in header})
+    as_floats = frame is None
+    if as_floats:
         # integral floats (`1.0`, as pandas writes integer columns with missing values): read as floats, cast back
         floats = {c: pl.Float64() if dtypes[c].is_integer() else dtypes[c] for c in header}
         frame = _read(source, sep, floats)
@@ -346,7 +345,7 @@ def _read_file(path: Path, profile: Profile, is_test: bool) -> pl.DataFrame:
             raise UserError(f"{path}: no file_days entry of profile '{profile.name}' matches this file name")
         frame = frame.with_columns(pl.lit(day, dtype=pl.Int64).alias(profile.day_column))
     _check_values(path, frame, profile, with_labels and not is_test, is_test)
-    return frame
+    return frame, as_floats
 
 
 def _check_values(path: Path, frame: pl.DataFrame, profile: Profile, labelled: bool, is_test: bool) -> None:
@@ -398,10 +397,11 @@ def _write_split(
     id_col, day_col = profile.id_column, profile.day_column
     columns = [id_col, day_col, *profile.feature_columns, *([] if is_test else profile.label_columns)]
     keys, truths, rows = [], [], 0
-    writer = None
+    writer, floats_first = None, False
     try:
         for i, path in enumerate(files):
-            frame = _read_file(path, profile, is_test)
+            # files of one split come from one exporter: once one holds integral floats, read the next as floats
+            frame, floats_first = _read_file(path, profile, is_test, floats_first)
             if profile.row_id is None:
                 frame = frame.with_row_index(id_col, offset=first_id + rows).with_columns(pl.col(id_col).cast(pl.Int64))
             if is_test and profile.install_label in frame.columns:
