@@ -3,10 +3,11 @@ import shutil
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from polars.testing import assert_frame_equal
 
-from gbmcvr.data.ingest import ingest
+from gbmcvr.data.ingest import ingest, schema
 from gbmcvr.data.profile import SHARECHAT
 from gbmcvr.data.synth import write_synth
 from tests.factories import run_cli
@@ -230,3 +231,13 @@ def test_large_integers_beside_integral_floats_stay_exact(data, tmp_path):
     )
     ingest(data, SHARECHAT, tmp_path / "raw")
     assert big in pl.read_parquet(tmp_path / "raw" / "train.parquet")["f_5"].to_list()
+
+
+def test_streamed_store_equals_the_files_read_whole(pristine, tmp_path):
+    ingest(pristine, SHARECHAT, tmp_path / "raw")
+    files = sorted((pristine / "train").glob("*.csv"))
+    dtypes = schema(SHARECHAT, with_labels=True)
+    expected = pl.concat([pl.read_csv(f, separator="\t", schema=dtypes) for f in files])
+    columns = [SHARECHAT.id_column, SHARECHAT.day_column, *SHARECHAT.feature_columns, *SHARECHAT.label_columns]
+    assert_frame_equal(pl.read_parquet(tmp_path / "raw" / "train.parquet"), expected.select(columns))
+    assert pq.ParquetFile(tmp_path / "raw" / "train.parquet").num_row_groups == len(files)
