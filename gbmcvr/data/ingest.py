@@ -185,7 +185,7 @@ def _normalise(data: bytes) -> bytes:
     end = len(data)
     while end and data[end - 1] in b"\r\n":
         end -= 1
-    return data[:end] + b"\n" if end < len(data) - 2 else data
+    return data[:end] + b"\n" if data.count(b"\n", end) > 1 else data
 
 
 def _head(path: Path) -> bytes:

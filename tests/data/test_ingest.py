@@ -157,6 +157,7 @@ FIRST = "train/000000000000.csv"
         pytest.param(lambda b: b.replace(b"\n", b"\r"), id="cr-only"),
         pytest.param(lambda b: b"\xef\xbb\xbf" + b, id="byte-order-mark"),
         pytest.param(lambda b: b + b"\n\n\n", id="blank-lines-at-end"),
+        pytest.param(lambda b: b + b"\n", id="one-blank-line-at-end"),
         pytest.param(lambda b: b.replace(b"\n", b"\r\n") + b"\r\n\r\n", id="crlf-blank-lines-at-end"),
     ],
 )
