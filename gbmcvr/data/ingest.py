@@ -96,7 +96,7 @@ def _loose_pattern(pattern: str) -> bool:
 
 def _matches(data_dir: Path, path: Path, glob: str) -> bool:
     """Whether a file matches a profile glob: exactly, or (for `*.csv`-like globs) gzip or any-case suffix."""
-    if not path.is_file() or path.is_symlink() and not path.exists():
+    if not path.is_file():
         return False
     rel = path.relative_to(data_dir).as_posix()
     if fnmatch.fnmatchcase(rel, glob):
@@ -109,6 +109,7 @@ def _matches(data_dir: Path, path: Path, glob: str) -> bool:
 
 
 def _skip_reason(path: Path, globs: tuple[str, ...]) -> str:
+    """Why an entry of a data folder is not read."""
     if path.is_dir():
         return "a folder"
     return f"matches none of {', '.join(globs)}"
