@@ -9,6 +9,7 @@ import io
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +131,7 @@ MAX_EXACT_FLOAT = 2**53  # integral floats above this cannot be trusted to name 
 INT_BOUNDS = {pl.Int8: 127, pl.Int16: 2**15 - 1, pl.Int32: 2**31 - 1}  # |value| a float may take to cast exactly
 UTF8_BOM = b"\xef\xbb\xbf"
 HEAD_BYTES = 1 << 16
+DICTIONARY_PAGE_BYTES = 1 << 18  # a column with more distinct values than this holds is stored plain
 
 
 def _is_gzip(path: Path) -> bool:
@@ -398,26 +400,38 @@ def _write_split(
     id_col, day_col = profile.id_column, profile.day_column
     columns = [id_col, day_col, *profile.feature_columns, *([] if is_test else profile.label_columns)]
     keys, truths, rows = [], [], 0
-    writer, floats_first = None, False
-    try:
-        for i, path in enumerate(files):
-            # files of one split come from one exporter: once one holds integral floats, read the next as floats
-            frame, floats_first = _read_file(path, profile, is_test, floats_first)
-            if profile.row_id is None:
-                frame = frame.with_row_index(id_col, offset=first_id + rows).with_columns(pl.col(id_col).cast(pl.Int64))
-            if is_test and profile.install_label in frame.columns:
-                truths.append(_truth(frame, profile))
-            table = frame.select(columns).to_arrow()
-            if writer is None:
-                writer = pq.ParquetWriter(target, table.schema, compression="zstd")
-            writer.write_table(table, row_group_size=table.num_rows)
-            keys.append(frame.select(id_col, day_col))
-            rows += frame.height
-            progress(f"read {path.name} ({i + 1}/{len(files)}, {frame.height:,} rows)")
-            del frame, table
-    finally:
-        if writer is not None:
-            writer.close()
+    writer, floats_first, written = None, False, None
+    # one thread writes file i while the next file is read: the encoder and the parser overlap
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            for i, path in enumerate(files):
+                # files of one split come from one exporter: once one holds integral floats, read the next as floats
+                frame, floats_first = _read_file(path, profile, is_test, floats_first)
+                if profile.row_id is None:
+                    frame = frame.with_row_index(id_col, offset=first_id + rows).with_columns(
+                        pl.col(id_col).cast(pl.Int64)
+                    )
+                if is_test and profile.install_label in frame.columns:
+                    truths.append(_truth(frame, profile))
+                table = frame.select(columns).to_arrow()
+                if writer is None:
+                    writer = pq.ParquetWriter(
+                        target, table.schema, compression="zstd", dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES
+                    )
+                if written is not None:
+                    written.result()
+                written = pool.submit(writer.write_table, table, row_group_size=table.num_rows)
+                keys.append(frame.select(id_col, day_col))
+                rows += frame.height
+                progress(f"read {path.name} ({i + 1}/{len(files)}, {frame.height:,} rows)")
+                del frame, table
+            if written is not None:
+                written.result()
+        finally:
+            if written is not None:
+                written.exception()
+            if writer is not None:
+                writer.close()
     return _Split(rows, pl.concat(keys), pl.concat(truths, how="diagonal_relaxed") if truths else None)
 
 
