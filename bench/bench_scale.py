@@ -4,7 +4,10 @@ Each step of each scale runs in its own process, so every peak RSS belongs to th
 fits log(seconds) = a + b log(rows) per step: b near 1 is linear growth.
 
 Usage: python bench/bench_scale.py --root DIR [--scales 0.3 1.0 3.0] [--rounds 300]
-(the issue's scales; 3.0 needs ~7 GB of disk under DIR and most of an hour on 2 cores).
+    [--dialects int intfloat hashed noisy crlf gzip] [--steps ingest features e2e]
+(the issue's scales; 3.0 needs ~7 GB of disk under DIR and most of an hour on 2 cores). Every dialect
+(gbmcvr.data.dialects) of each scale runs every step; the summary names each dialect's ingest at the largest
+scale and the worst one.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ print(json.dumps({"step": step, "rows": rows, "seconds": round(time.perf_counter
 """
 
 
+STEPS = ("ingest", "features", "e2e")
+
+
 def run_step(step: str, data: Path, work: Path, rounds: int) -> dict:
     """One step in a fresh interpreter; its last stdout line is the JSON result."""
     out = subprocess.run(
@@ -56,36 +62,78 @@ def run_step(step: str, data: Path, work: Path, rounds: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def dialect_data(data: Path, dialect: str) -> Path:
+    """The generated folder written in `dialect` beside it (the folder itself for `int`)."""
+    if dialect == "int":
+        return data
+    out = data.with_name(f"{data.name}-{dialect}")
+    subprocess.run(
+        [sys.executable, "-c", DIALECT, str(data), str(out), dialect], check=True, capture_output=True, text=True
+    )
+    return out
+
+
+DIALECT = "import sys; from gbmcvr.data.dialects import write_dialect; write_dialect(*sys.argv[1:4])"
+
+
+def dialect_summary(rows: list[dict]) -> dict:
+    """Each dialect's ingest at the largest scale, the worst dialect, and its time relative to `int`."""
+    top = max(r["scale"] for r in rows)
+    per = {
+        r["dialect"]: {
+            "ingest_seconds": r["seconds"],
+            "rows_per_s": round(r["rows"] / r["seconds"]),
+            "peak_rss_mb": r["peak_rss_mb"],
+        }
+        for r in rows
+        if r["scale"] == top
+    }
+    worst = max(per, key=lambda d: per[d]["ingest_seconds"])
+    summary = {"scale": top, "dialects": per, "worst": {"dialect": worst, **per[worst]}}
+    if "int" in per:
+        summary["worst"]["vs_int"] = round(per[worst]["ingest_seconds"] / per["int"]["ingest_seconds"], 2)
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--scales", type=float, nargs="+", default=[0.3, 1.0, 3.0])
     parser.add_argument("--rounds", type=int, default=300, help="e2e boosting rounds (early stopping may end sooner)")
     parser.add_argument("--keep", action="store_true", help="keep each scale's data and work folders")
+    parser.add_argument("--dialects", nargs="+", default=["int"], help="data dialects (gbmcvr.data.dialects)")
+    parser.add_argument("--steps", nargs="+", default=["ingest", "features", "e2e"], choices=STEPS)
     args = parser.parse_args()
-    results: dict[str, list[dict]] = {"ingest": [], "features": [], "e2e": []}
+    results: dict[str, list[dict]] = {step: [] for step in args.steps}
     for scale in args.scales:
-        data, work = args.root / f"data-{scale}", args.root / f"work-{scale}"
+        data = args.root / f"data-{scale}"
         subprocess.run(
             [sys.executable, "-m", "gbmcvr", "synth", str(data), "--scale", str(scale), "--force"],
             check=True,
             capture_output=True,
         )
-        for step in results:
-            row = {"scale": scale, **run_step(step, data, work, args.rounds)}
-            results[step].append(row)
-            print(json.dumps({"bench": "scale", **row}), flush=True)
+        for dialect in args.dialects:
+            source, work = dialect_data(data, dialect), args.root / f"work-{scale}-{dialect}"
+            for step in results:
+                row = {"scale": scale, "dialect": dialect, **run_step(step, source, work, args.rounds)}
+                results[step].append(row)
+                print(json.dumps({"bench": "scale", **row}), flush=True)
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+                if source != data:
+                    shutil.rmtree(source, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(data, ignore_errors=True)
-            shutil.rmtree(work, ignore_errors=True)
     summary = {}
     for step, rows in results.items():
-        if len(rows) > 1:
-            slope = np.polyfit(np.log([r["rows"] for r in rows]), np.log([r["seconds"] for r in rows]), 1)[0]
-            summary[step] = {
-                "time_exponent": round(float(slope), 2),
-                "max_peak_rss_mb": max(r["peak_rss_mb"] for r in rows),
-            }
+        if len(args.scales) > 1:
+            summary[step] = {"max_peak_rss_mb": max(r["peak_rss_mb"] for r in rows)}
+            for dialect in args.dialects:
+                mine = [r for r in rows if r["dialect"] == dialect]
+                x, y = np.log([r["rows"] for r in mine]), np.log([r["seconds"] for r in mine])
+                summary[step][f"time_exponent_{dialect}"] = round(float(np.polyfit(x, y, 1)[0]), 2)
+    if "ingest" in results:
+        summary["ingest_dialects"] = dialect_summary(results["ingest"])
     print(json.dumps({"bench": "scale-summary", "scales": args.scales, **summary}))
 
 

@@ -154,6 +154,8 @@ def ingest(
     from gbmcvr import stages
 
     result = stages.ingest(_context(workdir, config), data_dir, profile=profile, out=out_dir)
+    for entry in result.skipped:
+        out.print(f"skipped {entry}")
     out.print(
         f"ingested {result.train_rows:,} train and {result.test_rows:,} test rows into {result.out} in {result.seconds:.1f}s"
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from gbmcvr.data.ingest import ingest
@@ -382,6 +383,7 @@ def test_a_full_disk_is_one_line(pristine: Path, tmp_path: Path, capsys, monkeyp
         raise OSError(errno.ENOSPC, "No space left on device", str(root / "work" / "features" / "x"))
 
     monkeypatch.setattr(pl.DataFrame, "write_parquet", full)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)  # ingest streams its splits through pyarrow
     code, _, err = run_cli(_ingest(root), capsys)
     assert code == 2 and "No space left on device" in err and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: ")

@@ -6,13 +6,16 @@ import fnmatch
 import gzip
 import hashlib
 import io
+import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.data.profile import Profile
@@ -27,6 +30,7 @@ class IngestResult:
     train_rows: int
     test_rows: int
     seconds: float
+    skipped: tuple[str, ...] = ()  # entries of the data folders that are not train or test files, with why
 
 
 def schema(profile: Profile, with_labels: bool) -> dict[str, pl.DataType]:
@@ -46,17 +50,75 @@ def schema(profile: Profile, with_labels: bool) -> dict[str, pl.DataType]:
 
 def source_files(data_dir: Path, profile: Profile) -> tuple[list[Path], list[Path]]:
     """The train and test files the profile's globs match under `data_dir` (sorted), or a UserError."""
+    train, test, _ = source_scan(data_dir, profile)
+    return train, test
+
+
+def source_scan(data_dir: Path, profile: Profile) -> tuple[list[Path], list[Path], list[str]]:
+    """Train files, test files, and each skipped entry of their folders with the reason (`path (why)`)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"{data_dir}: data folder not found (generate one with `gbmcvr synth {data_dir}`)")
+    globs = (*profile.train_files, *profile.test_files)
+    seen: set[Path] = set()
+    for glob in globs:
+        seen.update(_entries(data_dir, glob))
 
-    def match(globs: tuple[str, ...], what: str) -> list[Path]:
-        files = sorted({p for g in globs for p in data_dir.glob(g) if p.is_file()})
+    def match(patterns: tuple[str, ...], what: str) -> list[Path]:
+        files = sorted({p for g in patterns for p in seen | set(data_dir.glob(g)) if _matches(data_dir, p, g)})
         if not files:
-            raise UserError(f"{data_dir}: no {what} files matching {', '.join(globs)}")
+            raise UserError(f"{data_dir}: no {what} files matching {', '.join(patterns)}")
         return files
 
-    return match(profile.train_files, "train"), match(profile.test_files, "test")
+    train, test = match(profile.train_files, "train"), match(profile.test_files, "test")
+    chosen = set(train) | set(test)
+    skipped = [f"{p} ({_skip_reason(p, globs)})" for p in sorted(seen - chosen)]
+    return train, test, skipped
+
+
+def _entries(data_dir: Path, glob: str) -> set[Path]:
+    """Every entry of the folders a glob's file part looks in (what a data folder holds beside the matches)."""
+    folder, _, _ = glob.rpartition("/")
+    if "**" in glob:
+        return set()
+    folders = [p for p in data_dir.glob(folder) if p.is_dir()] if folder else [data_dir]
+    entries = {e for f in folders for e in f.iterdir()}
+    for entry in entries:
+        if entry.is_symlink() and not entry.exists():
+            raise UserError(f"{entry}: broken symbolic link (its target {entry.readlink()} does not exist)")
+    return entries
+
+
+def _loose_pattern(pattern: str) -> bool:
+    """A `*.csv`-like file pattern: its matches may also be gzip (`.csv.gz`) or spell the suffix in capitals."""
+    stem, dot, suffix = pattern.rpartition(".")
+    return bool(dot) and suffix.isalnum() and "[" not in stem
+
+
+def _matches(data_dir: Path, path: Path, glob: str) -> bool:
+    """Whether a file matches a profile glob: exactly, or (for `*.csv`-like globs) gzip or any-case suffix."""
+    if not path.is_file():
+        return False
+    rel = path.relative_to(data_dir).as_posix()
+    if fnmatch.fnmatchcase(rel, glob):
+        return True
+    folder, _, pattern = glob.rpartition("/")
+    if not _loose_pattern(pattern) or (folder and not fnmatch.fnmatchcase(rel.rpartition("/")[0], folder)):
+        return False
+    name = path.name.lower().removesuffix(".gz")
+    return rel.count("/") == glob.count("/") and fnmatch.fnmatchcase(name, pattern.lower())
+
+
+def _skip_reason(path: Path, globs: tuple[str, ...]) -> str:
+    """Why an entry of a data folder is not read."""
+    if path.is_dir():
+        return "a folder"
+    return f"matches none of {', '.join(globs)}"
+
+
+def _data_name(path: Path) -> str:
+    """The file name without a `.gz` suffix: what file_days globs are matched against."""
+    return path.name[:-3] if path.name.lower().endswith(".gz") else path.name
 
 
 def source_listing(files: list[Path]) -> list[dict[str, object]]:
@@ -66,6 +128,10 @@ def source_listing(files: list[Path]) -> list[dict[str, object]]:
 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_EXACT_FLOAT = 2**53  # integral floats above this cannot be trusted to name one integer
+INT_BOUNDS = {pl.Int8: 127, pl.Int16: 2**15 - 1, pl.Int32: 2**31 - 1}  # |value| a float may take to cast exactly
+UTF8_BOM = b"\xef\xbb\xbf"
+HEAD_BYTES = 1 << 16
+DICTIONARY_PAGE_BYTES = 1 << 18  # a column with more distinct values than this holds is stored plain
 
 
 def _is_gzip(path: Path) -> bool:
@@ -113,12 +179,43 @@ def _check_text(path: Path, data: bytes, sep: str, header: list[str]) -> None:
         raise UserError(f"{path}: line {line} has {n} fields, {word} than the header's {len(header)}")
 
 
-def _header(data: bytes, path: Path, sep: str) -> list[str]:
-    first, _, rest = data.partition(b"\n")
-    line = first.decode("utf-8", errors="replace").rstrip("\r")
+def _normalise(data: bytes) -> bytes:
+    """Drop a UTF-8 byte-order mark and blank lines at the end; turn CR-only line endings into newlines."""
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM) :]
+    if b"\r" in data[:HEAD_BYTES] and b"\n" not in data:
+        data = data.replace(b"\r", b"\n")
+    end = len(data)
+    while end and data[end - 1] in b"\r\n":
+        end -= 1
+    return data[:end] + b"\n" if data.count(b"\n", end) > 1 else data
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of a file (at least its header line when that is shorter than HEAD_BYTES)."""
+    with path.open("rb") as fh:
+        return fh.read(HEAD_BYTES)
+
+
+def _readable_as_is(path: Path, head: bytes) -> bool:
+    """Whether the reader can take the file itself: not gzip, not CR-only lines, no blank lines at the end."""
+    if head.startswith(GZIP_MAGIC) or b"\n" not in head:
+        return False
+    with path.open("rb") as fh:
+        fh.seek(max(0, path.stat().st_size - 3))
+        tail = fh.read()
+    return not (tail.endswith(b"\n\n") or tail.endswith(b"\n\r\n"))
+
+
+def _header(head: bytes, path: Path, sep: str, complete: bool) -> list[str]:
+    """The header's column names from the file's first bytes (all of them when `complete`)."""
+    if head.startswith(UTF8_BOM):
+        head = head[len(UTF8_BOM) :]
+    end = head.find(b"\n")
+    line = head[: end if end >= 0 else len(head)].decode("utf-8", errors="replace").rstrip("\r")
     if not line:
         raise UserError(f"{path}: empty file")
-    if not rest.strip():
+    if (end < 0 or not head[end:].strip()) and (complete or len(head) < HEAD_BYTES):
         raise UserError(f"{path}: empty file (header only, no rows)")
     return line.split(sep)
 
@@ -159,42 +256,99 @@ def _parse_text(path: Path, text: pl.DataFrame, dtypes: dict[str, pl.DataType]) 
             as_float = raw.cast(pl.Float64, strict=False)
             integral = as_float.is_finite() & (as_float == as_float.round()) & (as_float.abs() < MAX_EXACT_FLOAT)
             value = pl.coalesce(raw.cast(pl.Int64, strict=False), pl.when(integral).then(as_float.cast(pl.Int64)))
-            kind = "an integer"
+            value, kind = (
+                value.cast(dtype, strict=False),
+                "an integer" + ("" if dtype == pl.Int64 else f" that fits {dtype}"),
+            )
         else:
             value, kind = raw.cast(pl.Float64, strict=False), "a number"
         row = _first_bad(text, pl.col(col).is_not_null() & value.is_null())
         if row is not None:
             raise UserError(f"{path}: line {row + 2}, column '{col}': '{text[col][row]}' is not {kind}")
-        exprs.append(value.cast(dtype, strict=False).alias(col))
+        exprs.append(value.alias(col))
     return text.select(exprs)
 
 
-def _read_file(path: Path, profile: Profile, is_test: bool) -> pl.DataFrame:
-    data = _raw_bytes(path)
+def _read(source: Path | io.BytesIO, sep: str, schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
+    """A strict read with the given dtypes, or None when a value does not parse."""
+    try:
+        return pl.read_csv(source, separator=sep, schema=schema)
+    except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
+        return None
+
+
+def _read_text(source: Path | io.BytesIO, sep: str, columns: list[str] | None = None) -> pl.DataFrame:
+    """Columns as the strings they are written as: what an error message quotes."""
+    return pl.read_csv(source, separator=sep, infer_schema=False, columns=columns)
+
+
+def _as_integers(frame: pl.DataFrame, dtypes: dict[str, pl.DataType]) -> tuple[pl.DataFrame, list[str]]:
+    """Integer columns read as floats cast back to their dtypes, and the columns left for the text parser
+    (a value that is not integral, beyond 2^53 where floats stop naming one integer, or outside the dtype)."""
+    ints = [c for c in frame.columns if dtypes[c].is_integer()]
+    if not ints:
+        return frame, []
+    bound = {c: INT_BOUNDS.get(type(dtypes[c]), MAX_EXACT_FLOAT - 1) for c in ints}
+    # NaN and infinities fail the bound (Polars orders NaN above every number)
+    exact = frame.select(((pl.col(c) == pl.col(c).round()) & (pl.col(c).abs() <= bound[c])).all() for c in ints).row(
+        0, named=True
+    )
+    castable = [c for c in ints if exact[c]]
+    frame = frame.with_columns(pl.col(c).cast(dtypes[c], strict=False) for c in castable)
+    return frame, [c for c in ints if not exact[c]]
+
+
+def _check_finite(path: Path, source: Path | io.BytesIO, frame: pl.DataFrame, sep: str) -> None:
+    """Refuse `inf`, `nan` and values beyond float64 (`1e400`) in float columns, naming the first one's line."""
+    floats = [c for c, t in frame.schema.items() if t == pl.Float64]
+    if not floats:
+        return
+    row = frame.select(pl.any_horizontal(~pl.col(floats).is_finite()).arg_true().first()).item()
+    if row is None:
+        return
+    col = next(c for c in floats if frame[c][row] is not None and not math.isfinite(frame[c][row]))
+    text = _read_text(source, sep, [col])[col][row]
+    raise UserError(f"{path}: line {row + 2}, column '{col}': '{text}' is not a finite number")
+
+
+def _read_file(path: Path, profile: Profile, is_test: bool, floats_first: bool = False) -> tuple[pl.DataFrame, bool]:
+    """One file as a typed, checked frame, and whether its integers were read as floats (the reader takes plain
+    files itself, others are read into memory). `floats_first` skips the integer read an earlier file failed."""
+    head = _head(path)
+    data = None if _readable_as_is(path, head) else _normalise(_raw_bytes(path))
+    source = path if data is None else io.BytesIO(data)
     sep = profile.separator
-    header = _header(data, path, sep)
+    header = _header(head if data is None else data[:HEAD_BYTES], path, sep, complete=data is not None)
     with_labels = _check_columns(path, header, profile, is_test)
     dtypes = schema(profile, with_labels)
-    source = io.BytesIO(data)
-    try:
-        frame = pl.read_csv(source, separator=sep, schema={c: dtypes[c] for c in header})
-    except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
-        frame = None
-    # the reader refuses long rows but fills short ones with nulls: equal separator counts rule both out
-    if frame is None or data.count(sep.encode()) != (frame.height + 1) * (len(header) - 1):
-        _check_text(path, data, sep, header)
+    frame = None if floats_first else _read(source, sep, {c: dtypes[c] for c in header})
+    as_floats = frame is None
+    if as_floats:
+        # integral floats (`1.0`, as pandas writes integer columns with missing values): read as floats, cast back
+        floats = {c: pl.Float64() if dtypes[c].is_integer() else dtypes[c] for c in header}
+        frame = _read(source, sep, floats)
+        if frame is not None:
+            frame, inexact = _as_integers(frame, dtypes)
+            if inexact:
+                frame = frame.with_columns(_parse_text(path, _read_text(source, sep, inexact), dtypes))
+    # the reader refuses long rows but fills short ones with nulls, so a short row has an empty last column:
+    # only then are separators counted
+    if frame is None or frame[header[-1]].null_count():
+        data = data if data is not None else _normalise(_raw_bytes(path))
+        if frame is None or data.count(sep.encode()) != (frame.height + 1) * (len(header) - 1):
+            _check_text(path, data, sep, header)
     if frame is None:
-        # slow path, only for files that need it: integral floats such as `0.0`, or a value to point at
-        text = pl.read_csv(source, separator=sep, schema={c: pl.String() for c in header})
-        frame = _parse_text(path, text, dtypes)
+        # slow path, only for files that need it: a value to point at
+        frame = _parse_text(path, _read_text(source, sep), dtypes)
+    _check_finite(path, source, frame, sep)
     del data, source
     if profile.day is None:
-        day = next((d for g, d in profile.file_days.items() if fnmatch.fnmatch(path.name, g)), None)
+        day = next((d for g, d in profile.file_days.items() if fnmatch.fnmatch(_data_name(path), g)), None)
         if day is None:
             raise UserError(f"{path}: no file_days entry of profile '{profile.name}' matches this file name")
         frame = frame.with_columns(pl.lit(day, dtype=pl.Int64).alias(profile.day_column))
     _check_values(path, frame, profile, with_labels and not is_test, is_test)
-    return frame
+    return frame, as_floats
 
 
 def _check_values(path: Path, frame: pl.DataFrame, profile: Profile, labelled: bool, is_test: bool) -> None:
@@ -230,12 +384,65 @@ def _day_range(days: tuple[int, ...]) -> str:
     return "days " + ", ".join(map(str, ordered))
 
 
-def _read_split(files: list[Path], profile: Profile, is_test: bool, progress: Callable[[str], None]) -> pl.DataFrame:
-    frames = []
-    for i, path in enumerate(files):
-        frames.append(_read_file(path, profile, is_test))
-        progress(f"read {path.name} ({i + 1}/{len(files)}, {frames[-1].height:,} rows)")
-    return pl.concat(frames, how="diagonal_relaxed")
+@dataclass
+class _Split:
+    """What a split keeps in memory while its rows stream to Parquet: row count, ids and days, test truth."""
+
+    rows: int
+    keys: pl.DataFrame
+    truth: pl.DataFrame | None
+
+
+def _write_split(
+    files: list[Path], target: Path, profile: Profile, is_test: bool, first_id: int, progress: Callable[[str], None]
+) -> _Split:
+    """Read, check and append each file to `target` (one row group per file): memory holds one file at a time."""
+    id_col, day_col = profile.id_column, profile.day_column
+    columns = [id_col, day_col, *profile.feature_columns, *([] if is_test else profile.label_columns)]
+    keys, truths, rows = [], [], 0
+    writer, floats_first, written = None, False, None
+    # one thread writes file i while the next file is read: the encoder and the parser overlap
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            for i, path in enumerate(files):
+                # files of one split come from one exporter: once one holds integral floats, read the next as floats
+                frame, floats_first = _read_file(path, profile, is_test, floats_first)
+                if profile.row_id is None:
+                    frame = frame.with_row_index(id_col, offset=first_id + rows).with_columns(
+                        pl.col(id_col).cast(pl.Int64)
+                    )
+                if is_test and profile.install_label in frame.columns:
+                    truths.append(_truth(frame, profile))
+                table = frame.select(columns).to_arrow()
+                if writer is None:
+                    writer = pq.ParquetWriter(
+                        target, table.schema, compression="zstd", dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES
+                    )
+                if written is not None:
+                    written.result()
+                written = pool.submit(writer.write_table, table, row_group_size=table.num_rows)
+                keys.append(frame.select(id_col, day_col))
+                rows += frame.height
+                progress(f"read {path.name} ({i + 1}/{len(files)}, {frame.height:,} rows)")
+                del frame, table
+            if written is not None:
+                written.result()
+        finally:
+            if written is not None:
+                written.exception()
+            if writer is not None:
+                writer.close()
+    return _Split(rows, pl.concat(keys), pl.concat(truths, how="diagonal_relaxed") if truths else None)
+
+
+def _truth(frame: pl.DataFrame, profile: Profile) -> pl.DataFrame:
+    """The labels of a test file in the toolkit's names, whatever the profile calls them."""
+    return frame.select(
+        pl.col(profile.id_column).alias(TRUTH_ID),
+        pl.col(profile.click_label).alias(TRUTH_CLICK),
+        pl.col(profile.install_label).alias(TRUTH_INSTALL),
+        *[c for c in profile.label_columns if c not in profile.labels],
+    )
 
 
 def _fingerprint(paths: list[Path]) -> str:
@@ -257,49 +464,32 @@ def ingest(
 
 def _ingest(data_dir: Path, profile: Profile, out: Path, progress: Callable[[str], None]) -> IngestResult:
     start = time.perf_counter()
-    train_files, test_files = source_files(data_dir, profile)
-    train = _read_split(train_files, profile, False, progress)
-    test = _read_split(test_files, profile, True, progress)
+    train_files, test_files, skipped = source_scan(data_dir, profile)
     id_col, day_col = profile.id_column, profile.day_column
-    if profile.row_id is None:
-        train = train.with_row_index(id_col).with_columns(pl.col(id_col).cast(pl.Int64))
-        test = test.with_row_index(id_col, offset=train.height).with_columns(pl.col(id_col).cast(pl.Int64))
-    ids = pl.concat([train[id_col], test[id_col]])
-    if ids.null_count():
-        raise UserError(f"{data_dir}: row id column '{id_col}' has empty values")
-    if ids.n_unique() != len(ids):
-        dup = ids.filter(ids.is_duplicated())[0]
-        raise UserError(f"{data_dir}: duplicate row id {dup} in column '{id_col}' (row ids must be unique)")
-    overlap = set(test[day_col].unique().to_list()) & set(train[day_col].unique().to_list())
-    if overlap:
-        raise UserError(f"{data_dir}: test day {min(overlap)} also appears in the train files")
-    truth = None
-    if profile.install_label in test.columns:
-        # the truth table speaks the toolkit's names, whatever the profile calls its labels
-        truth = test.select(
-            pl.col(id_col).alias(TRUTH_ID),
-            pl.col(profile.click_label).alias(TRUTH_CLICK),
-            pl.col(profile.install_label).alias(TRUTH_INSTALL),
-            *[c for c in profile.label_columns if c not in profile.labels],
-        )
-        test = test.drop(profile.label_columns)
-    train = train.select(id_col, day_col, *profile.feature_columns, *profile.label_columns)
-    test = test.select(id_col, day_col, *profile.feature_columns)
     with atomic_dir(Path(out)) as tmp:
-        train.write_parquet(tmp / "train.parquet")
-        test.write_parquet(tmp / "test.parquet")
         written = [tmp / "train.parquet", tmp / "test.parquet"]
-        if truth is not None:
-            truth.write_parquet(tmp / TRUTH_FILE)
+        train = _write_split(train_files, written[0], profile, False, 0, progress)
+        test = _write_split(test_files, written[1], profile, True, train.rows, progress)
+        ids = pl.concat([train.keys[id_col], test.keys[id_col]])
+        if ids.null_count():
+            raise UserError(f"{data_dir}: row id column '{id_col}' has empty values")
+        if ids.n_unique() != len(ids):
+            dup = ids.filter(ids.is_duplicated())[0]
+            raise UserError(f"{data_dir}: duplicate row id {dup} in column '{id_col}' (row ids must be unique)")
+        overlap = set(test.keys[day_col].unique().to_list()) & set(train.keys[day_col].unique().to_list())
+        if overlap:
+            raise UserError(f"{data_dir}: test day {min(overlap)} also appears in the train files")
+        if test.truth is not None:
+            test.truth.write_parquet(tmp / TRUTH_FILE)
         write_json(
             tmp / "manifest.json",
             {
                 "profile": profile.name,
                 "data_dir": str(Path(data_dir).resolve()),
                 "sources": source_listing(train_files + test_files),
-                "rows": {"train": train.height, "test": test.height},
+                "rows": {"train": train.rows, "test": test.rows},
                 "fingerprint": _fingerprint(written),
             },
         )
-        progress(f"wrote raw store ({train.height:,} train rows, {test.height:,} test rows)")
-    return IngestResult(Path(out), train.height, test.height, time.perf_counter() - start)
+        progress(f"wrote raw store ({train.rows:,} train rows, {test.rows:,} test rows)")
+    return IngestResult(Path(out), train.rows, test.rows, time.perf_counter() - start, tuple(skipped))

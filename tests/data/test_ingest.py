@@ -1,9 +1,14 @@
+import gzip
 import shutil
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
+from polars.testing import assert_frame_equal
 
+from gbmcvr.data.ingest import ingest, schema
+from gbmcvr.data.profile import SHARECHAT
 from gbmcvr.data.synth import write_synth
 from tests.factories import run_cli
 
@@ -125,3 +130,115 @@ def test_failed_ingest_keeps_previous_store(data, tmp_path, capsys):
     assert code == 2
     assert (tmp_path / "features" / "raw" / "train.parquet").read_bytes() == before
     assert np.isfinite(pl.read_parquet(tmp_path / "features" / "raw" / "train.parquet")["f_0"].to_numpy()).all()
+
+
+@pytest.fixture(scope="module")
+def clean_store(pristine, tmp_path_factory):
+    """The raw store of the untouched data: what every accepted variant must equal exactly."""
+    out = tmp_path_factory.mktemp("clean") / "raw"
+    ingest(pristine, SHARECHAT, out)
+    return {name: pl.read_parquet(out / f"{name}.parquet") for name in ("train", "test")}
+
+
+def _assert_same_store(clean_store, data, tmp_path):
+    result = ingest(data, SHARECHAT, tmp_path / "raw")
+    for name, frame in clean_store.items():
+        assert_frame_equal(pl.read_parquet(tmp_path / "raw" / f"{name}.parquet"), frame)
+    return result
+
+
+FIRST = "train/000000000000.csv"
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        pytest.param(lambda b: b.replace(b"\n", b"\r\n"), id="crlf"),
+        pytest.param(lambda b: b.replace(b"\n", b"\r"), id="cr-only"),
+        pytest.param(lambda b: b"\xef\xbb\xbf" + b, id="byte-order-mark"),
+        pytest.param(lambda b: b + b"\n\n\n", id="blank-lines-at-end"),
+        pytest.param(lambda b: b + b"\n", id="one-blank-line-at-end"),
+        pytest.param(lambda b: b.replace(b"\n", b"\r\n") + b"\r\n\r\n", id="crlf-blank-lines-at-end"),
+    ],
+)
+def test_line_endings_and_marks_are_accepted(variant, data, tmp_path, clean_store):
+    path = data / FIRST
+    path.write_bytes(variant(path.read_bytes()))
+    _assert_same_store(clean_store, data, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["000000000000.csv.gz", "000000000000.CSV", "000000000000.Csv.GZ"])
+def test_gzip_and_any_case_suffixes_are_read(name, data, tmp_path, clean_store):
+    path = data / FIRST
+    raw = path.read_bytes()
+    path.unlink()
+    (data / "train" / name).write_bytes(gzip.compress(raw) if name.lower().endswith(".gz") else raw)
+    assert _assert_same_store(clean_store, data, tmp_path).skipped == ()
+
+
+def test_skipped_entries_are_listed(data, tmp_path, capsys):
+    (data / "train" / "extra.tsv.gz").write_bytes(gzip.compress(b"x"))
+    (data / "train" / "more").mkdir()
+    code, out, err = run_cli(["ingest", data, "--workdir", tmp_path], capsys)
+    assert code == 0, err
+    skipped = [line for line in out.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 2, out
+    assert "extra.tsv.gz" in skipped[0] and "matches none of train/*.csv" in skipped[0]
+    assert "more" in skipped[1] and "a folder" in skipped[1]
+
+
+def test_broken_symlink_is_refused(data, tmp_path, capsys):
+    (data / "train" / "000000000099.csv").symlink_to(tmp_path / "gone.csv")
+    _expect_error(capsys, tmp_path, data, "000000000099.csv: broken symbolic link")
+
+
+def _field(lines, row, col, value):
+    fields = lines[row].split("\t")
+    fields[int(col.removeprefix("f_"))] = value
+    lines[row] = "\t".join(fields)
+    return lines
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "NaN", "1e400", "-1e400"])
+def test_non_finite_numbers_are_refused(value, data, tmp_path, capsys):
+    _edit(data / "train" / "000000000002.csv", lambda ls: _field(ls, 7, "f_50", value))
+    _expect_error(capsys, tmp_path, data, f"000000000002.csv: line 8, column 'f_50': '{value}' is not a finite number")
+
+
+def test_non_finite_number_in_a_file_of_integral_floats_is_refused(data, tmp_path, capsys):
+    def edit(lines):
+        lines = [ln.replace("\t1\t", "\t1.0\t") for ln in lines]
+        return _field(lines, 9, "f_44", "inf")
+
+    _edit(data / "train" / "000000000002.csv", edit)
+    _expect_error(capsys, tmp_path, data, "000000000002.csv: line 10, column 'f_44': 'inf' is not a finite number")
+
+
+@pytest.mark.parametrize(("col", "value"), [("f_2", "inf"), ("f_33", "nan"), ("f_3", "1e400"), ("f_4", "2.5")])
+def test_non_integers_among_integral_floats_are_refused(col, value, data, tmp_path, capsys):
+    def edit(lines):
+        lines = [ln.replace("\t0\t", "\t0.0\t") for ln in lines]
+        return _field(lines, 4, col, value)
+
+    _edit(data / "train" / "000000000005.csv", edit)
+    _expect_error(capsys, tmp_path, data, f"000000000005.csv: line 5, column '{col}': '{value}' is not an integer")
+
+
+def test_large_integers_beside_integral_floats_stay_exact(data, tmp_path):
+    big = 2**62 + 1
+    _edit(
+        data / "train" / "000000000005.csv",
+        lambda ls: _field([ln.replace("\t0\t", "\t0.0\t") for ln in ls], 3, "f_5", str(big)),
+    )
+    ingest(data, SHARECHAT, tmp_path / "raw")
+    assert big in pl.read_parquet(tmp_path / "raw" / "train.parquet")["f_5"].to_list()
+
+
+def test_streamed_store_equals_the_files_read_whole(pristine, tmp_path):
+    ingest(pristine, SHARECHAT, tmp_path / "raw")
+    files = sorted((pristine / "train").glob("*.csv"))
+    dtypes = schema(SHARECHAT, with_labels=True)
+    expected = pl.concat([pl.read_csv(f, separator="\t", schema=dtypes) for f in files])
+    columns = [SHARECHAT.id_column, SHARECHAT.day_column, *SHARECHAT.feature_columns, *SHARECHAT.label_columns]
+    assert_frame_equal(pl.read_parquet(tmp_path / "raw" / "train.parquet"), expected.select(columns))
+    assert pq.ParquetFile(tmp_path / "raw" / "train.parquet").num_row_groups == len(files)
