@@ -174,9 +174,9 @@ CASES = [
         ("preds.parquet", "damaged", "gbmcvr train"),
     ),
     Case(
-        "truncated metrics.json",
-        _then(_truncate("models/e2e/metrics.json"), "submit", "--runs", "e2e"),
-        ("metrics.json", "damaged", "invalid JSON"),
+        "truncated raw test.parquet",
+        _then(_truncate("features/raw/test.parquet"), "submit", "--runs", "e2e", "--name", "new"),
+        ("test.parquet", "damaged", "gbmcvr ingest"),
     ),
     Case(
         "truncated raw manifest",
