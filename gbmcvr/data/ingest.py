@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import gzip
 import hashlib
@@ -21,6 +22,7 @@ from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.data.profile import Profile
 from gbmcvr.errors import UserError
 from gbmcvr.lock import exclusive
+from gbmcvr.progress import Reporter, counted
 from gbmcvr.schema import TRUTH_CLICK, TRUTH_FILE, TRUTH_ID, TRUTH_INSTALL
 
 
@@ -402,7 +404,11 @@ def _write_split(
     keys, truths, rows = [], [], 0
     writer, floats_first, written = None, False, None
     # one thread writes file i while the next file is read: the encoder and the parser overlap
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    total_mb, done_bytes = max(1, -(-sum(p.stat().st_size for p in files) // 2**20)), 0
+    with ThreadPoolExecutor(max_workers=1) as pool, contextlib.ExitStack() as shown:
+        bar = None
+        if isinstance(progress, Reporter) and progress.draws_bars:  # a terminal: files and MB as a bar with ETA
+            bar = shown.enter_context(counted(progress, f"ingest {target.stem}", total_mb, "MB"))
         try:
             for i, path in enumerate(files):
                 # files of one split come from one exporter: once one holds integral floats, read the next as floats
@@ -423,7 +429,12 @@ def _write_split(
                 written = pool.submit(writer.write_table, table, row_group_size=table.num_rows)
                 keys.append(frame.select(id_col, day_col))
                 rows += frame.height
-                progress(f"read {path.name} ({i + 1}/{len(files)}, {frame.height:,} rows)")
+                done_bytes += path.stat().st_size
+                if bar is not None:
+                    mb = total_mb if i + 1 == len(files) else min(total_mb, done_bytes // 2**20)
+                    bar.update(mb, f"{i + 1}/{len(files)} files, {rows:,} rows")
+                else:
+                    progress(f"read {path.name} ({i + 1}/{len(files)}, {frame.height:,} rows)")
                 del frame, table
             if written is not None:
                 written.result()
