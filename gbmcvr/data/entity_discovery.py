@@ -176,24 +176,30 @@ def _evidence(
     cards: dict[str, int],
     day: pl.Series | None,
     determinant: str | None = None,
+    dependents: tuple[str, ...] | None = None,
 ) -> GroupEvidence:
-    """Score a group against its independence baseline and give the verdict with its reason."""
+    """Score a group against its independence baseline and give the verdict with its reason.
+
+    A single column has no joint structure to score: it is a key when it determines `dependents`."""
     seen, chance = _joint(codes, columns, cards), _joint(shuffled, columns, cards)
     obs, ind = _key_stats(seen, day), _key_stats(chance, day)
     score = pl.select(_entropy(pl.lit(chance)) - _entropy(pl.lit(seen))).item()
-    excess = obs["repeat"] - ind["repeat"]
     multi_day = obs["multi_day"]
-    if excess < MIN_EXCESS_REPEAT:
-        reason = (
-            f"identifies no one: {obs['repeat']:.0%} of rows share a key, {ind['repeat']:.0%} would "
-            "with independent columns"
-        )
-    elif multi_day is not None and multi_day < MIN_MULTI_DAY:
+    if dependents is not None:
+        identifies = bool(dependents)
+        why = f"determines {', '.join(dependents)}" if dependents else "one column that determines no other"
+    else:
+        identifies = obs["repeat"] - ind["repeat"] >= MIN_EXCESS_REPEAT
+        why = f"{obs['repeat']:.0%} of rows share a key, {ind['repeat']:.0%} would with independent columns"
+    spans = multi_day is None or multi_day >= MIN_MULTI_DAY
+    if not identifies:
+        reason = f"identifies no one: {why}"
+    elif not spans:
         reason = f"repeats within days only: {multi_day:.0%} of rows have a key seen on two days or more"
     else:
         span = f"; {multi_day:.0%} of rows on a key seen on >= 2 days" if multi_day is not None else ""
-        reason = f"key: {obs['repeat']:.0%} of rows share a key vs {ind['repeat']:.0%} if independent{span}"
-    is_key = excess >= MIN_EXCESS_REPEAT and (multi_day is None or multi_day >= MIN_MULTI_DAY)
+        reason = f"key: {why}{span}"
+    is_key = identifies and spans
     return GroupEvidence(
         name=name,
         source=source,
@@ -316,6 +322,15 @@ def discover_entities(
     day = sample[profile.day_column] if profile.day_column in sample.columns else None
     searchable = _searchable(codes, features)
 
+    def _single(group: tuple[str, ...]) -> tuple[str, ...] | None:
+        """The dependents of a one-column group (none when it has too few rows per value), else None."""
+        if len(group) != 1:
+            return None
+        if codes.height < MIN_ROWS_PER_VALUE * codes[group[0]].n_unique():
+            return ()
+        others = [c for c in searchable if c != group[0]]
+        return tuple(_dependents(codes, shuffled, codes[group[0]], others, DEPENDENCY_RATIO))
+
     evidence: list[GroupEvidence] = []
     discovered: dict[str, tuple[str, ...]] = {}
     categorical = [c for c in profile.categorical if c in searchable]
@@ -350,7 +365,7 @@ def discover_entities(
             discovered[named.name] = named.columns
 
     declared = [
-        _evidence(name, "declared", "declared", tuple(group), codes, shuffled, cards, day)
+        _evidence(name, "declared", "declared", tuple(group), codes, shuffled, cards, day, None, _single(group))
         for name, group in profile.entities.items()
         if all(c in codes.columns for c in group)
     ]
