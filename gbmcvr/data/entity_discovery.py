@@ -15,7 +15,8 @@ import polars as pl
 from gbmcvr.data.profile import Profile
 
 SAMPLE_ROWS = 200_000  # rows the search works on (train and test together)
-PAIR_ROWS = 50_000  # rows of the pair screen that seeds each user search
+PAIR_ROWS = 50_000  # rows of the pair screen that seeds each user search (and of the dependency screen)
+GROW_ROWS = 100_000  # rows on which a user search grows its group (the verdict then uses the whole sample)
 MAX_CARDINALITY_SHARE = 0.5  # a column with more distinct values than this share of rows is row-level, never a key
 MIN_ROWS_PER_VALUE = 5  # a determinant needs this many rows per value, else every column looks like its function
 DEPENDENCY_RATIO = 0.02  # a dependent varies within the determinant's values at most this share of chance variation
@@ -222,13 +223,18 @@ def _evidence(
 def dependency_groups(
     codes: pl.DataFrame, shuffled: pl.DataFrame, determinants: list[str], columns: list[str]
 ) -> list[tuple[str, tuple[str, ...]]]:
-    """Each determinant with the columns that are (nearly) a function of it, the widest group first."""
+    """Each determinant with the columns that are (nearly) a function of it, the widest group first.
+
+    Candidates come from the first `PAIR_ROWS` rows and are confirmed on all of them."""
+    screen, screen_shuffled = codes.head(PAIR_ROWS), shuffled.head(PAIR_ROWS)
     found = []
     for det in determinants:
-        if codes.height < MIN_ROWS_PER_VALUE * (codes[det].n_unique()):
+        if screen.height < MIN_ROWS_PER_VALUE * screen[det].n_unique():
             continue
         others = [c for c in columns if c != det]
-        deps = _dependents(codes, shuffled, codes[det], others, DEPENDENCY_RATIO)
+        deps = _dependents(screen, screen_shuffled, screen[det], others, DEPENDENCY_RATIO)
+        if deps and codes.height > screen.height:
+            deps = _dependents(codes, shuffled, codes[det], deps, DEPENDENCY_RATIO)
         if deps:
             found.append((det, (det, *deps)))
     order = {c: i for i, c in enumerate(columns)}
@@ -271,6 +277,7 @@ def _grow(
     deadline: float,
 ) -> tuple[str, ...]:
     """Add, one at a time, the column that most raises the group's excess entropy, while it gains `MIN_GAIN`."""
+    codes, shuffled = codes.head(GROW_ROWS), shuffled.head(GROW_ROWS)
     group = list(seed)
     key, chance = _joint(codes, group, cards), _joint(shuffled, group, cards)
     current = pl.select(_entropy(pl.lit(chance)) - _entropy(pl.lit(key))).item()
