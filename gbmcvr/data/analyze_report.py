@@ -204,7 +204,8 @@ SECTION_TEXT = {
     "dependencies": "Pairs where the dependent column is a function of the determinant (one value per "
     "determinant value) on all train rows; constant columns left out.",
     "entity_groups": "Candidate entity keys: each key with the columns constant within it (profile [entities]).",
-    "entity_discovery": "Entity keys discovered on {entity_sample:,} sampled train and test rows, and the check of "
+    "entity_discovery": "Entity keys discovered on {entity_sample:,} train and test rows (a sample of at most "
+    "{entity_sample_max:,}), and the check of "
     "the profile's [entities]. A group is a key when its joint value repeats far more often than if its columns "
     "were independent (each shuffled on its own) and its values span several days. Ads: one categorical column "
     "and the columns that are functions of it; users: a greedy search on the excess entropy (score, nats) among "
@@ -221,7 +222,8 @@ def render_markdown(result: dict[str, Any], profile: Profile, source: str) -> st
         "rounds": 100,
         "train_sample": int(adv["train_sample"][0]) if adv.height else 0,
         "test_sample": int(adv["test_sample"][0]) if adv.height else 0,
-        "entity_sample": ENTITY_SAMPLE,
+        "entity_sample": result["entities"].rows,
+        "entity_sample_max": ENTITY_SAMPLE,
     }
     train_dup = s["duplicates"].filter(pl.col("split") == "train").row(0, named=True)
     summary = result["summary"]
