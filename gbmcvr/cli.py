@@ -112,6 +112,9 @@ def synth(
     kind: Annotated[str, typer.Option(help="sharechat, or multi-action (N conversion actions).")] = "sharechat",
     actions: Annotated[int, typer.Option(help="multi-action only: number of conversion actions N.")] = 4,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT even if it holds other files.")] = False,
+    user_columns: Annotated[
+        str, typer.Option(help="sharechat only: plant the user identity in these columns, e.g. f_24,f_25,f_71.")
+    ] = "",
 ) -> None:
     """Generate a dataset in the ShareChat challenge layout, with the test day's true probabilities."""
     from gbmcvr.data.synth import check_synth_target, write_synth
@@ -131,7 +134,8 @@ def synth(
         )
         return
     progress(f"generating scale {scale} (seed {seed}) into {out_dir}")
-    result = write_synth(out_dir, scale, seed, force)
+    planted = tuple(c.strip() for c in user_columns.split(",") if c.strip())
+    result = write_synth(out_dir, scale, seed, force, planted)
     out.print(
         f"wrote {result.train_rows:,} train rows (30 files) and {result.test_rows:,} test rows to {out_dir}; "
         f"truth log loss on the test day = {result.truth_logloss:.5f}"

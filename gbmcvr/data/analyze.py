@@ -1,7 +1,8 @@
 """Data analysis of a raw store (paper §2): one pure function per section, Polars frames in, a Polars frame out.
 
 Sections: base values, missing values and missing blocks, per-day rates, day similarity and drift (PSI),
-novelty of test values, duplicates, adversarial validation, functional dependencies and entity groups.
+novelty of test values, duplicates, adversarial validation, functional dependencies, entity groups and
+entity keys discovered from the data.
 The report renderer (`gbmcvr/data/analyze_report.py`) reads files and draws plots; nothing here does.
 """
 
@@ -14,6 +15,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
+
+from gbmcvr.data.entity_discovery import DiscoveryReport, discover_entities
+from gbmcvr.data.profile import Profile
 
 PSI_EPS = 1e-4  # share floor in PSI, so a bin empty on one side gives a large but finite term
 
@@ -399,3 +403,18 @@ def entity_groups(dependencies: pl.DataFrame) -> pl.DataFrame:
         .rename({"determinant": "key"})
         .sort("n_columns", "key", descending=[True, False])
     )
+
+
+def entity_discovery(
+    train: pl.DataFrame, test: pl.DataFrame, profile: Profile, sample_rows: int = 200_000, seed: int = 0
+) -> DiscoveryReport:
+    """Entity keys discovered on a sample of train and test rows together (each split in proportion to its size)."""
+    columns = [c for c in (profile.day_column, *profile.feature_columns) if c in train.columns]
+    total = max(train.height + test.height, 1)
+    parts = [
+        _sample(
+            frame.select([c for c in columns if c in frame.columns]), round(sample_rows * frame.height / total), seed
+        )
+        for frame in (train, test)
+    ]
+    return discover_entities(pl.concat(parts, how="diagonal_relaxed"), profile, sample_rows, seed)

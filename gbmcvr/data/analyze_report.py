@@ -19,6 +19,7 @@ from gbmcvr.errors import UserError
 
 ADVERSARIAL_SAMPLE = 100_000  # rows per side: the held-out AUC's standard error is then ~0.002
 SAMPLE_ROWS = 300_000  # rows for base-value detection and dependency candidates (checked on all rows)
+ENTITY_SAMPLE = 200_000  # train and test rows on which entity keys are discovered
 
 
 def read_raw(raw: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -85,7 +86,14 @@ def analyze_frames(
         ),
     )
     timed("entity_groups", lambda: an.entity_groups(sections["dependencies"]))
-    return {"sections": sections, "seconds": seconds}
+    discovery: dict[str, an.DiscoveryReport] = {}
+
+    def entity_discovery() -> pl.DataFrame:
+        discovery["report"] = an.entity_discovery(train, test, profile, ENTITY_SAMPLE, seed)
+        return discovery["report"].frame()
+
+    timed("entity_discovery", entity_discovery)
+    return {"sections": sections, "seconds": seconds, "entities": discovery["report"]}
 
 
 def _fmt(value: Any) -> str:
@@ -196,6 +204,12 @@ SECTION_TEXT = {
     "dependencies": "Pairs where the dependent column is a function of the determinant (one value per "
     "determinant value) on all train rows; constant columns left out.",
     "entity_groups": "Candidate entity keys: each key with the columns constant within it (profile [entities]).",
+    "entity_discovery": "Entity keys discovered on {entity_sample:,} train and test rows (a sample of at most "
+    "{entity_sample_max:,}), and the check of "
+    "the profile's [entities]. A group is a key when its joint value repeats far more often than if its columns "
+    "were independent (each shuffled on its own) and its values span several days. Ads: one categorical column "
+    "and the columns that are functions of it; users: a greedy search on the excess entropy (score, nats) among "
+    "the remaining columns. used = the group the feature families get.",
 }
 
 
@@ -208,6 +222,8 @@ def render_markdown(result: dict[str, Any], profile: Profile, source: str) -> st
         "rounds": 100,
         "train_sample": int(adv["train_sample"][0]) if adv.height else 0,
         "test_sample": int(adv["test_sample"][0]) if adv.height else 0,
+        "entity_sample": result["entities"].rows,
+        "entity_sample_max": ENTITY_SAMPLE,
     }
     train_dup = s["duplicates"].filter(pl.col("split") == "train").row(0, named=True)
     summary = result["summary"]
@@ -231,6 +247,7 @@ def render_markdown(result: dict[str, Any], profile: Profile, source: str) -> st
         f"{', '.join(s['adversarial'].head(5)['column'].to_list())}.",
         f"- Base values: {summary['base_values_found']} of {len(profile.numerical)} numerical columns have one; "
         f"{summary['base_values_disagree']} disagree with the profile.",
+        *entity_summary(result["entities"]),
         "",
     ]
     plots = {
@@ -255,6 +272,20 @@ def render_markdown(result: dict[str, Any], profile: Profile, source: str) -> st
     return "\n".join(lines)
 
 
+def entity_summary(report: an.DiscoveryReport) -> list[str]:
+    """Summary lines on entity keys: each group to use and where it comes from, and each declared group's check."""
+    used = {e.name: e for e in report.evidence if e.source == "discovered" and e.is_key}
+    lines = []
+    for name, group in report.groups.items():
+        origin = "discovered" if name in used and used[name].columns == group else "declared"
+        lines.append(f"- Entity `{name}` ({origin}): {', '.join(group)}.")
+    for e in report.evidence:
+        if e.source == "declared":
+            verdict = "overruled" if e.name in report.overruled else "kept"
+            lines.append(f"- Declared `{e.name}` ({verdict}): {e.reason}.")
+    return lines
+
+
 def summarize(result: dict[str, Any], train: pl.DataFrame, test: pl.DataFrame) -> dict[str, Any]:
     """Headline numbers of the report."""
     s = result["sections"]
@@ -270,6 +301,8 @@ def summarize(result: dict[str, Any], train: pl.DataFrame, test: pl.DataFrame) -
         "adversarial_auc": float(s["adversarial"]["auc"][0]) if s["adversarial"].height else float("nan"),
         "base_values_found": int(base["detected_base"].is_not_null().sum()),
         "base_values_disagree": disagree.height,
+        "entities": {name: list(group) for name, group in result["entities"].groups.items()},
+        "entities_overruled": list(result["entities"].overruled),
     }
 
 
@@ -324,7 +357,11 @@ def write_report(
                 "source": source,
                 "summary": result["summary"],
                 "seconds": result["seconds"],
-                "samples": {"base_values_and_dependencies": SAMPLE_ROWS, "adversarial_per_side": ADVERSARIAL_SAMPLE},
+                "samples": {
+                    "base_values_and_dependencies": SAMPLE_ROWS,
+                    "adversarial_per_side": ADVERSARIAL_SAMPLE,
+                    "entity_discovery": ENTITY_SAMPLE,
+                },
                 "sections": {name: frame.to_dicts() for name, frame in s.items()},
             },
         )

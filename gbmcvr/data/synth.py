@@ -285,6 +285,7 @@ class _World:
             + rng.normal(0, 0.3, n)
         )
         cols["_like_logit"], cols["_install_logit"] = like_logit, install_logit
+        cols["_user"] = user
         return cols
 
 
@@ -307,8 +308,43 @@ def _frame(cols: dict[str, np.ndarray], columns: list[str]) -> pl.DataFrame:
     )
 
 
-def generate(scale: float = 1.0, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Train, test and truth frames in the challenge layout (test without labels; truth per test row)."""
+def _plant_users(splits: tuple[dict[str, np.ndarray], ...], user_columns: tuple[str, ...], seed: int) -> None:
+    """Move the user identity into `user_columns`, in place: every user-level column is shuffled across rows
+    (it keeps its marginal and identifies no one), then each planted column carries a per-user value
+    (numerical ones drift slowly: a per-user count that grows by one every few days)."""
+    rng = np.random.default_rng([seed, 23])
+    user_level = [f"f_{c}" for c in (*USER_CATEGORICAL, *USER_NUMERICAL, *range(33, 42))]
+    n_users = int(max(cols["_user"].max() for cols in splits)) + 1
+    card = int(np.clip(np.ceil((20 * n_users) ** (1 / len(user_columns))), 4, 5000))
+    base = SHARECHAT.base_values
+    for col in user_columns:
+        level = rng.integers(0, card, size=n_users)
+        if col in SHARECHAT.numerical:
+            rate = rng.uniform(0.0, 0.3, size=n_users)
+            for cols in splits:
+                user, day = cols["_user"], cols["f_1"]
+                count = level[user] + np.floor(rate[user] * (day - TRAIN_DAYS[0]))
+                cols[col] = np.round(count * base.get(col, 1.0), 8)
+        else:
+            codes = _hashed_codes(rng, card)
+            for cols in splits:
+                cols[col] = codes[level[cols["_user"]]]
+    for cols in splits:
+        for col in user_level:
+            if col in user_columns:
+                continue
+            values = cols[col]
+            kept = ~np.isnan(values) if values.dtype.kind == "f" else np.ones(len(values), dtype=bool)
+            values[kept] = rng.permutation(values[kept])
+
+
+def generate(
+    scale: float = 1.0, seed: int = 0, user_columns: tuple[str, ...] = ()
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Train, test and truth frames in the challenge layout (test without labels; truth per test row).
+
+    `user_columns` plants the user identity in those columns instead (a held-out world; see `_plant_users`).
+    """
     rng = np.random.default_rng(seed)
     world = _World(rng, scale)
     n_train, n_test = max(int(round(TRAIN_ROWS * scale)), 220), max(int(round(TEST_ROWS * scale)), 10)
@@ -340,6 +376,8 @@ def generate(scale: float = 1.0, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFr
     shift_rng = np.random.default_rng([seed, TEST_DAY])
     keep = (test["is_installed"] == 0) | (shift_rng.random(len(test["f_1"])) < TEST_DAY_INSTALL_KEEP)
     test = {c: v[keep] for c, v in test.items()}
+    if user_columns:
+        _plant_users((train, test), tuple(user_columns), seed)
     p_install = test["_p_like"] * test["_p_igl"]
     p_install = p_install * TEST_DAY_INSTALL_KEEP / (p_install * TEST_DAY_INSTALL_KEEP + 1 - p_install)
     feature_cols = [f"f_{i}" for i in range(80)]
@@ -373,12 +411,26 @@ def check_synth_target(out: Path, force: bool) -> None:
         )
 
 
-def write_synth(out: Path, scale: float = 1.0, seed: int = 0, force: bool = False) -> SynthResult:
+def check_user_columns(user_columns: tuple[str, ...]) -> None:
+    """Refuse planted user columns that are not categorical or numerical feature columns of the layout."""
+    allowed = (*SHARECHAT.categorical, *SHARECHAT.numerical)
+    for col in user_columns:
+        if col not in allowed:
+            raise UserError(f"--user-columns: '{col}' is not a categorical or numerical column (f_2..f_32, f_42..f_79)")
+    if len(set(user_columns)) != len(user_columns):
+        raise UserError("--user-columns: a column is named twice")
+
+
+def write_synth(
+    out: Path, scale: float = 1.0, seed: int = 0, force: bool = False, user_columns: tuple[str, ...] = ()
+) -> SynthResult:
     """Write train/ (30 TSV files), test/ (one file) and truth/test_truth.parquet under `out`, atomically."""
     check_synth_target(out, force)
-    train, test, truth = generate(scale, seed)
+    check_user_columns(tuple(user_columns))
+    train, test, truth = generate(scale, seed, tuple(user_columns))
+    planted = f", user columns {','.join(user_columns)}" if user_columns else ""
     with atomic_dir(Path(out)) as tmp:
-        (tmp / SYNTH_MARKER).write_text(f"written by gbmcvr synth (scale {scale}, seed {seed})\n")
+        (tmp / SYNTH_MARKER).write_text(f"written by gbmcvr synth (scale {scale}, seed {seed}{planted})\n")
         (tmp / "train").mkdir()
         (tmp / "test").mkdir()
         (tmp / "truth").mkdir()

@@ -185,6 +185,9 @@ def test_analyze_command_writes_the_report(tmp_path, capsys):
     bases = {r["column"]: r for r in data["sections"]["base_values"]}
     assert bases["x"]["detected_base"] == pytest.approx(0.5)
     assert "## Drift" in (report / "analyze.md").read_text()
+    assert "## Entity discovery" in (report / "analyze.md").read_text()
+    assert {r["source"] for r in data["sections"]["entity_discovery"]} <= {"discovered", "declared"}
+    assert "entities" in data["summary"]
 
 
 def test_analyze_without_a_raw_store_is_a_user_error(tmp_path, capsys):

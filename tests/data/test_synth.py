@@ -5,6 +5,7 @@ import polars as pl
 import pytest
 
 from gbmcvr.data.synth import CONFLICTING, DUPLICATES, generate, write_synth
+from tests.factories import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +114,11 @@ def test_fresh_ads_and_daily_drift(frames):
     assert fresh > old + 0.02
     daily = train.group_by("f_1").agg(pl.col("is_installed").mean())["is_installed"]
     assert daily.std() > 0.005
+
+
+def test_synth_user_columns_flag(tmp_path, capsys):
+    code, _, err = run_cli(["synth", tmp_path / "d", "--scale", "0.002", "--user-columns", "f_1,f_24"], capsys)
+    assert code == 2 and "f_1" in err
+    code, _, err = run_cli(["synth", tmp_path / "d", "--scale", "0.002", "--user-columns", "f_24,f_71"], capsys)
+    assert code == 0, err
+    assert "user columns f_24,f_71" in (tmp_path / "d" / ".gbmcvr-synth").read_text()
