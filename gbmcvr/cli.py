@@ -220,7 +220,9 @@ def features(
     feature_set: Annotated[str | None, typer.Option("--set", help="Feature set name (default from config).")] = None,
     plan: Annotated[Plan, typer.Option(help="Which plan's tables; both = validate and full.")] = Plan.validate,
     show_default: Annotated[bool, typer.Option("--show-default", help="Print the default feature set TOML.")] = False,
-    force: bool = False,
+    force: Annotated[
+        bool, typer.Option("--overwrite", "--force", help="Rebuild even when current (--force: old name).")
+    ] = False,
     workdir: WorkdirOpt = Path("."),
 ) -> None:
     """Build feature tables from the raw store into features/<set>/<plan>/."""
@@ -268,7 +270,9 @@ def select_cmd(
 def train(
     kind: Annotated[str, typer.Argument(metavar="MODEL", help=" | ".join(registry.names()))],
     config: ConfigOpt = None,
-    feature_set: Annotated[str | None, typer.Option("--features", help="Feature set (default from config).")] = None,
+    feature_set: Annotated[
+        str | None, typer.Option("--set", "--features", help="Feature set (default from config; --features: old name).")
+    ] = None,
     params: Annotated[str | None, typer.Option("--params", help="JSON params file, or 'tuned'.")] = None,
     refit: Annotated[bool, typer.Option("--refit", help="Also retrain on the full plan for test predictions.")] = False,
     run_id: Annotated[

@@ -149,8 +149,8 @@ def load_tables(
             continue
         path = plan_dir / f"{split}.parquet"
         if not path.is_file():
-            raise UserError(f"{path}: missing feature table (rebuild with `{hint} --force`)")
-        check_parquet(path, f"{hint} --force")
+            raise UserError(f"{path}: missing feature table (rebuild with `{hint} --overwrite`)")
+        check_parquet(path, f"{hint} --overwrite")
         if split in lean:
             have = pl.read_parquet_schema(path)
             keep = [c["name"] for c in manifest["columns"] if c["role"] in ("id", "day", "label")]

@@ -196,7 +196,7 @@ CASES = [
     Case(
         "truncated feature table",
         _then(_truncate("features/default/validate/valid.parquet"), "train", "e2e", "--run-id", "x"),
-        ("valid.parquet", "damaged", "--force"),
+        ("valid.parquet", "damaged", "--overwrite"),
     ),
     Case(
         "empty tuned parameters",

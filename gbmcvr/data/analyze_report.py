@@ -268,7 +268,8 @@ def render_markdown(result: dict[str, Any], profile: Profile, source: str) -> st
             lines += [f"Hold-out AUC: **{summary['adversarial_auc']:.4f}**", ""]
         if name in plots:
             lines += [f"![{name}]({plots[name]})", ""]
-        lines += [markdown_table(shown.get(name, frame), 20 if name != "base_values" else None), ""]
+        whole = name in ("base_values", "per_day", "day_similarity")  # every day, validation and test days included
+        lines += [markdown_table(shown.get(name, frame), None if whole else 20), ""]
     return "\n".join(lines)
 
 

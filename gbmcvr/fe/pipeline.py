@@ -356,4 +356,4 @@ def read_manifest(plan_dir: Path, build_hint: str) -> dict:
     path = Path(plan_dir) / "manifest.json"
     if not path.is_file():
         raise UserError(f"{plan_dir}: no feature tables (build them with `{build_hint}`)")
-    return load_json_object(path, f"{build_hint} --force", ("columns", "config_hash", "raw_fingerprint"))
+    return load_json_object(path, f"{build_hint} --overwrite", ("columns", "config_hash", "raw_fingerprint"))
