@@ -16,6 +16,7 @@ KINDS: dict[str, Any] = {
     "ts": "gbmcvr.models.lgbm:TWO_STEP",
     "mtdm": "gbmcvr.models.mtdm:MTDM",
     "cb": "gbmcvr.models.cb:CB",
+    "tfm": "gbmcvr.models.tfm:TFM",
 }
 
 
