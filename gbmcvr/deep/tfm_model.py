@@ -158,7 +158,13 @@ def pretrain(
     model.train()
     for epoch in range(1, cfg.pretrain_epochs + 1):
         t0, total, count = time.perf_counter(), torch.zeros((), device=device), 0
-        for idx in batches(cat.shape[0], cfg.batch_size, gen, shuffle=True):
+        shown = contextlib.ExitStack()
+        n_batches = -(-cat.shape[0] // cfg.batch_size)
+        label = f"tfm pretrain epoch {epoch}/{cfg.pretrain_epochs}"
+        bar = shown.enter_context(counted(progress, label, n_batches, "batches"))
+        for done, idx in enumerate(batches(cat.shape[0], cfg.batch_size, gen, shuffle=True), start=1):
+            if isinstance(progress, Reporter):
+                bar.update(done)
             idx = idx.to(device)
             with _autocast(device, cfg.precision):
                 loss = ssl_loss(model, cat.index_select(0, idx), num.index_select(0, idx), cfg)
@@ -166,6 +172,7 @@ def pretrain(
             loss.backward()
             opt.step()
             total, count = total + loss.detach() * len(idx), count + len(idx)
+        shown.close()
         seconds = time.perf_counter() - t0
         history.append({"epoch": epoch, "ssl": float(total) / count, "seconds": seconds, "rows": count})
         progress(

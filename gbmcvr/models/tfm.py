@@ -13,6 +13,7 @@ import optuna
 from gbmcvr import compat
 from gbmcvr.context import Context, quiet
 from gbmcvr.deep.tfm_params import SPACE, TfmConfig, check_tfm, tfm_config
+from gbmcvr.errors import UserError
 from gbmcvr.models.base import Objective, Predictor, TrainedRun, TrainOptions
 from gbmcvr.runs import input_key, params_file
 from gbmcvr.space import Dimension
@@ -63,6 +64,8 @@ class TfmKind:
         return _key(manifest, self.config(ctx, opts.params), ctx.cfg.seed)
 
     def train(self, ctx: Context, opts: TrainOptions) -> TrainedRun:
+        if opts.ddp:
+            raise UserError("--ddp: data-parallel training is for the MTDM; train tfm without it")
         tfm_model = _tfm_model()
         cfg = self.config(ctx, opts.params)
         tables = load_tables(ctx.wd.features, opts.feature_set, opts.plan, lean=LEAN)

@@ -162,7 +162,7 @@ def test_unknown_key_is_refused_by_the_cli(tmp_path, capsys):
 
 def test_tunes_and_trains_with_the_tuned_parameters(tfm_work, capsys):
     ctx, _ = tfm_work
-    table = "".join(f"{k} = {json.dumps(v)}\n" for k, v in {**TINY, "pretrain_epochs": 0}.items())
+    table = "".join(f"{k} = {json.dumps(v)}\n" for k, v in {**TINY, "pretrain_epochs": 0, "ssl_weight": 0.0}.items())
     ctx.wd.config_file.write_text(f"[tfm]\n{table}" + '[tune.tfm]\ndropout = {type = "float", low = 0.0, high = 0.2}\n')
     code, _, err = run_cli(["tune", "tfm", "--trials", "1", "--device", "cpu", "--workdir", ctx.wd.root], capsys)
     assert code == 0, err
