@@ -105,28 +105,34 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
+def two_views(cat: torch.Tensor, num: torch.Tensor, rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two corrupted views of n rows stacked to 2n: row i's positive pair is rows i and n + i."""
+    return torch.cat([corrupt(cat, rate), corrupt(cat, rate)]), torch.cat([corrupt(num, rate), corrupt(num, rate)])
+
+
+def contrast(model: FTTransformer, views_cls: torch.Tensor, tau: float) -> torch.Tensor:
+    """InfoNCE between the projected [CLS] outputs of the two stacked views."""
+    projected = model.projection(views_cls)
+    n = projected.shape[0] // 2
+    return info_nce(projected[:n], projected[n:], tau)
+
+
 def batch_losses(model: FTTransformer, batch: Tensors, cfg: TfmConfig, loss_cfg: MtdmConfig) -> dict[str, torch.Tensor]:
     """Supervised losses of the clean rows plus, with ssl_weight > 0, InfoNCE of two views (one encoder pass)."""
     if cfg.ssl_weight == 0.0:
         return task_losses(model(batch.cat, batch.num), batch.like, batch.install, loss_cfg)
     n = len(batch)
-    cat = torch.cat([batch.cat, corrupt(batch.cat, cfg.corruption), corrupt(batch.cat, cfg.corruption)])
-    num = torch.cat([batch.num, corrupt(batch.num, cfg.corruption), corrupt(batch.num, cfg.corruption)])
-    cls = model.encode(cat, num)
+    views_cat, views_num = two_views(batch.cat, batch.num, cfg.corruption)
+    cls = model.encode(torch.cat([batch.cat, views_cat]), torch.cat([batch.num, views_num]))
     losses = task_losses(model.heads(cls[:n]), batch.like, batch.install, loss_cfg)
-    projected = model.projection(cls[n:])
-    losses["ssl"] = info_nce(projected[:n], projected[n:], cfg.tau)
+    losses["ssl"] = contrast(model, cls[n:], cfg.tau)
     losses["total"] = losses["total"] + cfg.ssl_weight * losses["ssl"]
     return losses
 
 
 def ssl_loss(model: FTTransformer, cat: torch.Tensor, num: torch.Tensor, cfg: TfmConfig) -> torch.Tensor:
-    """InfoNCE between two corrupted views of the rows (features only: pre-training sees no label)."""
-    n = cat.shape[0]
-    views_cat = torch.cat([corrupt(cat, cfg.corruption), corrupt(cat, cfg.corruption)])
-    views_num = torch.cat([corrupt(num, cfg.corruption), corrupt(num, cfg.corruption)])
-    projected = model.projection(model.encode(views_cat, views_num))
-    return info_nce(projected[:n], projected[n:], cfg.tau)
+    """InfoNCE of two corrupted views of the rows (features only: pre-training sees no label)."""
+    return contrast(model, model.encode(*two_views(cat, num, cfg.corruption)), cfg.tau)
 
 
 @dataclass
