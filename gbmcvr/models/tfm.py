@@ -94,7 +94,7 @@ class TfmKind:
     ) -> Objective:
         tfm_model = _tfm_model()
         if threads:
-            tfm_model.torch.set_num_threads(threads)
+            compat.deep().torch.set_num_threads(threads)
         base = ctx.cfg.section(self.section).config
         tables = load_tables(ctx.wd.features, ctx.cfg.feature_set, "validate", lean=LEAN)
 
