@@ -1,7 +1,7 @@
 """Benchmark: model quality on generated data (issue tables), printed as JSON lines.
 
 For `--scale` (default 0.2): generates data (or reuses --data), ingests, builds features (validate + full),
-trains the raw-column baseline, the `--models` kinds (e2e, ts; add cb, xgb), the `--refit-models` with --refit
+trains the raw-column baseline, the `--models` kinds (e2e, ts; add cb, xgb, tfm), the `--refit-models` with --refit
 and the MTDM, then scores every
 run's valid and test predictions, the base-rate prior and the truth; then the Table-5-style grid of
 calibrations and ensembles scored on the test day against the truth.
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--skip-mtdm", action="store_true")
-    parser.add_argument("--models", nargs="+", default=["e2e", "ts"], help="kinds trained on the validate plan")
+    parser.add_argument("--models", nargs="+", default=["e2e", "ts"], help="validate-plan kinds (e2e ts cb tfm)")
     parser.add_argument("--refit-models", nargs="*", default=["e2e", "ts"], help="kinds also trained with --refit")
     args = parser.parse_args()
     data, wd = args.root / "data", Workdir(args.root / "work")

@@ -310,7 +310,9 @@ def _rehearsal(
     fs = read_run_meta(ctx.wd.run(runs[0], plan)).get("feature_set", ctx.cfg.feature_set)
     labels_path = ctx.wd.feature_plan(fs, plan) / TEST_LABELS
     if not labels_path.is_file():
-        raise UserError(f"{labels_path}: no kept-aside labels (rebuild with `gbmcvr features --plan {plan} --overwrite`)")
+        raise UserError(
+            f"{labels_path}: no kept-aside labels (rebuild with `gbmcvr features --plan {plan} --overwrite`)"
+        )
     labels = pl.read_parquet(labels_path, columns=[profile.id_column, profile.install_label], glob=False)
     y = (
         pl.DataFrame({profile.id_column: aligned.test_ids})

@@ -17,6 +17,7 @@ KINDS: dict[str, Any] = {
     "mtdm": "gbmcvr.models.mtdm:MTDM",
     "cb": "gbmcvr.models.cb:CB",
     "xgb": "gbmcvr.models.xgb:XGB",
+    "tfm": "gbmcvr.models.tfm:TFM",
 }
 
 
