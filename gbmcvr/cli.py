@@ -471,7 +471,7 @@ def tune(
     best = the_study.best_trial
     out.print(
         f"best: trial {best.number}, valid log loss {best.value:.5f} -> models/tuned/{model}.json "
-        f"(train with --params tuned); browse with `optuna-dashboard <storage URL>`"
+        f"(train with --params tuned); browse with `optuna-dashboard {tuning.redact(tuned.storage_url)}`"
     )
     if not completed:
         raise typer.Exit(130)
@@ -546,7 +546,9 @@ def _wide() -> Console:
 def _cell(value: object) -> str:
     if value is None:
         return "-"
-    return f"{value:.5f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.5f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
 
 
 @runs_app.command("compare")
@@ -562,11 +564,11 @@ def runs_compare(
 
     from gbmcvr.run_history import compare
 
-    grid = Table(title=f"{a} vs {b}")
-    for col in ("", a, b):
+    grid = Table(title=f"{a} vs {b} (≠ marks a difference)")
+    for col in ("", a, b, "≠"):
         grid.add_column(col, overflow="fold")
     for key, va, vb in compare(Workdir(workdir).models, a, b):
-        grid.add_row(key, _cell(va), _cell(vb), style="bold" if va != vb else None)
+        grid.add_row(key, _cell(va), _cell(vb), "≠" if va != vb else "", style="bold" if va != vb else None)
     _wide().print(grid)
 
 

@@ -43,7 +43,13 @@ def _raw_is_current(ctx: Context, data: Path) -> bool:
     old = json.loads(manifest.read_text())
     profile = ctx.cfg.load_profile()
     train, test = source_files(data, profile)
-    return old.get("profile") == profile.name and old.get("sources") == source_listing(train + test)
+
+    def resolved(listing: list[dict]) -> list[dict]:  # `ingest data` records paths as given, `run` absolute ones
+        return [{**s, "file": str(Path(s.get("file", "")).resolve())} for s in listing if isinstance(s, dict)]
+
+    sources = old.get("sources")
+    current = isinstance(sources, list) and resolved(sources) == resolved(source_listing(train + test))
+    return old.get("profile") == profile.name and current
 
 
 def _train(ctx: Context, kind: str, plan: str, refit: bool, steps: dict[str, str]) -> None:

@@ -18,10 +18,19 @@ PLAIN_LINES_PER_TASK = 10  # without a terminal, a counted task prints about thi
 class Task:
     """One counted piece of work (rounds, batches, trials): `update` it; a bar or a few lines show it."""
 
-    def __init__(self, label: str, total: int | None, unit: str, emit: Callable[[str], None], bars: Any = None) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: int | None,
+        unit: str,
+        emit: Callable[[str], None],
+        bars: Any = None,
+        every: int | None = None,
+    ) -> None:
         self.label, self.total, self.unit = label, total, unit
         self.completed = 0
-        self._emit, self._bars, self._next_line_at = emit, bars, 0
+        self._emit, self._bars, self._every = emit, bars, every
+        self._next_line_at = every or 0
         self.task_id = bars.add_task(label, total=total, status="") if bars is not None else None
 
     def update(self, completed: int, status: str = "", total: int | None = None) -> None:
@@ -32,7 +41,7 @@ class Task:
             self._bars.update(self.task_id, completed=completed, total=self.total, status=status)
             return
         if completed >= self._next_line_at or completed == self.total:
-            self._next_line_at = completed + max(1, (self.total or 0) // PLAIN_LINES_PER_TASK)
+            self._next_line_at = completed + (self._every or max(1, (self.total or 0) // PLAIN_LINES_PER_TASK))
             of = f"/{self.total}" if self.total else ""
             self._emit(f"{self.label}: {completed}{of} {self.unit}".rstrip() + (f" {status}" if status else ""))
 
@@ -53,30 +62,35 @@ class Reporter:
         return self._console is not None
 
     @contextlib.contextmanager
-    def task(self, label: str, total: int | None, unit: str = "") -> Iterator[Task]:
+    def task(self, label: str, total: int | None, unit: str = "", every: int | None = None) -> Iterator[Task]:
         if self._console is None:
-            yield Task(label, total, unit, LOG.info)
+            yield Task(label, total, unit, LOG.info, every=every)
             return
         from rich import progress as rp
+        from rich.table import Column
 
         bars = rp.Progress(
-            rp.TextColumn("{task.description}"),
-            rp.BarColumn(bar_width=24),
-            rp.MofNCompleteColumn(),
-            rp.TextColumn("eta"),
-            rp.TimeRemainingColumn(),
-            rp.TextColumn("{task.fields[status]}"),
+            rp.TextColumn("{task.description}", table_column=Column(no_wrap=True, min_width=len(label))),
+            rp.BarColumn(bar_width=16, table_column=Column(no_wrap=True, min_width=16)),
+            rp.MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=9)),
+            rp.TextColumn("eta", table_column=Column(no_wrap=True, min_width=3)),
+            rp.TimeRemainingColumn(table_column=Column(no_wrap=True, min_width=7)),
+            # the status gives way on a narrow terminal, never the count or the ETA
+            rp.TextColumn("{task.fields[status]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
             console=self._console,
         )
         with bars:
             yield Task(label, total, unit, LOG.info, bars)
 
 
-def counted(report: Callable[[str], None], label: str, total: int | None, unit: str = "") -> Any:
-    """A counted task on `report`: bars where it is a terminal's Reporter, else a few lines through `report`."""
+def counted(
+    report: Callable[[str], None], label: str, total: int | None, unit: str = "", every: int | None = None
+) -> Any:
+    """A counted task on `report`: bars where it is a terminal's Reporter, else lines through `report` (every
+    `every` units, or about ten per task)."""
     if isinstance(report, Reporter):
-        return report.task(label, total, unit)
-    return contextlib.nullcontext(Task(label, total, unit, report))
+        return report.task(label, total, unit, every)
+    return contextlib.nullcontext(Task(label, total, unit, report, every=every))
 
 
 def configure(verbosity: int, stream: Any = None) -> Reporter:

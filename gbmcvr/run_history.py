@@ -13,7 +13,19 @@ from gbmcvr.data.split import is_backtest
 from gbmcvr.errors import UserError
 from gbmcvr.runs import HISTORY, METRICS, PARAMS, RUN
 
-COLUMNS = ("run", "kind", "plan", "started", "seconds", "features", "params", "valid_logloss", "valid_auc", "backtest")
+COLUMNS = (
+    "run",
+    "kind",
+    "plan",
+    "started",
+    "seconds",
+    "features",
+    "params",
+    "refit",
+    "valid_logloss",
+    "valid_auc",
+    "backtest",
+)
 SORTABLE = ("run", "started", "valid_logloss", "valid_auc", "backtest", "seconds")
 
 

@@ -451,6 +451,7 @@ class Tuning:
 
     study: optuna.Study
     completed: bool
+    storage_url: str = ""
 
 
 def tune(
@@ -514,14 +515,14 @@ def tune(
         if not completed:  # every worker has ended: no trial of theirs is still running
             tuning.fail_running(the_study)
             ctx.progress(tuning.INTERRUPTED)
-        return Tuning(the_study, completed)
+        return Tuning(the_study, completed, storage)
     threads = tuning.worker_threads(cfg.tune.threads_per_worker) if worker else None
     objective = kind.objective(ctx, target, space, seed, threads)
     ctx.progress(
         f"tuning {target}: study '{study_name}' on {tuning.redact(storage)}, "
         f"{tuning.finished(the_study)} of {trials} trials done"
     )
-    return Tuning(the_study, tuning.run_trials(the_study, setup, tuning.timed(objective), ctx.progress))
+    return Tuning(the_study, tuning.run_trials(the_study, setup, tuning.timed(objective), ctx.progress), storage)
 
 
 def select(ctx: Context, *, name: str = "selected", opts: selection.SelectOptions | None = None) -> selection.Selection:

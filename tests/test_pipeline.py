@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import polars as pl
 
@@ -111,3 +112,18 @@ def test_run_chooses_on_the_backtest(tmp_path):
     assert (wd.submissions / "auto_backtest_reliability.png").stat().st_size > 0
     again = run_pipeline(Context(wd, load_config(None, wd.config_file)), truth=data).steps
     assert again["train e2e (backtest)"] == "current" and again["train e2e"] == "current"
+
+
+def test_a_manual_ingest_with_a_relative_path_is_current_for_run(tmp_path, capsys, monkeypatch):
+    """`gbmcvr ingest data` records the paths as given; `run` resolves them before comparing."""
+    from gbmcvr.pipeline import _raw_is_current
+    from tests.factories import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    write_synth(tmp_path / "data", 0.001, 1)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "gbmcvr.toml").write_text('data = "../data"\n')
+    code, _, err = run_cli(["ingest", "data", "--workdir", "w"], capsys)
+    assert code == 0, err
+    cfg = load_config(None, Path("w") / "gbmcvr.toml")
+    assert _raw_is_current(Context(Workdir(Path("w")), cfg), Path(cfg.data))

@@ -21,14 +21,17 @@ class _Progress:
         self._stack = contextlib.ExitStack()
         self._task = None
         self._best: tuple[float, int] | None = None
+        self._last = 0
 
     def __call__(self, env: lgb.callback.CallbackEnv) -> None:
         it = env.iteration + 1
         if self.every <= 0:
             return
         if self._task is None:
-            self._task = self._stack.enter_context(counted(self.report, self.label, env.end_iteration, "rounds"))
-            self._task._next_line_at = self.every
+            self._task = self._stack.enter_context(
+                counted(self.report, self.label, env.end_iteration, "rounds", every=self.every)
+            )
+        self._last = it
         status = ""
         if env.evaluation_result_list:
             data, name, value, higher_better, *_ = env.evaluation_result_list[0]
@@ -44,8 +47,12 @@ class _Progress:
             self.close()
 
     def close(self) -> None:
+        """End the display; a run that stopped before its upper bound says so, with its best round."""
+        stopped = self._task is not None and self._task.total is not None and self._last < self._task.total
         self._stack.close()
         self._task = None
+        if stopped and self._best is not None and self.patience:
+            self.report(f"{self.label}: early stop at round {self._last}, best round {self._best[1]}")
 
 
 def progress(
