@@ -18,7 +18,7 @@ from gbmcvr.atomic import fault_error, write_text
 from gbmcvr.context import Context, is_main
 from gbmcvr.errors import UserError
 from gbmcvr.models import registry
-from gbmcvr.progress import Reporter, configure
+from gbmcvr.progress import LOG, Reporter, configure
 from gbmcvr.workdir import Workdir
 
 if TYPE_CHECKING:
@@ -87,7 +87,9 @@ def _context(workdir: Path, config: Path | None, device: str = "auto") -> Contex
     from gbmcvr.config import load_config
 
     wd = Workdir(workdir)
-    return Context(wd, load_config(config, wd.config_file), progress, device)
+    cfg = load_config(config, wd.config_file)
+    LOG.debug(f"work directory {wd.root.resolve()}; config {cfg.source}; data {cfg.data}; seed {cfg.seed}")
+    return Context(wd, cfg, progress, device)
 
 
 @app.command()

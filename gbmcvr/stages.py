@@ -41,6 +41,7 @@ from gbmcvr.post.submit import (
     reliability_bins,
     write_submission,
 )
+from gbmcvr.progress import LOG
 from gbmcvr.runs import (
     UNREFIT,
     backtest_scores,
@@ -176,6 +177,7 @@ def train(
         if (ctx.wd.feature_plan(opts.feature_set, needed) / "manifest.json").is_file():  # missing: the kind says so
             check_features_current(ctx, opts.feature_set, needed)
     started = time.time()
+    LOG.debug(f"train {kind}: run {run_dir}, plan {plan}, feature set {opts.feature_set}, params {params or 'config'}")
     with exclusive(run_dir, "run"):
         check_new_run(run_dir, overwrite)
         run = model.train(ctx, opts)

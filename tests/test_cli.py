@@ -75,3 +75,13 @@ def test_the_default_feature_set_pastes_into_gbmcvr_toml(tmp_path, capsys) -> No
     (tmp_path / "gbmcvr.toml").write_text(out)
     cfg = load_config(None, tmp_path / "gbmcvr.toml")
     assert feature_spec_of(cfg) == default_spec(cfg.load_profile())
+
+
+def test_quiet_and_verbose(tmp_path, capsys) -> None:
+    """-q keeps only warnings and errors; -v adds debug lines (the work directory and config in use)."""
+    code, _, err = run_cli(["-v", "config", "--workdir", tmp_path], capsys)
+    assert code == 0 and f"work directory {tmp_path.resolve()}" in err
+    code, _, err = run_cli(["-q", "synth", tmp_path / "d", "--scale", "0.001"], capsys)
+    assert code == 0 and "generating" not in err
+    code, _, err = run_cli(["synth", tmp_path / "d2", "--scale", "0.001"], capsys)
+    assert code == 0 and "generating" in err
