@@ -515,7 +515,7 @@ def tune(
         ctx.progress(f"starting {workers} workers on {tuning.redact(storage)}, study '{study_name}'")
         completed = tuning.spawn_workers(args, workers, seed, storage, cfg.tune.threads_per_worker)
         if not completed:  # every worker has ended: no trial of theirs is still running
-            tuning.fail_running(the_study)
+            tuning.fail_running_settled(the_study)
             ctx.progress(tuning.INTERRUPTED)
         return Tuning(the_study, completed, storage)
     threads = tuning.worker_threads(cfg.tune.threads_per_worker) if worker else None

@@ -186,6 +186,16 @@ def fail_running(study: optuna.Study) -> int:
     return fail_dead(study, local=local)
 
 
+def fail_running_settled(study: optuna.Study, tries: int = 5, pause: float = 0.3) -> None:
+    """After every worker has ended: fail what they left RUNNING, again while the storage still shows some
+    (a trial a worker created as it was interrupted can reach the storage file after the first pass)."""
+    for _ in range(tries):
+        fail_running(study)
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return
+        time.sleep(pause)
+
+
 def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
