@@ -187,13 +187,13 @@ def fail_running(study: optuna.Study) -> int:
 
 
 def fail_running_settled(study: optuna.Study, tries: int = 5, pause: float = 0.3) -> None:
-    """After every worker has ended: fail what they left RUNNING, again while the storage still shows some
+    """After every worker has ended: fail what they left RUNNING, and pass again until a pass finds nothing
     (a trial a worker created as it was interrupted can reach the storage file after the first pass)."""
-    for _ in range(tries):
-        fail_running(study)
-        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            return
+    fail_running(study)
+    for _ in range(tries - 1):
         time.sleep(pause)
+        if not fail_running(study):
+            return
 
 
 def finished(study: optuna.Study) -> int:
