@@ -12,6 +12,7 @@ from typing import Any
 from gbmcvr.data.split import is_backtest
 from gbmcvr.errors import UserError
 from gbmcvr.runs import HISTORY, METRICS, PARAMS, RUN
+from gbmcvr.tracking import flatten
 
 COLUMNS = (
     "run",
@@ -112,19 +113,10 @@ def compare(models: Path, a: str, b: str) -> list[tuple[str, Any, Any]]:
     out = []
     for key in ("valid_logloss", "valid_auc", "valid_calibration", "backtest", "seconds", "features", "params"):
         out.append((key, row(ra)[key], row(rb)[key]))
-    pa, pb = _flat(_read(ra.path / PARAMS)), _flat(_read(rb.path / PARAMS))
+    pa, pb = flatten(_read(ra.path / PARAMS)), flatten(_read(rb.path / PARAMS))
     for key in sorted(set(pa) | set(pb)):
         out.append((f"params.{key}", pa.get(key), pb.get(key)))
     return out
-
-
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        return {prefix.rstrip("."): obj}
-    flat: dict[str, Any] = {}
-    for key, value in obj.items():
-        flat.update(_flat(value, f"{prefix}{key}."))
-    return flat
 
 
 def prune(models: Path, keep: int) -> list[Path]:

@@ -38,12 +38,13 @@ def resolve_uri(uri: str, root: Path) -> str:
     return uri
 
 
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys (`e2e.params.num_leaves`), for comparing and logging."""
     if not isinstance(obj, dict):
         return {prefix.rstrip("."): obj}
     out: dict[str, Any] = {}
     for key, value in obj.items():
-        out.update(_flat(value, f"{prefix}{key}."))
+        out.update(flatten(value, f"{prefix}{key}."))
     return out
 
 
@@ -69,10 +70,10 @@ def log_run(cfg: TrackConfig, root: Path, run_name: str, run_dir: Path) -> str |
         return None
     ml, experiment = _client(cfg, root)
     meta = json.loads((run_dir / "run.json").read_text())
-    params = _flat(json.loads((run_dir / "params.json").read_text()))
+    params = flatten(json.loads((run_dir / "params.json").read_text()))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     curves = metrics.pop("learning_curve", {}) or {}
-    numbers = {k: v for k, v in _flat(metrics).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    numbers = {k: v for k, v in flatten(metrics).items() if isinstance(v, int | float) and not isinstance(v, bool)}
     with ml.start_run(experiment_id=experiment, run_name=run_name) as active:
         ml.log_params({k[:250]: str(v)[:6000] for k, v in params.items()})
         ml.log_metrics({k.replace("/", "_"): float(v) for k, v in numbers.items()})
