@@ -117,9 +117,26 @@ def synth(
     user_columns: Annotated[
         str, typer.Option(help="sharechat only: plant the user identity in these columns, e.g. f_24,f_25,f_71.")
     ] = "",
+    world: Annotated[
+        str, typer.Option(help="sharechat only: base, new-ads-better, shift-down or weak-users (the process).")
+    ] = "base",
+    test_shift: Annotated[
+        float | None, typer.Option(help="sharechat only: install-logit shift of the test day (overrides --world).")
+    ] = None,
+    new_ad_share: Annotated[
+        float | None, typer.Option(help="sharechat only: share of the test day's ads new that day.")
+    ] = None,
+    new_ad_install: Annotated[
+        float | None, typer.Option(help="sharechat only: install-logit effect of an ad's first days.")
+    ] = None,
+    user_signal: Annotated[
+        float | None, typer.Option(help="sharechat only: scale of users' unobserved propensities.")
+    ] = None,
 ) -> None:
     """Generate a dataset in the ShareChat challenge layout, with the test day's true probabilities."""
-    from gbmcvr.data.synth import check_synth_target, write_synth
+    from dataclasses import replace
+
+    from gbmcvr.data.synth import check_synth_target, check_world, named_world, write_synth
     from gbmcvr.data.synth_multi import write_synth_multi
 
     if scale <= 0:
@@ -135,9 +152,13 @@ def synth(
             f"target share per action {multi.target_share}; profile {out_dir / 'profile.toml'}"
         )
         return
-    progress(f"generating scale {scale} (seed {seed}) into {out_dir}")
+    knobs = {"test_shift": test_shift, "new_ad_share": new_ad_share, "new_ad_install": new_ad_install}
+    knobs["user_signal"] = user_signal
+    spec = replace(named_world(world), **{k: v for k, v in knobs.items() if v is not None})
+    check_world(spec)
+    progress(f"generating scale {scale} (seed {seed}, world {world}) into {out_dir}")
     planted = tuple(c.strip() for c in user_columns.split(",") if c.strip())
-    result = write_synth(out_dir, scale, seed, force, planted)
+    result = write_synth(out_dir, scale, seed, force, planted, spec)
     out.print(
         f"wrote {result.train_rows:,} train rows (30 files) and {result.test_rows:,} test rows to {out_dir}; "
         f"truth log loss on the test day = {result.truth_logloss:.5f}"

@@ -16,7 +16,7 @@ fewer installs); the install rate drifts from day to day; and users have a laten
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,31 @@ ADS, ADVERTISERS = 5200, 630
 
 
 @dataclass(frozen=True)
+class World:
+    """The knobs of the generating process that held-out data may set differently (defaults: the base world).
+
+    `new_ad_share`: share of the test day's distinct ads launched that day; `new_ad_install`: install-logit
+    effect of an ad's first two days (negative: new ads convert worse); `test_shift`: install-logit shift on
+    the test day only (a level shift no labelled day shows); `user_signal`: scale of each user's unobserved
+    propensities (how much only the user's own history can tell).
+    """
+
+    new_ad_share: float = NEW_AD_SHARE
+    new_ad_install: float = NEW_AD_INSTALL
+    test_shift: float = 0.0
+    user_signal: float = 1.0
+
+
+# named worlds for `gbmcvr synth --world` and the quality benchmark; each departs from `base` on a few knobs
+WORLDS = {
+    "base": World(),
+    "new-ads-better": World(new_ad_share=0.5, new_ad_install=0.5, test_shift=0.25),
+    "shift-down": World(test_shift=-0.35, user_signal=1.6),
+    "weak-users": World(new_ad_share=0.1, user_signal=0.3, test_shift=0.15),
+}
+
+
+@dataclass(frozen=True)
 class SynthResult:
     """What `write_synth` produced: row counts and the best achievable test log loss."""
 
@@ -124,9 +149,10 @@ def _zipf_weights(rng: np.random.Generator, n: int, sigma: float = 1.0) -> np.nd
 class _World:
     """Latent users and ads; draws impressions for a day as vectorised numpy arrays."""
 
-    def __init__(self, rng: np.random.Generator, scale: float) -> None:
+    def __init__(self, rng: np.random.Generator, scale: float, spec: World) -> None:
         self.rng = rng
         self.scale = scale
+        self.spec = spec
         n_users = max(2_000, int(400_000 * scale))
         self.user_weight = _zipf_weights(rng, n_users, 1.2)
         self.user_cat = {
@@ -143,8 +169,9 @@ class _World:
             c: rng.normal(0, s, _card(USER_CATEGORICAL[c], scale))
             for c, s in ((15, 0.5), (13, 0.3), (5, 0.3), (18, 0.3), (16, 0.3))
         }
-        self.user_click = sum(e[self.user_cat[c]] for c, e in eff.items()) + rng.normal(0, 0.5, n_users)
-        self.user_install = sum(e[self.user_cat[c]] for c, e in eff_i.items()) + rng.normal(0, 0.5, n_users)
+        own = spec.user_signal
+        self.user_click = sum(e[self.user_cat[c]] for c, e in eff.items()) + own * rng.normal(0, 0.5, n_users)
+        self.user_install = sum(e[self.user_cat[c]] for c, e in eff_i.items()) + own * rng.normal(0, 0.5, n_users)
         self.user_activity = rng.normal(0, 1, n_users)
         # per-user counts (f_43-f_54): together they identify the user, as in the real data
         self.user_numerical = {}
@@ -172,7 +199,8 @@ class _World:
         self.ad_end = self.ad_start + rng.geometric(1 / 10, size=n_ads)
         # ads launched on the test day so that ~NEW_AD_SHARE of its distinct ads are unseen in train
         active_test = int(((self.ad_start <= TEST_DAY) & (self.ad_end >= TEST_DAY)).sum())
-        n_new = max(1, int(active_test * NEW_AD_SHARE / (1 - NEW_AD_SHARE)))
+        share = spec.new_ad_share
+        n_new = max(1, int(active_test * share / (1 - share)))
         self.ad_start = np.concatenate([self.ad_start, np.full(n_new, TEST_DAY)])
         self.ad_end = np.concatenate([self.ad_end, np.full(n_new, TEST_DAY + 5)])
         self.ad_adv = np.concatenate([self.ad_adv, rng.integers(0, n_adv, size=n_new)])
@@ -194,7 +222,7 @@ class _World:
                 v = 0.08 * (self.ad_start - TRAIN_DAYS[0]) + 0.3 * rng.normal(size=len(quality))
             self.ad_numerical[c] = np.round(np.exp(v / 2) * 10, 4)
         # a latent user x ad-category affinity (2-d factors), beside the segment x category one below
-        self.user_factor = rng.normal(0, 1, (n_users, 2))
+        self.user_factor = own * rng.normal(0, 1, (n_users, 2))
         self.cat_factor = rng.normal(0, 0.35, (_card(AD_CATEGORICAL[2], scale), 2))
         self.day_drift = np.cumsum(rng.normal(0, DAY_DRIFT, TEST_DAY - TRAIN_DAYS[0] + 1))
         # a user-segment x ad-category affinity: what categorical crosses can find
@@ -278,8 +306,9 @@ class _World:
             u_inst
             + a_inst
             + 0.7 * affinity
-            + NEW_AD_INSTALL * fresh
+            + self.spec.new_ad_install * fresh
             + self.day_drift[day - TRAIN_DAYS[0]]
+            + (self.spec.test_shift if is_test else 0.0)
             - 0.15 * np.log1p(age)
             + 0.2 * flags[:, 0]
             + rng.normal(0, 0.3, n)
@@ -339,21 +368,23 @@ def _plant_users(splits: tuple[dict[str, np.ndarray], ...], user_columns: tuple[
 
 
 def generate(
-    scale: float = 1.0, seed: int = 0, user_columns: tuple[str, ...] = ()
+    scale: float = 1.0, seed: int = 0, user_columns: tuple[str, ...] = (), world: World = WORLDS["base"]
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Train, test and truth frames in the challenge layout (test without labels; truth per test row).
 
-    `user_columns` plants the user identity in those columns instead (a held-out world; see `_plant_users`).
+    `user_columns` plants the user identity in those columns instead (see `_plant_users`); `world` sets the
+    process's knobs (see `World`).
     """
+    check_world(world)
     rng = np.random.default_rng(seed)
-    world = _World(rng, scale)
+    latent = _World(rng, scale, world)
     n_train, n_test = max(int(round(TRAIN_ROWS * scale)), 220), max(int(round(TEST_ROWS * scale)), 10)
     n_dup = int(round(DUPLICATES * scale))
     per_day = rng.multinomial(n_train - n_dup, np.full(len(TRAIN_DAYS), 1 / len(TRAIN_DAYS)))
-    parts = [world.day(d, int(k), False) for d, k in zip(TRAIN_DAYS, per_day, strict=True)]
+    parts = [latent.day(d, int(k), False) for d, k in zip(TRAIN_DAYS, per_day, strict=True)]
     train = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
     del parts
-    test = world.day(TEST_DAY, n_test, True)
+    test = latent.day(TEST_DAY, n_test, True)
 
     like_shift = intercept(train["_like_logit"][:200_000], LIKE_RATE)
     install_shift = intercept(train["_install_logit"][:200_000], INSTALL_RATE / LIKE_RATE)
@@ -421,14 +452,39 @@ def check_user_columns(user_columns: tuple[str, ...]) -> None:
         raise UserError("--user-columns: a column is named twice")
 
 
+def check_world(world: World) -> None:
+    """Refuse knobs outside the range the generator is built for."""
+    if not 0.0 < world.new_ad_share < 0.95:
+        raise UserError(f"--new-ad-share must be in (0, 0.95), got {world.new_ad_share}")
+    if not 0.0 <= world.user_signal <= 5.0:
+        raise UserError(f"--user-signal must be in [0, 5], got {world.user_signal}")
+    for name, value in (("--new-ad-install", world.new_ad_install), ("--test-shift", world.test_shift)):
+        if not -3.0 <= value <= 3.0:
+            raise UserError(f"{name} must be an install-logit change in [-3, 3], got {value}")
+
+
+def named_world(name: str) -> World:
+    """The world called `name` in `WORLDS`."""
+    if name not in WORLDS:
+        raise UserError(f"unknown world '{name}' (choose from {', '.join(WORLDS)})")
+    return WORLDS[name]
+
+
 def write_synth(
-    out: Path, scale: float = 1.0, seed: int = 0, force: bool = False, user_columns: tuple[str, ...] = ()
+    out: Path,
+    scale: float = 1.0,
+    seed: int = 0,
+    force: bool = False,
+    user_columns: tuple[str, ...] = (),
+    world: World = WORLDS["base"],
 ) -> SynthResult:
-    """Write train/ (30 TSV files), test/ (one file) and truth/test_truth.parquet under `out`, atomically."""
+    """Write train/ (30 TSV files), test/ (one file) and truth/ (test_truth.parquet, the world's knobs) under
+    `out`, atomically."""
     check_synth_target(out, force)
     check_user_columns(tuple(user_columns))
-    train, test, truth = generate(scale, seed, tuple(user_columns))
+    train, test, truth = generate(scale, seed, tuple(user_columns), world)
     planted = f", user columns {','.join(user_columns)}" if user_columns else ""
+    knobs = {"scale": scale, "seed": seed, "user_columns": list(user_columns), **asdict(world)}
     with atomic_dir(Path(out)) as tmp:
         (tmp / SYNTH_MARKER).write_text(f"written by gbmcvr synth (scale {scale}, seed {seed}{planted})\n")
         (tmp / "train").mkdir()
@@ -442,6 +498,7 @@ def write_synth(
         truth.write_parquet(tmp / "truth" / "test_truth.parquet")
         rate = float(train["is_installed"].mean())
         (tmp / "truth" / "train_rate.json").write_text(json.dumps({"install_rate": rate}) + "\n")
+        (tmp / "truth" / "world.json").write_text(json.dumps(knobs, indent=1) + "\n")
     return SynthResult(
         train.height, test.height, log_loss(truth["is_installed"].to_numpy(), truth["p_install"].to_numpy())
     )

@@ -1,10 +1,12 @@
 import hashlib
+import json
+from dataclasses import asdict
 
 import numpy as np
 import polars as pl
 import pytest
 
-from gbmcvr.data.synth import CONFLICTING, DUPLICATES, generate, write_synth
+from gbmcvr.data.synth import CONFLICTING, DUPLICATES, WORLDS, World, generate, write_synth
 from tests.factories import run_cli
 
 
@@ -122,3 +124,60 @@ def test_synth_user_columns_flag(tmp_path, capsys):
     code, _, err = run_cli(["synth", tmp_path / "d", "--scale", "0.002", "--user-columns", "f_24,f_71"], capsys)
     assert code == 0, err
     assert "user columns f_24,f_71" in (tmp_path / "d" / ".gbmcvr-synth").read_text()
+
+
+def _new_ad_share(train: pl.DataFrame, test: pl.DataFrame) -> float:
+    seen = set(train["f_6"].to_list())
+    ads = test["f_6"].unique().to_list()
+    return sum(a not in seen for a in ads) / len(ads)
+
+
+def test_world_test_shift_moves_only_the_test_day():
+    base = generate(0.01, 4)
+    up = generate(0.01, 4, world=World(test_shift=0.6))
+    down = generate(0.01, 4, world=World(test_shift=-0.6))
+    # the labelled days are the same data in every direction of the shift
+    assert base[0].equals(up[0]) and base[0].equals(down[0])
+    rates = [w[2]["p_install"].mean() for w in (down, base, up)]
+    assert rates[0] < rates[1] - 0.02 and rates[2] > rates[1] + 0.02
+
+
+def test_world_new_ads_and_their_conversion():
+    few = generate(0.02, 4, world=World(new_ad_share=0.1))
+    many = generate(0.02, 4, world=World(new_ad_share=0.6))
+    assert _new_ad_share(*few[:2]) < 0.2 < 0.45 < _new_ad_share(*many[:2])
+
+    def fresh_install_rate(frames: tuple[pl.DataFrame, ...]) -> float:
+        train = frames[0]
+        first = train.group_by("f_6").agg(pl.col("f_1").min().alias("first"))
+        rows = train.join(first, on="f_6").filter((pl.col("first") > 47) & (pl.col("f_1") == pl.col("first")))
+        return rows["is_installed"].mean() / train["is_installed"].mean()
+
+    # an ad's first day relative to the average row, as the effect of fresh ads goes from worse to better
+    rates = [fresh_install_rate(generate(0.02, 4, world=World(new_ad_install=v))) for v in (-1.0, 0.0, 1.0)]
+    assert rates[0] + 0.1 < rates[1] < rates[2] - 0.1
+
+
+def test_world_user_signal_sets_what_only_history_tells():
+    def user_spread(frames: tuple[pl.DataFrame, ...]) -> float:
+        # the spread of per-user install rates among users of one f_15 value, as the user key f_43..f_54 sees them
+        train = frames[0].filter(pl.col("f_43").is_not_null())
+        per = train.group_by([f"f_{c}" for c in range(43, 55)]).agg(pl.col("is_installed").mean(), pl.len())
+        return float(per.filter(pl.col("len") >= 30)["is_installed"].std())
+
+    assert user_spread(generate(0.02, 4, world=World(user_signal=0.0))) < user_spread(
+        generate(0.02, 4, world=World(user_signal=2.5))
+    )
+
+
+def test_synth_world_flags(tmp_path, capsys):
+    code, _, err = run_cli(["synth", tmp_path / "d", "--scale", "0.002", "--world", "moon"], capsys)
+    assert code == 2 and "unknown world 'moon'" in err and "shift-down" in err
+    code, _, err = run_cli(["synth", tmp_path / "d", "--scale", "0.002", "--test-shift", "9"], capsys)
+    assert code == 2 and "--test-shift must be" in err
+    assert not (tmp_path / "d").exists()
+    args = ["synth", tmp_path / "d", "--scale", "0.002", "--world", "shift-down", "--user-signal", "0.5"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    knobs = json.loads((tmp_path / "d" / "truth" / "world.json").read_text())
+    assert knobs == {**asdict(WORLDS["shift-down"]), "user_signal": 0.5, "scale": 0.002, "seed": 0, "user_columns": []}
