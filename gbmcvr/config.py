@@ -188,6 +188,15 @@ log_every = 100
 # iterations = 3000           # upper bound; early stopping on the validation day picks the count
 # threads = 0                 # 0: every core
 
+# [xgb]                       # XGBoost, with models = [..., "xgb"]; XGBoost's own parameter names
+# num_boost_round = 3000
+# device = "cpu"              # cpu | cuda | auto
+
+# [tfm]                       # feature-interaction Transformer, with models = [..., "tfm"]
+# epochs = 6
+# ssl_weight = 0.0            # weight of the contrastive (InfoNCE) loss beside the supervised ones
+# pretrain_epochs = 0         # self-supervised epochs over every split's features (test day included) first
+
 # [tune]                      # `gbmcvr tune MODEL --show-space` prints a model's search space
 # pruner = "median"           # median | hyperband | none
 # threads_per_worker = 0      # 0: cores / workers

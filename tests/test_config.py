@@ -23,8 +23,10 @@ def test_init_template_states_the_defaults():
 def test_commented_scalar_keys_of_the_template_are_valid_when_uncommented():
     lines = []
     for line in DEFAULT_TOML.splitlines():
-        match = re.match(r"# (\[(gbm|tune)\]|(refit|dask|pruner|threads_per_worker) = .*)$", line.split("  ")[0])
+        keys = "refit|dask|pruner|threads_per_worker|num_boost_round|device|epochs|ssl_weight|pretrain_epochs"
+        match = re.match(rf"# (\[(gbm|tune|xgb|tfm|mtdm)\]|({keys}) = .*)$", line.split("  ")[0])
         lines.append(line[2:] if match else line)
     cfg = config_from_dict(tomllib.loads("\n".join(lines)), "init, uncommented")
     assert cfg.section("gbm").dask == "tcp://scheduler:8786"
     assert (cfg.tune.pruner, cfg.tune.threads_per_worker) == ("median", 0)
+    assert cfg.section("xgb").device == "cpu" and cfg.section("tfm").pretrain_epochs == 0
