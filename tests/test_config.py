@@ -29,4 +29,4 @@ def test_commented_scalar_keys_of_the_template_are_valid_when_uncommented():
     cfg = config_from_dict(tomllib.loads("\n".join(lines)), "init, uncommented")
     assert cfg.section("gbm").dask == "tcp://scheduler:8786"
     assert (cfg.tune.pruner, cfg.tune.threads_per_worker) == ("median", 0)
-    assert cfg.section("xgb").device == "cpu" and cfg.section("tfm").pretrain_epochs == 0
+    assert cfg.section("xgb").device == "cpu" and cfg.section("tfm").config.pretrain_epochs == 0
