@@ -14,7 +14,7 @@ import torch
 
 from gbmcvr import metrics
 from gbmcvr.atomic import write_json
-from gbmcvr.deep.batches import InputSpec, fit_inputs, to_tensors
+from gbmcvr.deep.batches import InputSpec, Tensors, fit_inputs, to_tensors
 from gbmcvr.deep.distributed import DataParallel, shard_rows
 from gbmcvr.deep.model import MTDM
 from gbmcvr.deep.params import MtdmConfig, mtdm_config
@@ -80,15 +80,32 @@ def train_mtdm_run(
     if parallel is not None and valid is not None:
         valid = shard_rows(valid, parallel)
     result = train_mtdm(data["fit"], valid, spec, cfg, seed, device, progress, epoch_callback, parallel)
+    preds, scores = multitask_predictions(tables, data, lambda t: ensemble_predict(result.models, t, device))
+    out_metrics = {
+        **scores,
+        "best_epoch": result.best_epoch,
+        "samples_per_s": result.samples_per_s,
+        "train_seconds": result.seconds,
+        "device": str(device),
+        "history": result.history,
+    }
+    return MtdmRun(result, spec, preds, out_metrics)
+
+
+def multitask_predictions(
+    tables: FeatureTables, data: dict[str, Tensors], predict: Callable[[Tensors], dict[str, np.ndarray]]
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """A multi-task network's prediction table of the valid and test rows (`predict` gives a split's columns
+    from its tensors), and its valid-day scores: install, the CTR x CVR product and each task."""
     ids, cols = {}, {}
     for split in ("valid", "test"):
         if split in tables.splits:
             ids[split] = tables.splits[split][tables.id_column].to_numpy()
-            cols[split] = ensemble_predict(result.models, data[split], device)
+            cols[split] = predict(data[split])
     valid = tables.splits["valid"]
-    y, like = valid[install].to_numpy(), valid[LIKE].to_numpy()
+    y, like = valid[tables.install_label].to_numpy(), valid[LIKE].to_numpy()
     rate = tables.base_rate()
-    out_metrics = {
+    scores = {
         "base_rate": rate,
         "base_rate_source": "install rate of the fit window",
         "valid": {
@@ -96,13 +113,8 @@ def train_mtdm_run(
             "p_product": metrics.report(y, cols["valid"]["p_product"], rate),
             "tasks": task_metrics(cols["valid"], like, y),
         },
-        "best_epoch": result.best_epoch,
-        "samples_per_s": result.samples_per_s,
-        "train_seconds": result.seconds,
-        "device": str(device),
-        "history": result.history,
     }
-    return MtdmRun(result, spec, prediction_table(ids, cols), out_metrics)
+    return prediction_table(ids, cols), scores
 
 
 def save_models(folder: Path, run: MtdmRun, cfg: MtdmConfig) -> None:

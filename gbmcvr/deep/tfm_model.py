@@ -31,12 +31,12 @@ from gbmcvr.deep.losses import task_losses
 from gbmcvr.deep.model import Dropout, OffsetEmbedding, ParallelMLP, product_logit
 from gbmcvr.deep.params import MtdmConfig
 from gbmcvr.deep.qr import FieldEmbedding
-from gbmcvr.deep.run import input_columns
+from gbmcvr.deep.run import input_columns, multitask_predictions
 from gbmcvr.deep.tfm_params import TfmConfig, tfm_config
 from gbmcvr.deep.train import _autocast, predict, resolve_device, seed_everything, task_metrics
 from gbmcvr.errors import UserError
 from gbmcvr.progress import Reporter, counted
-from gbmcvr.runs import prediction_table, read_run_meta
+from gbmcvr.runs import read_run_meta
 from gbmcvr.schema import LIKE
 from gbmcvr.tables import FeatureTables
 
@@ -310,22 +310,9 @@ def train_tfm_run(
     unlabeled = features_only(data) if cfg.pretrain_epochs > 0 else None
     result = train_tfm(data["fit"], data.get("valid"), spec, cfg, seed, device, progress, epoch_callback, unlabeled)
     del unlabeled
-    ids, cols = {}, {}
-    for split in ("valid", "test"):
-        if split in tables.splits:
-            ids[split] = tables.splits[split][tables.id_column].to_numpy()
-            cols[split] = predict(result.model, data[split], device)
-    valid = tables.splits["valid"]
-    y, like = valid[install].to_numpy(), valid[LIKE].to_numpy()
-    rate = tables.base_rate()
+    preds, scores = multitask_predictions(tables, data, lambda t: predict(result.model, t, device))
     out_metrics = {
-        "base_rate": rate,
-        "base_rate_source": "install rate of the fit window",
-        "valid": {
-            "p": metrics.report(y, cols["valid"]["p"], rate),
-            "p_product": metrics.report(y, cols["valid"]["p_product"], rate),
-            "tasks": task_metrics(cols["valid"], like, y),
-        },
+        **scores,
         "best_epoch": result.best_epoch,
         "samples_per_s": result.samples_per_s,
         "train_seconds": result.seconds,
@@ -333,7 +320,7 @@ def train_tfm_run(
         "history": result.history,
         "pretrain_history": result.pretrain_history,
     }
-    return TfmRun(result, spec, prediction_table(ids, cols), out_metrics)
+    return TfmRun(result, spec, preds, out_metrics)
 
 
 def save_models(folder: Path, run: TfmRun, cfg: TfmConfig) -> None:

@@ -104,3 +104,15 @@ class ModelKind(Protocol):
         """The Optuna objective of one tuning target on the validate plan's tables (which the kind loads, as
         lean as it likes): valid-day log loss, with pruning."""
         ...
+
+
+class NoRefitKind:
+    """Part of a kind that never refits on the full plan and tunes its class's `SPACE` by default."""
+
+    SPACE: dict[str, dict[str, Any]] = {}
+
+    def refit_setting(self, ctx: Context) -> bool | str:
+        return False
+
+    def default_space(self, target: str) -> dict[str, dict[str, Any]]:
+        return dict(self.SPACE)

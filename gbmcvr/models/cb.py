@@ -21,13 +21,13 @@ import optuna
 import polars as pl
 from optuna_integration import CatBoostPruningCallback
 
-from gbmcvr import compat, metrics
+from gbmcvr import compat
 from gbmcvr.context import Context, quiet
 from gbmcvr.errors import UserError
 from gbmcvr.gbm.params import c_stderr_off
 from gbmcvr.gbm.train import plot_importance
 from gbmcvr.models.base import Objective, TrainedRun, TrainOptions
-from gbmcvr.runs import input_key, params_file, prediction_table
+from gbmcvr.models.one_model import OneModelKind, refuse_lightgbm_options, scored_predictions
 from gbmcvr.space import Dimension
 from gbmcvr.tables import FeatureTables, load_tables
 from gbmcvr.tomlfile import typed_fields
@@ -293,19 +293,14 @@ def _save(folder: Path, booster: Booster) -> None:
     )
 
 
-class CatBoostKind:
+class CatBoostKind(OneModelKind):
     name = "cb"
     section = "cb"
+    label = "CatBoost"
     tune_targets = ("cb",)
-
-    def parse_section(self, raw: dict[str, Any], where: str) -> CbConfig:
-        return cb_config(raw, where)
-
-    def refit_setting(self, ctx: Context) -> bool | str:
-        return False
-
-    def default_space(self, target: str) -> dict[str, dict[str, Any]]:
-        return dict(SPACE)
+    SPACE = SPACE
+    parse = staticmethod(cb_config)
+    as_table = staticmethod(flat)
 
     def check_space(self, dims: list[Dimension], where: str) -> None:
         """CatBoost's names (aliases allowed), each parameter once, none of gbmcvr's own settings."""
@@ -313,21 +308,8 @@ class CatBoostKind:
         if "log_every" in own or "threads" in own:
             raise UserError(f"{where}: log_every and threads are not tuned")
 
-    def config(self, ctx: Context, params: str | None) -> CbConfig:
-        """The `[cb]` config with a parameters file or the tuned export (`tuned`) over it."""
-        cfg = ctx.cfg.section(self.section)
-        if params is None:
-            return cfg
-        override, where = params_file(ctx.wd.models, self.name, params, "CatBoost")
-        return cb_config({**flat(cfg), **override}, where)
-
-    def input_key(self, ctx: Context, manifest: dict[str, Any], opts: TrainOptions) -> str:
-        cfg = flat(self.config(ctx, opts.params))
-        return input_key(self.name, manifest["config_hash"], manifest["raw_fingerprint"], cfg, ctx.cfg.seed)
-
     def train(self, ctx: Context, opts: TrainOptions) -> TrainedRun:
-        if opts.refit or opts.dask or opts.ddp:
-            raise UserError("cb: --refit, --dask and --ddp are for the LightGBM and deep models")
+        refuse_lightgbm_options(self.name, opts)
         cfg = self.config(ctx, opts.params)
         tables = load_tables(ctx.wd.features, opts.feature_set, opts.plan)
         ctx.progress(f"cb: {tables.splits['fit'].height:,} fit rows, {len(tables.columns('categorical'))} categoricals")
@@ -335,22 +317,13 @@ class CatBoostKind:
         with catboost_errors():
             booster = Booster(_fit(tables, _params(cfg, ctx.cfg.seed), cfg, ctx.progress))
         seconds = time.perf_counter() - start
-        ids = {s: tables.splits[s][tables.id_column].to_numpy() for s in ("valid", "test")}
-        preds = prediction_table(ids, {s: booster.predict(tables.splits[s]) for s in ids})
-        rate = tables.base_rate()
-        y = tables.splits["valid"][tables.install_label].to_numpy()
-        p_valid = preds.filter(pl.col("split") == "valid")["p"].to_numpy()
+        preds, scores = scored_predictions(tables, lambda split: booster.predict(tables.splits[split]))
         best = int(booster.model.get_best_iteration() or 0) + 1
-        ctx.progress(f"cb: best iteration {best}, valid log loss {metrics.log_loss(y, p_valid):.5f}")
+        ctx.progress(f"cb: best iteration {best}, valid log loss {scores['valid']['p']['logloss']:.5f}")
         return TrainedRun(
             kind=self.name,
             preds=preds,
-            metrics={
-                "base_rate": rate,
-                "base_rate_source": "install rate of the fit window",
-                "valid": {"p": metrics.report(y, p_valid, rate)},
-                "train_seconds": round(seconds, 2),
-            },
+            metrics={**scores, "train_seconds": round(seconds, 2)},
             params={"cb": flat(cfg), "best_iteration": best, "fit_rows": tables.splits["fit"].height},
             stages=[self.name],
             input_key=self.input_key(ctx, tables.manifest, opts),

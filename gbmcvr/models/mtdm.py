@@ -3,7 +3,7 @@ it trains the KAML network (`[mtdm.kaml]`). Torch loads through `compat.deep()` 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,8 @@ from gbmcvr.context import Context, quiet
 from gbmcvr.deep.params import KamlConfig, MtdmConfig, check_mtdm, mtdm_config, mtdm_kaml_config, torch_errors
 from gbmcvr.errors import UserError
 from gbmcvr.models.base import Objective, Predictor, TrainedRun, TrainOptions
-from gbmcvr.runs import input_key, params_file, read_run_meta
+from gbmcvr.models.torch_kind import TorchKind, epoch_pruner, trial_result
+from gbmcvr.runs import input_key, read_run_meta
 from gbmcvr.space import Dimension
 from gbmcvr.tables import load_tables
 
@@ -32,35 +33,13 @@ SPACE: dict[str, dict[str, Any]] = {
 LEAN = ("fit", "valid", "test")  # splits loaded without features: the MTDM reads only its input columns
 
 
-@dataclass(frozen=True)
-class MtdmSection:
-    """The `[mtdm]` table: the typed config, and the table itself (parameter files merge over it)."""
-
-    config: MtdmConfig
-    raw: dict[str, Any] = field(default_factory=dict)
-
-
-class MtdmKind:
+class MtdmKind(TorchKind):
     name = "mtdm"
     section = "mtdm"
+    label = "MTDM"
     tune_targets = ("mtdm",)
-
-    def parse_section(self, raw: dict[str, Any], where: str) -> MtdmSection:
-        return MtdmSection(mtdm_config(raw, where), dict(raw))
-
-    def refit_setting(self, ctx: Context) -> bool | str:
-        return False
-
-    def default_space(self, target: str) -> dict[str, dict[str, Any]]:
-        return dict(SPACE)
-
-    def config(self, ctx: Context, params: str | None) -> MtdmConfig:
-        """The `[mtdm]` config, with a parameters file or the tuned export (`tuned`) merged over it."""
-        section = ctx.cfg.section(self.section)
-        if params is None:
-            return section.config
-        override, where = params_file(ctx.wd.models, self.name, params, "MTDM")
-        return mtdm_config({**section.raw, **override}, where)
+    parse = staticmethod(mtdm_config)
+    SPACE = SPACE
 
     def kaml(self, ctx: Context) -> KamlConfig | None:
         """The KAML config when the profile has several conversion actions, else None (`[mtdm.kaml]` refused)."""
@@ -168,18 +147,9 @@ class MtdmKind:
             suggested = {d.name: d.suggest(trial) for d in space}
             trial_cfg = mcfg.with_overrides(**suggested)
             check_mtdm(trial_cfg, "search space")
-
-            def report(epoch: int, value: float) -> None:
-                trial.report(value, epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
-
             with torch_errors():
-                run = deep.run.train_mtdm_run(tables, trial_cfg, seed, ctx.device, None, quiet, report)
-            return float(run.metrics["valid"]["p"]["logloss"]), {
-                "params": suggested,
-                "best_iteration": run.result.best_epoch,
-            }
+                run = deep.run.train_mtdm_run(tables, trial_cfg, seed, ctx.device, None, quiet, epoch_pruner(trial))
+            return trial_result(run, suggested)
 
         return fn
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,8 @@ from gbmcvr.context import Context, quiet
 from gbmcvr.deep.tfm_params import SPACE, TfmConfig, check_tfm, tfm_config
 from gbmcvr.errors import UserError
 from gbmcvr.models.base import Objective, Predictor, TrainedRun, TrainOptions
-from gbmcvr.runs import input_key, params_file
+from gbmcvr.models.torch_kind import TorchKind, epoch_pruner, trial_result
+from gbmcvr.runs import input_key
 from gbmcvr.space import Dimension
 from gbmcvr.tables import load_tables
 
@@ -30,35 +31,13 @@ def _tfm_model() -> Any:
     return tfm_model
 
 
-@dataclass(frozen=True)
-class TfmSection:
-    """The `[tfm]` table: the typed config, and the table itself (parameter files merge over it)."""
-
-    config: TfmConfig
-    raw: dict[str, Any] = field(default_factory=dict)
-
-
-class TfmKind:
+class TfmKind(TorchKind):
     name = "tfm"
     section = "tfm"
+    label = "TFM"
     tune_targets = ("tfm",)
-
-    def parse_section(self, raw: dict[str, Any], where: str) -> TfmSection:
-        return TfmSection(tfm_config(raw, where), dict(raw))
-
-    def refit_setting(self, ctx: Context) -> bool | str:
-        return False
-
-    def default_space(self, target: str) -> dict[str, dict[str, Any]]:
-        return dict(SPACE)
-
-    def config(self, ctx: Context, params: str | None) -> TfmConfig:
-        """The `[tfm]` config, with a parameters file or the tuned export (`tuned`) merged over it."""
-        section = ctx.cfg.section(self.section)
-        if params is None:
-            return section.config
-        override, where = params_file(ctx.wd.models, self.name, params, "TFM")
-        return tfm_config({**section.raw, **override}, where)
+    parse = staticmethod(tfm_config)
+    SPACE = SPACE
 
     def input_key(self, ctx: Context, manifest: dict[str, Any], opts: TrainOptions) -> str:
         return _key(manifest, self.config(ctx, opts.params), ctx.cfg.seed)
@@ -102,17 +81,8 @@ class TfmKind:
             suggested = {d.name: d.suggest(trial) for d in space}
             trial_cfg = base.with_overrides(**suggested)
             check_tfm(trial_cfg, "search space")
-
-            def report(epoch: int, value: float) -> None:
-                trial.report(value, epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
-
-            run = tfm_model.train_tfm_run(tables, trial_cfg, seed, ctx.device, quiet, report)
-            return float(run.metrics["valid"]["p"]["logloss"]), {
-                "params": suggested,
-                "best_iteration": run.result.best_epoch,
-            }
+            run = tfm_model.train_tfm_run(tables, trial_cfg, seed, ctx.device, quiet, epoch_pruner(trial))
+            return trial_result(run, suggested)
 
         return fn
 

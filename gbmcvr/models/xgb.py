@@ -22,13 +22,13 @@ import numpy as np
 import optuna
 import polars as pl
 
-from gbmcvr import compat, metrics
+from gbmcvr import compat
 from gbmcvr.context import Context, quiet
 from gbmcvr.errors import UserError
 from gbmcvr.gbm.models import _release_freed_memory
 from gbmcvr.gbm.train import plot_importance
 from gbmcvr.models.base import Objective, TrainedRun, TrainOptions
-from gbmcvr.runs import input_key, params_file, prediction_table
+from gbmcvr.models.one_model import OneModelKind, refuse_lightgbm_options, scored_predictions
 from gbmcvr.space import Dimension
 from gbmcvr.tables import FeatureTables, RowBatch, load_tables
 from gbmcvr.tomlfile import typed_fields
@@ -361,35 +361,17 @@ def _save(folder: Path, booster: Booster) -> None:
     plot_importance(imp, folder / "importance.png")
 
 
-class XGBoostKind:
+class XGBoostKind(OneModelKind):
     name = "xgb"
     section = "xgb"
+    label = "XGBoost"
     tune_targets = ("xgb",)
-
-    def parse_section(self, raw: dict[str, Any], where: str) -> XgbConfig:
-        return xgb_config(raw, where)
-
-    def refit_setting(self, ctx: Context) -> bool | str:
-        return False
-
-    def default_space(self, target: str) -> dict[str, dict[str, Any]]:
-        return dict(SPACE)
-
-    def config(self, ctx: Context, params: str | None) -> XgbConfig:
-        """The `[xgb]` config with a parameters file or the tuned export (`tuned`) over it."""
-        cfg = ctx.cfg.section(self.section)
-        if params is None:
-            return cfg
-        override, where = params_file(ctx.wd.models, self.name, params, "XGBoost")
-        return xgb_config({**asdict(cfg), **override}, where)
-
-    def input_key(self, ctx: Context, manifest: dict[str, Any], opts: TrainOptions) -> str:
-        cfg = asdict(self.config(ctx, opts.params))
-        return input_key(self.name, manifest["config_hash"], manifest["raw_fingerprint"], cfg, ctx.cfg.seed)
+    SPACE = SPACE
+    parse = staticmethod(xgb_config)
+    as_table = staticmethod(asdict)
 
     def train(self, ctx: Context, opts: TrainOptions) -> TrainedRun:
-        if opts.refit or opts.dask or opts.ddp:
-            raise UserError("xgb: --refit, --dask and --ddp are for the LightGBM and deep models")
+        refuse_lightgbm_options(self.name, opts)
         cfg = self.config(ctx, opts.params)
         device = resolve_device(cfg.device)
         tables = load_tables(ctx.wd.features, opts.feature_set, opts.plan, lean=("fit", "valid", "test"))
@@ -400,22 +382,15 @@ class XGBoostKind:
         seconds = time.perf_counter() - start
         booster, features, fit_rows, cats = Booster(model, history), data.features, data.fit_rows, data.categorical
         del data  # the binned matrices are not needed to predict
-        ids = {s: tables.splits[s][tables.id_column].to_numpy() for s in ("valid", "test")}
-        preds = prediction_table(ids, {s: booster.predict_batches(tables.batches(s, features)) for s in ids})
-        rate = tables.base_rate()
-        y = tables.splits["valid"][tables.install_label].to_numpy()
-        p_valid = preds.filter(pl.col("split") == "valid")["p"].to_numpy()
+        preds, scores = scored_predictions(
+            tables, lambda split: booster.predict_batches(tables.batches(split, features))
+        )
         best = model.num_boosted_rounds()
-        ctx.progress(f"xgb: best iteration {best} on {device}, valid log loss {metrics.log_loss(y, p_valid):.5f}")
+        ctx.progress(f"xgb: best iteration {best} on {device}, valid log loss {scores['valid']['p']['logloss']:.5f}")
         return TrainedRun(
             kind=self.name,
             preds=preds,
-            metrics={
-                "base_rate": rate,
-                "base_rate_source": "install rate of the fit window",
-                "valid": {"p": metrics.report(y, p_valid, rate)},
-                "train_seconds": round(seconds, 2),
-            },
+            metrics={**scores, "train_seconds": round(seconds, 2)},
             params={
                 "xgb": asdict(cfg),
                 "device": device,

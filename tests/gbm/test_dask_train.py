@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import lightgbm as lgb
+import numpy as np
 import polars as pl
 import pytest
 
-from gbmcvr import stages
+from gbmcvr import metrics, stages
 from gbmcvr.context import Context
 from gbmcvr.errors import UserError
+from gbmcvr.gbm.models import stage_label, stage_rows
+from gbmcvr.tables import load_tables
 from gbmcvr.workdir import Workdir
 from tests.factories import with_section
 
@@ -52,7 +55,15 @@ def test_dask_run_matches_a_local_run(small_work, tmp_path, cluster, kind):
     loss_dask = on_dask.metrics["valid"]["p"]["logloss"]
     assert abs(loss_dask - loss_local) < 0.02 * loss_local
     stage, first = next(iter(on_dask.params.items()))
-    assert 1 < first["best_iteration"] <= 150
+    # early stopping against an independent learning curve: the valid log loss of the whole booster after each round
+    model = on_dask.models[stage]
+    tables = load_tables(own.features, "default", "validate")
+    valid = stage_rows(tables.splits["valid"], model.stage)
+    y, x = stage_label(valid, model.stage, tables.install_label), valid.select(model.features).to_numpy()
+    rounds = model.booster.current_iteration()
+    curve = [metrics.log_loss(y, model.booster.predict(x, num_iteration=k)) for k in range(1, rounds + 1)]
+    assert first["best_iteration"] == int(np.argmin(curve)) + 1
+    assert rounds == 150 or rounds - first["best_iteration"] >= 15  # stopped by the budget or by the patience
     # the saved model holds exactly the best iterations; the refit scales them by the rows it adds
     assert lgb.Booster(model_file=own.run("dask") / f"model_{stage}.txt").num_trees() == first["best_iteration"]
     if refit:

@@ -36,10 +36,12 @@ def test_trains_early_stops_and_beats_the_prior(cb_work):
     y = tables.splits["valid"][tables.install_label].to_numpy()
     prior = metrics.log_loss(y, np.full(len(y), tables.base_rate()))
     assert run.metrics["valid"]["p"]["logloss"] < prior - 0.01
-    assert 1 <= run.params["best_iteration"] <= CB["iterations"]
     # early stopping from CatBoost's own valid history: the best is its minimum, training ended patience later
     history = run.model.model.get_evals_result()["validation"]["Logloss"]
     assert run.params["best_iteration"] == int(np.argmin(history)) + 1
+    # the run's valid predictions are the best iteration's: their log loss is that minimum of CatBoost's history
+    assert run.metrics["valid"]["p"]["logloss"] == pytest.approx(min(history), rel=1e-6)
+    assert min(history) < history[-1]
     assert len(history) == run.params["best_iteration"] + CB["early_stopping_rounds"] < CB["iterations"]
     # the saved model keeps exactly the best iterations (use_best_model shrinks it)
     assert registry.get("cb").load(ctx.wd.run("cb")).model.tree_count_ == run.params["best_iteration"]
