@@ -20,6 +20,7 @@ from gbmcvr.fe.select import (
     toml_text,
 )
 from gbmcvr.fe.spec import feature_spec
+from gbmcvr.rehearsal import pooled_gain
 from gbmcvr.tables import load_tables
 from tests.factories import tiny_raw
 
@@ -111,7 +112,8 @@ def test_select_command_writes_a_feature_set_the_pipeline_builds(small_work, tmp
     from gbmcvr.pipeline import SELECTED, _selected
 
     steps: dict[str, str] = {}
-    assert _selected(Context(own, PipelineConfig()), steps).feature_set == SELECTED and steps == {"select": "current"}
+    cfg = PipelineConfig(selection=SelectOptions(rounds=10, max_fits=6))  # the options the command ran with
+    assert _selected(Context(own, cfg), steps).feature_set == SELECTED and steps == {"select": "current"}
     code, _, err = run_cli(["select", "--rounds", "0", "--workdir", own.root], capsys)
     assert code == 2 and "--rounds and --max-fits must be at least 1" in err
 
@@ -123,6 +125,10 @@ class _FakeProxy:
         self.fits = 0
         self.base = rng.uniform(0.2, 0.6, 5000)
         self.noise = rng.normal(0, 0.05, 5000)
+        self.days = np.repeat([1, 2, 3], [1500, 1500, 2000])
+
+    def gain(self, before, after):
+        return pooled_gain(before, after, self.days)
 
     def score(self, choice):
         self.fits += 1
