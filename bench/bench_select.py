@@ -30,28 +30,43 @@ from gbmcvr.fe.select import (
     DEFAULT_HANDLING,
     DEFAULT_ON,
     PLAN,
+    SEARCHED,
     Choice,
     Proxy,
     SelectOptions,
     candidate_raw,
+    holdout,
     rehearsal_build,
     requirements,
-    run_selection,
+    search,
 )
 from gbmcvr.fe.spec import feature_spec
 from gbmcvr.tables import load_tables
 from gbmcvr.workdir import Workdir
 
 
-def noise_floor(tables, opts: SelectOptions) -> dict:
-    """Pooled gain, day-clustered SE and row-level SE of three reference decisions on k rehearsal days."""
-    proxy = Proxy(tables, opts, lambda _: None)
-    if opts.weighting == "density":
-        proxy.weigh(tables.splits["test"])
+def cached(proxy: Proxy) -> Proxy:
+    """The proxy with its per-row losses memoised by choice: the weightings' searches share their fits."""
+    memo: dict[Choice, np.ndarray] = {}
+    score = proxy.score
+
+    def memoised(choice: Choice) -> np.ndarray:
+        if choice not in memo:
+            memo[choice] = score(choice)
+        else:
+            proxy.fits += 1  # the search's budget counts candidates, fitted or remembered
+        return memo[choice]
+
+    proxy.score = memoised  # type: ignore[method-assign]
+    return proxy
+
+
+def noise_floor(proxy: Proxy) -> dict:
+    """Pooled gain, day-clustered SE and row-level SE of three reference decisions on the proxy's rehearsal days."""
     built = set(proxy.family.values())
     default = tuple(f for f in DEFAULT_ON if f in built)
     base = proxy.score(Choice(default, DEFAULT_HANDLING))
-    out = {"days": {str(d): int((proxy.days == d).sum()) for d in proxy.rehearsal_days}}
+    out: dict = {"days": {str(d): int((proxy.days == d).sum()) for d in proxy.rehearsal_days}}
     decisions = {
         "default vs raw columns": (proxy.score(Choice((), DEFAULT_HANDLING)), base),
         "default + lagged": (base, proxy.score(Choice((*default, "lagged"), DEFAULT_HANDLING))),
@@ -60,14 +75,33 @@ def noise_floor(tables, opts: SelectOptions) -> dict:
     for name, (before, after) in decisions.items():
         g = proxy.gain(before, after)
         diff = before - after
+        w = np.ones(len(diff)) if proxy.weights is None else proxy.weights
         out[name] = {
             "gain": round(g.mean, 6),
             "se_day_clustered": round(g.se, 6),
-            "se_rows": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 6),
+            "se_rows": round(float(np.sqrt(np.sum(w**2 * (diff - g.mean) ** 2)) / w.sum()), 6),
             "tau": round(float(np.sqrt(g.tau2)), 6),
             "per_day": {str(d): round(v, 6) for d, v in g.per_day.items()},
         }
     return out
+
+
+def outcome(proxy: Proxy, tables, candidates: dict, opts: SelectOptions) -> dict:
+    """The search on the proxy as it stands (weights set or not), and the holdout day."""
+    built = {c["family"] for c in tables.manifest["columns"]}
+    families = tuple(f for f in SEARCHED if f in built)
+    proxy.fits = 0
+    sel = search(proxy, families, requirements(candidates), opts)
+    sel.holdout = holdout(tables, proxy, sel)
+    return {
+        "chosen": sel.choice.label(),
+        "steps": [
+            {k: (round(v, 6) if isinstance(v, float) else v) for k, v in s.items() if k != "choice"} for s in sel.steps
+        ],
+        "holdout": {
+            name: round(v["logloss"], 6) if isinstance(v, dict) else round(v, 6) for name, v in sel.holdout.items()
+        },
+    }
 
 
 def main() -> None:
@@ -80,6 +114,8 @@ def main() -> None:
     parser.add_argument("--days", default="1,3", help="rehearsal day counts to compare")
     parser.add_argument("--weighting", default="none,density")
     parser.add_argument("--no-search", action="store_true", help="noise floor only")
+    parser.add_argument("--rounds", type=int, default=SelectOptions.rounds, help="proxy rounds")
+    parser.add_argument("--max-fits", type=int, default=SelectOptions.max_fits, help="candidates per search")
     args = parser.parse_args()
     start = time.perf_counter()
     wd = Workdir(args.workdir)
@@ -96,33 +132,27 @@ def main() -> None:
     tables = load_tables(wd.features, CANDIDATE_SET, PLAN)
     built = time.perf_counter() - start
     report: dict = {"scale": args.scale, "seed": args.seed, "user_columns": args.user_columns, "build_s": round(built)}
-    base = SelectOptions(seed=42)
+    base = SelectOptions(seed=42, rounds=args.rounds, max_fits=args.max_fits)
     for k in (int(x) for x in args.days.split(",")):
         t = time.perf_counter()
-        report[f"noise_floor_k{k}"] = noise_floor(tables, replace(base, rehearsal_days=k))
-        report[f"noise_floor_k{k}"]["seconds"] = round(time.perf_counter() - t)
-        print(json.dumps({f"noise_floor_k{k}": report[f"noise_floor_k{k}"]}), flush=True)
-    if not args.no_search:
-        for k in (int(x) for x in args.days.split(",")):
-            for weighting in args.weighting.split(","):
-                t = time.perf_counter()
-                opts = replace(base, rehearsal_days=k, weighting=weighting)
-                sel = run_selection(tables, opts, requirements(candidates), print)
-                key = f"select_k{k}_{weighting}"
-                report[key] = {
-                    "chosen": sel.choice.label(),
-                    "rehearsal": sel.rehearsal,
-                    "steps": [
-                        {k2: (round(v, 6) if isinstance(v, float) else v) for k2, v in s.items() if k2 != "choice"}
-                        for s in sel.steps
-                    ],
-                    "holdout": {
-                        name: round(v["logloss"], 6) if isinstance(v, dict) else round(v, 6)
-                        for name, v in sel.holdout.items()
-                    },
-                    "seconds": round(time.perf_counter() - t),
+        opts = replace(base, rehearsal_days=k)
+        proxy = cached(Proxy(tables, opts, print))
+        for weighting in args.weighting.split(",") if k > 1 else ["none"]:
+            proxy.weights = None
+            if weighting == "density":
+                found = proxy.weigh(tables.splits["test"])
+                report[f"weights_k{k}"] = {
+                    "auc": round(found.auc, 4),
+                    "clipped": round(found.clipped, 4),
+                    "effective_rows": round(found.effective_rows),
+                    "rows": len(found.weights),
                 }
-                print(json.dumps({key: report[key]}), flush=True)
+            key = f"k{k}_{weighting}"
+            report[key] = {"noise_floor": noise_floor(proxy)}
+            if not args.no_search:
+                report[key]["select"] = outcome(proxy, tables, candidates, opts)
+            report[key]["seconds"] = round(time.perf_counter() - t)
+            print(json.dumps({key: report[key]}), flush=True)
     report["seconds"] = round(time.perf_counter() - start)
     print(json.dumps(report))
 
