@@ -273,18 +273,25 @@ def select_cmd(
     name: Annotated[
         str, typer.Option("--name", help="Name of the chosen feature set (features/NAME.toml).")
     ] = "selected",
-    rounds: Annotated[int, typer.Option(help="Boosting rounds of the proxy model.")] = 150,
-    max_fits: Annotated[int, typer.Option("--max-fits", help="Budget: at most this many proxy fits.")] = 30,
+    rounds: Annotated[
+        int | None, typer.Option(help="Boosting rounds of the proxy model (default: [select] rounds, 150).")
+    ] = None,
+    max_fits: Annotated[
+        int | None,
+        typer.Option(
+            "--max-fits", help="Budget: at most this many candidates, each fitted once per rehearsal day (default 30)."
+        ),
+    ] = None,
     workdir: WorkdirOpt = Path("."),
 ) -> None:
-    """Choose feature families and categorical handling on the backtest plan's selection day."""
+    """Choose feature families and categorical handling on the backtest plan's rehearsal days ([select] table)."""
     from gbmcvr import stages
-    from gbmcvr.fe.select import SelectOptions
 
     ctx = _context(workdir, config)
-    if rounds < 1 or max_fits < 1:
+    if (rounds is not None and rounds < 1) or (max_fits is not None and max_fits < 1):
         raise UserError("--rounds and --max-fits must be at least 1")
-    opts = SelectOptions(rounds, max_fits=max_fits, seed=ctx.cfg.seed)
+    given = {k: v for k, v in {"rounds": rounds, "max_fits": max_fits}.items() if v is not None}
+    opts = replace(ctx.cfg.selection, **given)
     selection = stages.select(ctx, name=name, opts=opts)
     out.print(f'selected {selection.choice.label()}; use it with feature_set = "{name}" in gbmcvr.toml')
 

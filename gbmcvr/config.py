@@ -11,6 +11,7 @@ from typing import Any
 
 from gbmcvr.data.profile import Profile, load_profile
 from gbmcvr.errors import UserError
+from gbmcvr.fe.select_options import SelectOptions, select_options
 from gbmcvr.fe.spec import config_feature_spec
 from gbmcvr.gbm.params import KIND_STAGES
 from gbmcvr.models import registry
@@ -36,12 +37,13 @@ class PipelineConfig:
     data: str = "data"
     seed: int = 42
     feature_set: str = "default"
-    select: bool = False
+    select: bool = False  # `select = true`, or a `[select]` table (enabled unless it says `enabled = false`)
     models: tuple[str, ...] = ("e2e", "ts")
     features: dict[str, Any] | None = None  # [features]: merged over the default set by `fe.spec`
     sections: dict[str, Any] = field(default_factory=default_sections)  # each kind's table, typed
     tune: TuneConfig = field(default_factory=TuneConfig)
     submit: SubmitOptions = field(default_factory=SubmitOptions)
+    selection: SelectOptions = field(default_factory=SelectOptions)  # the `[select]` table's options
     track: TrackConfig = field(default_factory=TrackConfig)
     source: str = BUILTIN_SOURCE
 
@@ -69,7 +71,9 @@ def config_from_dict(raw: dict[str, Any], where: str) -> PipelineConfig:
     for section in tables:
         if section in raw and not isinstance(raw[section], dict):
             raise UserError(f"{where}: [{section}] must be a table, got {raw[section]!r}")
-    values = typed_fields(PipelineConfig, {k: v for k, v in raw.items() if k in _SCALARS}, where)
+    select_table = raw.get("select") if isinstance(raw.get("select"), dict) else None
+    scalars = {k: v for k, v in raw.items() if k in _SCALARS and not (k == "select" and select_table is not None)}
+    values = typed_fields(PipelineConfig, scalars, where)
     if not 0 <= values.get("seed", 0) < 2**31:
         raise UserError(
             f"{where}: seed must be in [0, 2^31) (numpy, LightGBM, Optuna and torch take it), got {values['seed']}"
@@ -78,8 +82,17 @@ def config_from_dict(raw: dict[str, Any], where: str) -> PipelineConfig:
     for m in values.get("models", ()):
         if m not in registry.names():
             raise UserError(f"{where}: unknown model '{m}' in models (choose from {', '.join(registry.names())})")
+    if select_table is not None:
+        enabled = select_table.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise UserError(f"{where} [select]: 'enabled' must be true or false, got {enabled!r}")
+        values["select"] = enabled
+    selection = select_options(
+        {k: v for k, v in (select_table or {}).items() if k != "enabled"}, f"{where} [select]", values.get("seed", 42)
+    )
     cfg = PipelineConfig(
         **values,
+        selection=selection,
         features=dict(raw["features"]) if "features" in raw else None,
         sections={
             name: kind.parse_section(dict(raw.get(name, {})), f"{where} [{name}]")
@@ -130,7 +143,10 @@ def effective_toml(cfg: PipelineConfig) -> str:
     """The effective config as TOML: top-level keys, then every kind's table at its values (LightGBM stages
     with their full parameters), [tune] and [submit]. `[features]` is the default set unless the config names
     one (`gbmcvr features --show-default` prints it)."""
-    top: dict[str, Any] = {k: _plain(getattr(cfg, k)) for k in _SCALARS}
+    top: dict[str, Any] = {k: _plain(getattr(cfg, k)) for k in _SCALARS if k != "select"}
+    selection = _plain(cfg.selection)
+    selection.pop("seed")
+    top["select"] = {"enabled": cfg.select, **selection}
     for name, section in cfg.sections.items():
         table = _plain(section)
         if hasattr(section, "stage_params") and hasattr(section, "params"):
@@ -161,7 +177,8 @@ profile = "sharechat2023"     # built-in profile name or a profile TOML file
 data = "data"                 # raw dataset folder (train/*.csv, test/*.csv), relative to this file's folder
 seed = 42                     # reaches numpy, LightGBM, Optuna and torch
 feature_set = "default"       # name of the feature tables under features/<set>/
-select = false                # true: `gbmcvr run` first chooses the feature set (`gbmcvr select`) as "selected"
+select = false                # true: `gbmcvr run` first chooses the feature set (`gbmcvr select`) as "selected";
+                              # or a [select] table (enabled = true, rehearsal_days = 3, weighting = "none", ...)
 models = ["e2e", "ts"]        # what `gbmcvr run` trains; add "mtdm" for the deep model
 
 # [features]                  # families you name replace the default's keys; `family = false` removes one;

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gbmcvr import stages
+import numpy as np
+import polars as pl
+
+from gbmcvr import metrics, stages
 from gbmcvr.config import PipelineConfig, config_from_dict
 from gbmcvr.context import Context
 from gbmcvr.data.analyze_report import analyze_store
 from gbmcvr.data.ingest import source_files, source_listing
-from gbmcvr.data.split import backtest_plan
+from gbmcvr.data.split import TEST_LABELS, backtest_plan, plan_days
 from gbmcvr.data.synth import write_synth
 from gbmcvr.errors import UserError
-from gbmcvr.fe.select import SelectOptions
 from gbmcvr.models import registry
+from gbmcvr.post.backtest import SIGNIFICANCE
 from gbmcvr.post.scoring import score_submission
+from gbmcvr.rehearsal import pooled_gain
 from gbmcvr.report_html import write_report
-from gbmcvr.runs import is_current, keep_aside
+from gbmcvr.runs import UNREFIT, is_current, keep_aside, read_preds, read_run_meta
+from gbmcvr.schema import PRED_ID, PRED_P, PRED_SPLIT
 
 SELECTED = "selected"
 RUN_ORIGIN = "run"  # run.json's `origin` of runs `gbmcvr run` made (and may replace)
@@ -67,20 +72,48 @@ def _train(ctx: Context, kind: str, plan: str, refit: bool, steps: dict[str, str
     steps[step] = "done" if kept is None else f"done (earlier run kept as {kept.name})"
 
 
-def refit_evidence(ctx: Context, kind: str) -> dict[str, float] | None:
-    """The backtest's test-day log loss of `kind` with and without the refit, if its backtest run has both."""
-    path = ctx.wd.run(kind, "backtest") / "metrics.json"
-    scores = json.loads(path.read_text()).get("backtest", {}) if path.is_file() else {}
-    if "test_without_refit" not in scores:
-        return None
-    return {"with_refit": scores["test"]["logloss"], "without_refit": scores["test_without_refit"]["logloss"]}
+def refit_evidence(ctx: Context, kind: str, plans: list[str]) -> dict[str, Any] | None:
+    """The rehearsal days' pooled test-day log loss of `kind` with and without the refit, the refit's pooled
+    gain and its day-clustered SE, and whether it wins by more than two SE; None unless every rehearsal run
+    holds its predictions without the refit."""
+    profile = ctx.cfg.load_profile()
+    losses: dict[str, list[np.ndarray]] = {PRED_P: [], UNREFIT: []}
+    days = []
+    for plan in plans:
+        run = ctx.wd.run(kind, plan)
+        if not (run / "preds.parquet").is_file():
+            return None
+        preds = read_preds(run).filter(pl.col(PRED_SPLIT) == "test")
+        if UNREFIT not in preds.columns:
+            return None
+        fs = read_run_meta(run).get("feature_set", ctx.cfg.feature_set)
+        labels = pl.read_parquet(
+            ctx.wd.feature_plan(fs, plan) / TEST_LABELS, columns=[profile.id_column, profile.install_label], glob=False
+        )
+        joined = preds.join(labels, left_on=PRED_ID, right_on=profile.id_column, how="inner")
+        y = joined[profile.install_label].to_numpy().astype(np.float64)
+        for column in losses:
+            p = np.clip(joined[column].to_numpy().astype(np.float64), metrics.EPS, 1 - metrics.EPS)
+            losses[column].append(-(y * np.log(p) + (1 - y) * np.log1p(-p)))
+        days.append(np.full(len(y), plan_days(profile, plan)["test"][0]))
+    with_refit, without = np.concatenate(losses[PRED_P]), np.concatenate(losses[UNREFIT])
+    gain = pooled_gain(without, with_refit, np.concatenate(days))
+    return {
+        "with_refit": float(with_refit.mean()),
+        "without_refit": float(without.mean()),
+        "gain": gain.mean,
+        "se": gain.se,
+        "per_day": {str(d): g for d, g in gain.per_day.items()},
+        "refit": bool(gain.mean > SIGNIFICANCE * gain.se),
+    }
 
 
 def run_pipeline(ctx: Context, *, data: Path | None = None, truth: Path | None = None) -> PipelineResult:
     """ingest (if needed) -> features -> train each configured model (if stale) -> submit.
 
     With `auto` calibration or weights, or a kind whose refit is "auto", every model is also trained on the
-    backtest plan first; an "auto" refit happens only where the refit won on the backtest's test day.
+    rehearsal plans first; an "auto" refit happens only where the refit wins on the rehearsal days' pooled
+    test-day rows by more than two day-clustered standard errors.
     """
     cfg = ctx.cfg
     where = "--data" if data is not None else f"data in {cfg.source}"
@@ -98,7 +131,7 @@ def run_pipeline(ctx: Context, *, data: Path | None = None, truth: Path | None =
     refits = {kind: registry.get(kind).refit_setting(ctx) for kind in ctx.cfg.models}
     auto_post = "auto" in (opts.calibration, opts.weights)
     backtest = auto_post or "auto" in refits.values()
-    depth = min(opts.rehearsal_days, len(ctx.cfg.load_profile().fit_days) - 1) if auto_post else int(backtest)
+    depth = min(opts.rehearsal_days, len(ctx.cfg.load_profile().fit_days) - 1) if backtest else 0
     rehearsals = [backtest_plan(d) for d in range(1, depth + 1)]
     plans = ["validate"] + (["full"] if any(refits.values()) else []) + rehearsals
     for plan in plans:
@@ -107,13 +140,23 @@ def run_pipeline(ctx: Context, *, data: Path | None = None, truth: Path | None =
     evidence = {}
     for kind, refit in refits.items():
         for plan in rehearsals:
-            _train(ctx, kind, plan, refit == "auto" and plan == "backtest", steps)
+            _train(ctx, kind, plan, refit == "auto", steps)
         kind_refit = bool(refit)
         if refit == "auto":
-            evidence[kind] = refit_evidence(ctx, kind)
-            kind_refit = evidence[kind] is not None and evidence[kind]["with_refit"] < evidence[kind]["without_refit"]
+            e = evidence[kind] = refit_evidence(ctx, kind, rehearsals)
+            kind_refit = e is not None and e["refit"]
             steps[f"refit {kind}"] = "yes" if kind_refit else "no"
-            ctx.progress(f"refit {kind}: {'yes' if kind_refit else 'no'} (backtest test-day log loss {evidence[kind]})")
+            ctx.progress(
+                f"refit {kind}: {'yes' if kind_refit else 'no'} ("
+                + (
+                    "no rehearsal predictions without the refit"
+                    if e is None
+                    else f"rehearsal test-day log loss {e['with_refit']:.5f} with, {e['without_refit']:.5f} without; "
+                    f"gain {e['gain']:+.5f} ± {e['se']:.5f} SE over days {', '.join(e['per_day'])}, "
+                    f"refit only above {SIGNIFICANCE:g} SE"
+                )
+                + ")"
+            )
         _train(ctx, kind, "validate", kind_refit, steps)
     submission = stages.submit(
         ctx, list(ctx.cfg.models), opts=opts, overwrite=True, truth=truth, refit_evidence=evidence or None
@@ -130,11 +173,11 @@ def _selected(ctx: Context, steps: dict[str, str]) -> PipelineConfig:
     if current:
         old = json.loads(report.read_text())
         fingerprint = json.loads((wd.raw / "manifest.json").read_text())["fingerprint"]
-        current = old.get("raw_fingerprint") == fingerprint and old.get("options", {}).get("seed") == cfg.seed
+        current = old.get("raw_fingerprint") == fingerprint and old.get("options") == asdict(cfg.selection)
     if current:
         steps["select"] = "current"
     else:
-        stages.select(ctx, name=SELECTED, opts=SelectOptions(seed=cfg.seed))
+        stages.select(ctx, name=SELECTED, opts=cfg.selection)
         steps["select"] = "done"
     return replace(cfg, feature_set=SELECTED, features=None)
 

@@ -344,7 +344,7 @@ def backtest_choice(
     plans = rehearsal_plans(ctx, runs, opts.rehearsal_days)
     days, day_preds, day_labels = [], [], []
     for plan in plans:
-        day, preds, y = _rehearsal(ctx, runs, plan, opts, refit if plan == backtest_plan(1) else None)
+        day, preds, y = _rehearsal(ctx, runs, plan, opts, refit)
         days.append(day)
         day_preds.append(preds)
         day_labels.append(y)
@@ -531,15 +531,16 @@ def select(ctx: Context, *, name: str = "selected", opts: selection.SelectOption
     """Build the candidate families on the backtest plan, search, write features/<name>.toml and its report."""
     wd, profile = ctx.wd, ctx.cfg.load_profile()
     check_name(name, "feature set name")
-    opts = opts or selection.SelectOptions(seed=ctx.cfg.seed)
+    opts = opts or ctx.cfg.selection
     candidates = selection.candidate_raw(profile)
     selection.check_selectable(profile, candidates)
-    spec = feature_spec(candidates, profile, "candidate families")
+    spec = feature_spec(selection.rehearsal_build(candidates), profile, "candidate families")
     build(wd.raw, profile, spec, selection.CANDIDATE_SET, selection.PLAN, wd.features, ctx.progress)
     tables = load_tables(wd.features, selection.CANDIDATE_SET, selection.PLAN)
     chosen = selection.run_selection(tables, opts, selection.requirements(candidates), ctx.progress)
     raw = selection.chosen_raw(candidates, chosen.choice)
-    header = f"Chosen by `gbmcvr select` on the backtest plan's selection day: {chosen.choice.label()}"
+    days = ", ".join(chosen.rehearsal.get("days", {}))
+    header = f"Chosen by `gbmcvr select` on the backtest plan's rehearsal days {days}: {chosen.choice.label()}"
     feature_spec(raw, profile, "selected families")
     write_text(wd.features / f"{name}.toml", selection.toml_text(raw, header))
     with atomic_dir(wd.features / f"{name}-selection") as tmp:
@@ -556,6 +557,7 @@ def select(ctx: Context, *, name: str = "selected", opts: selection.SelectOption
                 "options": asdict(opts),
                 "steps": chosen.steps,
                 "holdout": chosen.holdout,
+                "rehearsal": chosen.rehearsal,
                 "seconds": round(chosen.seconds, 1),
             },
         )

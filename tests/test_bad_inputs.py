@@ -240,6 +240,18 @@ CASES = [
     Case("MTDM epochs as a float", _config_case("[mtdm]\nepochs = 1.5\n"), 2, ("'epochs'", "integer", "1.5")),
     Case("submit folds as a string", _config_case('[submit]\nfolds = "5"\n'), 2, ("'folds'", "integer")),
     Case("unknown [tune] key", _config_case("[tune]\ntrails = 3\n"), 2, ("[tune]", "unknown key 'trails'")),
+    Case(
+        "[select] rehearsal days below 1",
+        _config_case("[select]\nrehearsal_days = 0\n"),
+        2,
+        ("[select]", "rehearsal_days must be at least 1"),
+    ),
+    Case(
+        "[select] unknown weighting",
+        _config_case('[select]\nweighting = "adversarial"\n'),
+        2,
+        ("[select]", "weighting must be one of none, density", "'adversarial'"),
+    ),
     Case("unknown pruner", _config_case('[tune]\npruner = "fast"\n'), 2, ("pruner", "'fast'")),
     Case("invalid TOML", _config_case("seed = = 1\n"), 2, ("other.toml", "invalid TOML")),
     # files

@@ -1,17 +1,28 @@
-"""`gbmcvr select`: choose feature families and categorical handling by measurement on the selection days.
+"""`gbmcvr select`: choose feature families and categorical handling by measurement on several rehearsal days.
 
 Every candidate family is built once (the `candidates` set, backtest plan); a candidate feature set is then a
-choice of columns from those tables, scored by a fast proxy LightGBM (fixed parameters, fixed rounds) trained
-on up to `proxy_rows` rows sampled from the whole fit window of the backtest plan and scored on its validation
-day (the selection day). The search is greedy: the categorical handling first, then one forward pass (switch
-each absent family on, keep it if the selection-day log loss drops by more than two paired standard errors of
-the per-row difference), then one backward pass (switch each present family off, keep it off unless the loss
-rises by more than two standard errors): noise keeps the simpler set. Each pass costs one fit per family, where a best-first search costs one per
-family per step and an Optuna study over ~10 on/off choices needs more trials than that to beat it.
+choice of columns from those tables, scored by a fast proxy LightGBM (fixed parameters, fixed rounds) on
+`rehearsal_days` days: the plan's validation day and the last fit days before it. One sample of up to
+`proxy_rows` rows is drawn from the whole fit window; for rehearsal day d the proxy fits the sample's rows of
+days before d only and scores every row of day d. One candidate table set serves every rehearsal day (the
+build is the expensive part); its label statistics are made time-honest for that: target encodings use
+earlier days only (`past_days`) in the candidate tables, because out-of-fold encodings of a fit-window day
+hold that same day's (and later days') labels, which would flatter the target family on every rehearsal day
+inside the window. The chosen set keeps the scheme it declares. Lagged rates use earlier days by
+construction; counts, novelty and day counts are label-free.
 
-The backtest plan's test day (the validation day of the profile) is never read during the search: its labels
-(`test_labels.parquet`) are read only afterwards, to report the chosen set beside the default set and the raw
-columns on that honest day.
+A step is decided on the mean paired per-row log-loss difference pooled over the rehearsal days' rows
+(optionally weighted by each row's density ratio toward the holdout day's unlabeled rows, `weighting =
+"density"`), with a day-clustered standard error (`gbmcvr.rehearsal.pooled_gain`). The search is greedy: the
+categorical handling first, then one forward pass (switch each absent family on, keep it if the pooled gain
+exceeds `significance` SE), then one backward pass (switch each present family off, keep it off unless the
+loss rises by more than that): noise keeps the simpler set. Each pass costs one candidate per family, where a
+best-first search costs one per family per step and an Optuna study over ~10 on/off choices needs more trials
+than that to beat it.
+
+The backtest plan's test day (the validation day of the profile) is never labelled during the search: its
+labels (`test_labels.parquet`) are read only afterwards, to report the chosen set beside the default set and
+the raw columns on that honest day; the density weighting reads its rows' features only.
 """
 
 from __future__ import annotations
@@ -27,11 +38,12 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from gbmcvr import metrics
+from gbmcvr import metrics, rehearsal
 from gbmcvr.compat import pyplot
 from gbmcvr.data.profile import Profile
 from gbmcvr.data.split import TEST_LABELS
 from gbmcvr.errors import UserError
+from gbmcvr.fe.select_options import SelectOptions
 from gbmcvr.fe.spec import DAY_CYCLE_COLUMN, feature_spec, generic_default
 from gbmcvr.tables import FeatureTables
 from gbmcvr.tomlfile import read_toml
@@ -64,17 +76,6 @@ PROXY_PARAMS: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
-class SelectOptions:
-    """The proxy model and the search budget."""
-
-    rounds: int = 150
-    proxy_rows: int = 400_000  # fit rows sampled from the whole fit window (all of them when fewer)
-    significance: float = 2.0  # a change is kept only when it wins by this many paired standard errors
-    max_fits: int = 30
-    seed: int = 42
-
-
-@dataclass(frozen=True)
 class Choice:
     """A candidate feature set: the families switched on and the categorical handling."""
 
@@ -93,6 +94,7 @@ class Selection:
     steps: list[dict[str, Any]] = field(default_factory=list)
     holdout: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    rehearsal: dict[str, Any] = field(default_factory=dict)  # rows per rehearsal day and the weighting
 
 
 def candidate_raw(profile: Profile) -> dict[str, Any]:
@@ -111,6 +113,19 @@ def candidate_raw(profile: Profile) -> dict[str, Any]:
     raw["daycount"] = {"keys": keys, "distinct": [*ents, *count_cols[:2]]}
     raw["categorical"] = {"native_max": HANDLING["native"][0]}
     return raw
+
+
+def rehearsal_build(candidates: dict[str, Any]) -> dict[str, Any]:
+    """The candidates as built for the rehearsal: every out-of-fold label encoding (`target`, whose default
+    scheme is out-of-fold, and any family declaring scheme "oof") switched to earlier days only, so that no
+    rehearsal day inside the fit window carries its own or later days' labels."""
+
+    def honest(family: str, table: Any) -> Any:
+        if isinstance(table, dict) and (table.get("scheme") == "oof" or (family == "target" and table)):
+            return {**table, "scheme": "past_days"}
+        return table
+
+    return {family: honest(family, table) for family, table in candidates.items()}
 
 
 def requirements(candidates: dict[str, Any]) -> dict[str, set[str]]:
@@ -176,14 +191,20 @@ def toml_text(raw: dict[str, Any], header: str) -> str:
 
 
 class Proxy:
-    """The fast proxy: fixed-parameter LightGBM on rows sampled from the fit window, scored on the selection day."""
+    """The fast proxy, scored on the rehearsal days: for each day, fixed-parameter LightGBM on the pooled sample's
+    rows of earlier days only, scoring every row of that day.
+
+    One sample of up to `proxy_rows` rows is drawn from the whole fit window; rehearsal day d's proxy fits the
+    sample's rows with day < d (never day d or later) and scores all of day d's rows. The rehearsal days are the
+    plan's validation day and the last `rehearsal_days - 1` fit days that have an earlier fit day.
+    """
 
     def __init__(self, tables: FeatureTables, opts: SelectOptions, progress: Callable[[str], None]) -> None:
         fit = tables.splits["fit"]
+        self.day = tables.columns("day")[0]
         self.fit = (
             fit.sample(opts.proxy_rows, seed=opts.seed).sort(tables.id_column) if fit.height > opts.proxy_rows else fit
         )
-        self.valid = tables.splits["valid"]
         self.label = tables.install_label
         self.family = {c["name"]: c["family"] for c in tables.manifest["columns"]}
         self.categorical = set(tables.columns("categorical"))
@@ -191,9 +212,22 @@ class Proxy:
         self.cardinality = {
             c["name"]: c.get("cardinality", 0) for c in tables.manifest["columns"] if c["role"] == "categorical"
         }
+        valid = tables.splits["valid"]
+        fit_days = sorted(fit[self.day].unique().to_list())
+        earlier = [d for d in fit_days[1:] if d < min(valid[self.day].unique().to_list())]
+        inside = earlier[len(earlier) - min(opts.rehearsal_days - 1, len(earlier)) :]
+        self.rehearsal = [*(fit.filter(pl.col(self.day) == d) for d in inside), valid]
+        self.rehearsal_days = [int(frame[self.day][0]) for frame in self.rehearsal]
+        self.days = np.concatenate([frame[self.day].to_numpy() for frame in self.rehearsal])
+        self.y = np.concatenate([frame[self.label].to_numpy() for frame in self.rehearsal]).astype(np.float64)
+        self.weights: np.ndarray | None = None
         self.opts = opts
         self.progress = progress
         self.fits = 0
+
+    def fit_rows(self, day: int) -> pl.DataFrame:
+        """The sampled fit rows a rehearsal day's proxy may see: those of earlier days."""
+        return self.fit.filter(pl.col(self.day) < day)
 
     def columns(self, choice: Choice) -> tuple[list[str], list[str]]:
         """Model inputs and the native categoricals among them for a choice."""
@@ -205,39 +239,49 @@ class Proxy:
         native = [c for c in cols if c in self.categorical and self.cardinality[c] <= native_max]
         return cols, native
 
-    def train(self, choice: Choice) -> lgb.Booster:
+    def train(self, choice: Choice, rows: pl.DataFrame) -> lgb.Booster:
+        """The proxy for a choice fitted on `rows`."""
         cols, native = self.columns(choice)
         params = {**PROXY_PARAMS, "seed": self.opts.seed, "num_threads": 0}
         data = lgb.Dataset(
-            self.fit.select(cols), label=self.fit[self.label].to_numpy(), categorical_feature=native, free_raw_data=True
+            rows.select(cols), label=rows[self.label].to_numpy(), categorical_feature=native, free_raw_data=True
         )
-        self.fits += 1
         return lgb.train(params, data, num_boost_round=self.opts.rounds)
 
     def score(self, choice: Choice) -> np.ndarray:
-        """Selection-day log loss of each row, for the proxy trained on the choice's columns."""
+        """Per-row log loss on every rehearsal day (days in `self.days` order), each day's proxy fitted before it."""
         start = time.perf_counter()
-        booster = self.train(choice)
+        self.fits += 1
         cols, _ = self.columns(choice)
-        p = np.clip(booster.predict(self.valid.select(cols)), metrics.EPS, 1 - metrics.EPS)
-        y = self.valid[self.label].to_numpy().astype(np.float64)
-        losses = -(y * np.log(p) + (1 - y) * np.log1p(-p))
-        value = float(losses.mean())
+        parts = []
+        for day, frame in zip(self.rehearsal_days, self.rehearsal, strict=True):
+            booster = self.train(choice, self.fit_rows(day))
+            parts.append(np.clip(booster.predict(frame.select(cols)), metrics.EPS, 1 - metrics.EPS))
+        p = np.concatenate(parts)
+        losses = -(self.y * np.log(p) + (1 - self.y) * np.log1p(-p))
+        per_day = ", ".join(f"{d}: {losses[self.days == d].mean():.5f}" for d in self.rehearsal_days)
         self.progress(
-            f"select: fit {self.fits}/{self.opts.max_fits} {choice.label()} ({len(cols)} columns): "
-            f"log loss {value:.6f} ({time.perf_counter() - start:.0f}s)"
+            f"select: candidate {self.fits}/{self.opts.max_fits} {choice.label()} ({len(cols)} columns): "
+            f"log loss {losses.mean():.6f} (days {per_day}; {time.perf_counter() - start:.0f}s)"
         )
         return losses
 
+    def gain(self, before: np.ndarray, after: np.ndarray) -> rehearsal.Gain:
+        """The pooled (weighted) gain from `before` to `after` with its day-clustered standard error."""
+        return rehearsal.pooled_gain(before, after, self.days, self.weights)
 
-def paired_gain(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
-    """Mean per-row log-loss drop from `before` to `after`, and its paired standard error."""
-    diff = before - after
-    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("inf")
+    def weigh(self, target: pl.DataFrame) -> rehearsal.Weights:
+        """Weight the rehearsal rows by their density ratio toward `target`'s rows (raw feature columns only)."""
+        raw = [c for c in self.features if self.family.get(c) in ("clean", "categorical", "binary")]
+        rows = pl.concat([frame.select(raw) for frame in self.rehearsal], how="vertical_relaxed")
+        found = rehearsal.density_weights(rows, target, raw, self.opts.seed)
+        self.weights = found.weights
+        return found
 
 
 def search(proxy: Proxy, families: tuple[str, ...], requires: dict[str, set[str]], opts: SelectOptions) -> Selection:
-    """Greedy categorical-handling step, one forward pass and one backward pass over the families."""
+    """Greedy categorical-handling step, one forward pass and one backward pass over the families, each step
+    decided on the pooled rehearsal days' rows."""
     start = time.perf_counter()
     current = Choice(closure({f for f in DEFAULT_ON if f in families}, requires, families), DEFAULT_HANDLING)
     best = proxy.score(current)
@@ -252,15 +296,17 @@ def search(proxy: Proxy, families: tuple[str, ...], requires: dict[str, set[str]
         if proxy.fits >= opts.max_fits or candidate == current:
             return
         losses = proxy.score(candidate)
-        gain, se = paired_gain(best, losses)
-        kept = gain > -opts.significance * se if simpler else gain > opts.significance * se
+        g = proxy.gain(best, losses)
+        kept = g.mean > -opts.significance * g.se if simpler else g.mean > opts.significance * g.se
         steps.append(
             {
                 "step": name,
                 "choice": candidate.label(),
                 "logloss": float(losses.mean()),
-                "gain": gain,
-                "se": se,
+                "gain": g.mean,
+                "se": g.se,
+                "per_day": {str(day): gain for day, gain in g.per_day.items()},
+                "tau": float(np.sqrt(g.tau2)),
                 "kept": kept,
             }
         )
@@ -310,7 +356,7 @@ def holdout(tables: FeatureTables, proxy: Proxy, selection: Selection) -> dict[s
         ("default set", default),
         ("selected set", selection.choice),
     ):
-        booster = proxy.train(choice)
+        booster = proxy.train(choice, proxy.fit)
         p = booster.predict(test.select(proxy.columns(choice)[0]))
         out[name] = {"logloss": metrics.log_loss(y, p), "calibration_ratio": float(p.mean() / max(y.mean(), 1e-12))}
     return out
@@ -322,15 +368,37 @@ def run_selection(
     requires: dict[str, set[str]],
     progress: Callable[[str], None] = lambda _: None,
 ) -> Selection:
-    """Search on the backtest plan's fit and valid splits, then report the holdout day."""
+    """Search on the backtest plan's rehearsal days (fit-window days and the valid day), then report the
+    holdout day. With `weighting = "density"` the rehearsal rows are weighted toward the holdout day's
+    unlabeled rows (its features only; its labels are read by `holdout` alone, after the search)."""
     built = {c["family"] for c in tables.manifest["columns"]}
     families = tuple(f for f in SEARCHED if f in built)
     proxy = Proxy(tables, opts, progress)
+    rows = {str(d): int((proxy.days == d).sum()) for d in proxy.rehearsal_days}
     progress(
         f"select: {len(families)} families ({', '.join(families)}), {len(HANDLING)} categorical handlings; "
-        f"budget {opts.max_fits} proxy fits of {opts.rounds} rounds on {proxy.fit.height:,} rows"
+        f"budget {opts.max_fits} candidates of {opts.rounds} rounds, each fitted on the {proxy.fit.height:,} "
+        f"sampled fit rows before each rehearsal day ({', '.join(f'{d}: {n:,} rows' for d, n in rows.items())})"
     )
+    weighting: dict[str, Any] = {"method": "none"}
+    if opts.weighting == "density" and "test" in tables.splits:
+        found = proxy.weigh(tables.splits["test"])
+        weighting = {
+            "method": "density",
+            "auc": found.auc,
+            "clipped_share": found.clipped,
+            "effective_rows": found.effective_rows,
+            "rows": int(len(found.weights)),
+            "day_weight": {
+                str(d): float(found.weights[proxy.days == d].sum() / found.weights.sum()) for d in proxy.rehearsal_days
+            },
+        }
+        progress(
+            f"select: density weights toward the holdout day's rows: adversarial AUC {found.auc:.3f}, "
+            f"{found.clipped:.1%} clipped, effective rows {found.effective_rows:,.0f} of {len(found.weights):,}"
+        )
     selection = search(proxy, families, requires, opts)
+    selection.rehearsal = {"days": rows, "weighting": weighting}
     if "test" in tables.splits:
         selection.holdout = holdout(tables, proxy, selection)
     return selection
@@ -344,19 +412,41 @@ def check_selectable(profile: Profile, raw: dict[str, Any]) -> None:
 
 
 def report_markdown(selection: Selection, name: str) -> str:
-    """The selection report: each step's selection-day log loss and gain, then the holdout comparison."""
+    """The selection report: each step's pooled gain, its day-clustered SE and the per-day gains, then the
+    holdout comparison."""
+    days = list(selection.rehearsal.get("days", {}))
+    weighting = selection.rehearsal.get("weighting", {"method": "none"})
     lines = [
         f"# Feature selection: `{name}`",
         "",
         f"Chosen: **{selection.choice.label()}** ({selection.seconds:.0f}s).",
         "",
-        "| step | candidate | selection-day log loss | gain (± paired SE) | kept |",
-        "|---|---|---|---|---|",
+        "Rehearsal days (each scored by a proxy fitted on sampled rows of earlier days only): "
+        + ", ".join(f"{d} ({n:,} rows)" for d, n in selection.rehearsal.get("days", {}).items())
+        + ". A step is kept when its pooled gain exceeds the significance times its day-clustered SE "
+        "(each day's within-day variance plus the between-day variance).",
+    ]
+    if weighting["method"] == "density":
+        lines += [
+            "",
+            f"Rows weighted by their density ratio toward the holdout day (adversarial AUC {weighting['auc']:.3f}, "
+            f"{weighting['clipped_share']:.1%} clipped, effective rows {weighting['effective_rows']:,.0f} of "
+            f"{weighting['rows']:,}; day shares "
+            + ", ".join(f"{d}: {w:.2f}" for d, w in weighting["day_weight"].items())
+            + ").",
+        ]
+    lines += [
+        "",
+        "| step | candidate | rehearsal log loss | gain ± SE | " + " | ".join(f"day {d}" for d in days) + " | kept |",
+        "|---|---|---|---|" + "---|" * len(days) + "---|",
     ]
     for s in selection.steps:
         kept = "" if "kept" not in s else ("yes" if s["kept"] else "no")
         se = f" ± {s['se']:.6f}" if "se" in s else ""
-        lines.append(f"| {s['step']} | {s['choice']} | {s['logloss']:.6f} | {s['gain']:+.6f}{se} | {kept} |")
+        per_day = " | ".join(f"{s['per_day'][d]:+.6f}" if "per_day" in s else "" for d in days)
+        lines.append(
+            f"| {s['step']} | {s['choice']} | {s['logloss']:.6f} | {s['gain']:+.6f}{se} | {per_day} | {kept} |"
+        )
     h = selection.holdout
     if h:
         lines += [
@@ -372,15 +462,21 @@ def report_markdown(selection: Selection, name: str) -> str:
 
 
 def plot_gains(selection: Selection, path: Path) -> None:
-    """A bar per step: the selection-day gain of the candidate (kept steps in a darker colour)."""
+    """A bar per step: the pooled gain with a 2-SE error bar (kept steps in blue), and each day's gain as dots."""
     plt = pyplot()
 
     steps = selection.steps[1:]
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(steps) + 1.5))
-    colours = ["tab:blue" if s.get("kept") else "tab:gray" for s in steps]
-    ax.barh([s["step"] for s in steps][::-1], [s["gain"] for s in steps][::-1], color=colours[::-1])
+    names = [s["step"] for s in steps][::-1]
+    gains = [s["gain"] for s in steps][::-1]
+    errors = [2 * s.get("se", 0.0) for s in steps][::-1]
+    colours = ["tab:blue" if s.get("kept") else "tab:gray" for s in steps][::-1]
+    ax.barh(names, gains, xerr=errors, color=colours, ecolor="black", capsize=2)
+    for i, s in enumerate(steps[::-1]):
+        day_gains = list(s.get("per_day", {}).values())
+        ax.plot(day_gains, [i] * len(day_gains), "o", color="tab:orange", markersize=3)
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("selection-day log loss gain (positive = better)")
+    ax.set_xlabel("pooled rehearsal log-loss gain ± 2 SE (positive = better); dots: each day's gain")
     ax.set_title("gbmcvr select: gain per step (blue = kept)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

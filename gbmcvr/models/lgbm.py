@@ -11,6 +11,7 @@ import optuna
 from optuna_integration import LightGBMPruningCallback
 
 from gbmcvr.context import Context
+from gbmcvr.data.split import backtest_depth, backtest_plan, is_backtest
 from gbmcvr.errors import UserError
 from gbmcvr.gbm import dask_train
 from gbmcvr.gbm.models import STAGES, binning_of, predict_kind, stage_data, train_stage
@@ -105,14 +106,15 @@ class GbmKind:
     def train(self, ctx: Context, opts: TrainOptions) -> TrainedRun:
         """Train on the plan; with refit, retrain on the next plan's fit days for the test predictions.
 
-        On the backtest plan the refit trains on the validate plan's fit days and predicts its valid day (the
-        backtest's test day); the run keeps the test-day predictions without the refit in `p_without_refit`.
+        On a rehearsal plan (`backtest-N`) the refit trains on the next later plan's fit days (its own fit and
+        valid days) and predicts that plan's valid day (the rehearsal's test day); the run keeps the test-day
+        predictions without the refit in `p_without_refit`.
         """
         gcfg = ctx.cfg.section(self.section)
         resolved = self.params(ctx, opts.params)
         refit = bool(opts.refit)
-        if refit and opts.plan not in ("validate", "backtest"):
-            raise UserError(f"--refit on plan '{opts.plan}': the refit's evidence is rehearsed on 'backtest' only")
+        if refit and opts.plan != "validate" and not is_backtest(opts.plan):
+            raise UserError(f"--refit on plan '{opts.plan}': refit the validate plan or rehearse it on a backtest plan")
         address = opts.dask or gcfg.dask
         if address and opts.plan != "validate":
             raise UserError("--dask trains on the validate plan only")
@@ -124,7 +126,7 @@ class GbmKind:
                 refit_tables = self._refit_tables(ctx, opts, refit)
                 run = train_gbm(self.name, tables, gcfg, resolved, ctx.progress, refit_tables)
         preds = run.preds
-        if opts.plan == "backtest" and refit:
+        if is_backtest(opts.plan) and refit:
             ids = {"test": tables.splits["test"][tables.id_column].to_numpy()}
             first = prediction_table(ids, {"test": predict_kind(self.name, run.models, tables.frame("test"))})
             unrefit = first.select("row_id", "split", first["p"].alias(UNREFIT))
@@ -146,7 +148,9 @@ class GbmKind:
             return None
         if opts.plan == "validate":
             return load_tables(ctx.wd.features, opts.feature_set, "full", ("fit", "test"), lean=("fit", "test"))
-        later = load_tables(ctx.wd.features, opts.feature_set, "validate", ("fit", "valid"), lean=("fit",))
+        depth = backtest_depth(opts.plan) or 1
+        later_plan = "validate" if depth == 1 else backtest_plan(depth - 1)
+        later = load_tables(ctx.wd.features, opts.feature_set, later_plan, ("fit", "valid"), lean=("fit",))
         return FeatureTables(
             later.plan_dir, later.manifest, {"fit": later.splits["fit"], "test": later.splits["valid"]}
         )

@@ -229,17 +229,22 @@ def markdown(result: SubmitResult, opts: SubmitOptions, truth_logloss: float | N
 
 def _refit_lines(evidence: dict[str, Any]) -> list[str]:
     lines = [
-        "## Refit on the full plan (backtest evidence)",
+        "## Refit on the full plan (rehearsal evidence)",
         "",
-        "| model | test-day log loss with refit | without refit | refit used |",
-        "|---|---|---|---|",
+        "Pooled over the rehearsal days' test-day rows; the refit is used only when it wins by more than two "
+        "day-clustered standard errors.",
+        "",
+        "| model | test-day log loss with refit | without refit | gain ± SE | per-day gains | refit used |",
+        "|---|---|---|---|---|---|",
     ]
     for kind, e in evidence.items():
         if e is None:
-            lines.append(f"| {kind} | — | — | no (no evidence) |")
+            lines.append(f"| {kind} | — | — | — | — | no (no evidence) |")
             continue
-        used = "yes" if e["with_refit"] < e["without_refit"] else "no"
-        lines.append(f"| {kind} | {e['with_refit']:.5f} | {e['without_refit']:.5f} | {used} |")
+        used = "yes" if e.get("refit", e["with_refit"] < e["without_refit"]) else "no"
+        gain = f"{e['gain']:+.5f} ± {e['se']:.5f}" if "gain" in e else "—"
+        days = ", ".join(f"{d}: {g:+.5f}" for d, g in e.get("per_day", {}).items()) or "—"
+        lines.append(f"| {kind} | {e['with_refit']:.5f} | {e['without_refit']:.5f} | {gain} | {days} | {used} |")
     return [*lines, ""]
 
 

@@ -15,15 +15,18 @@ from gbmcvr.fe.select import (
     candidate_raw,
     chosen_raw,
     closure,
+    rehearsal_build,
+    report_markdown,
     requirements,
     run_selection,
     toml_text,
 )
 from gbmcvr.fe.spec import feature_spec
+from gbmcvr.rehearsal import pooled_gain
 from gbmcvr.tables import load_tables
 from tests.factories import tiny_raw
 
-OPTS = SelectOptions(rounds=15, seed=3)
+OPTS = SelectOptions(rounds=15, seed=3, rehearsal_days=3, weighting="density")
 
 
 @pytest.fixture
@@ -38,16 +41,17 @@ def setup(tmp_path):
     return tmp_path, raw, replace(profile, entities={"u": ("x", "d")})
 
 
-def _select(root, raw, profile):
+def _select(root, raw, profile, opts=OPTS):
     raw_spec = candidate_raw(profile)
-    build(raw, profile, feature_spec(raw_spec, profile, "t"), CANDIDATE_SET, PLAN, root / "features")
-    return run_selection(load_tables(root / "features", CANDIDATE_SET, PLAN), OPTS, requirements(raw_spec))
+    build(raw, profile, feature_spec(rehearsal_build(raw_spec), profile, "t"), CANDIDATE_SET, PLAN, root / "features")
+    return run_selection(load_tables(root / "features", CANDIDATE_SET, PLAN), opts, requirements(raw_spec))
 
 
 def test_selection_is_deterministic_and_blind_to_the_holdout_day(setup):
     root, raw, profile = setup
     first = _select(root, raw, profile)
     assert len(first.steps) > 5 and first.holdout["selected set"]["logloss"] > 0
+    assert first.rehearsal["weighting"]["method"] == "density" and first.rehearsal["days"] == {"2": 500, "3": 500}
     again = _select(root, raw, profile)
     assert again.choice == first.choice and again.steps == first.steps
     # permute the labels of the backtest test day (day 4 = the profile's validation day)
@@ -111,7 +115,8 @@ def test_select_command_writes_a_feature_set_the_pipeline_builds(small_work, tmp
     from gbmcvr.pipeline import SELECTED, _selected
 
     steps: dict[str, str] = {}
-    assert _selected(Context(own, PipelineConfig()), steps).feature_set == SELECTED and steps == {"select": "current"}
+    cfg = PipelineConfig(selection=SelectOptions(rounds=10, max_fits=6))  # the options the command ran with
+    assert _selected(Context(own, cfg), steps).feature_set == SELECTED and steps == {"select": "current"}
     code, _, err = run_cli(["select", "--rounds", "0", "--workdir", own.root], capsys)
     assert code == 2 and "--rounds and --max-fits must be at least 1" in err
 
@@ -123,6 +128,10 @@ class _FakeProxy:
         self.fits = 0
         self.base = rng.uniform(0.2, 0.6, 5000)
         self.noise = rng.normal(0, 0.05, 5000)
+        self.days = np.repeat([1, 2, 3], [1500, 1500, 2000])
+
+    def gain(self, before, after):
+        return pooled_gain(before, after, self.days)
 
     def score(self, choice):
         self.fits += 1
@@ -144,3 +153,36 @@ def test_a_family_that_wins_by_less_than_two_standard_errors_is_not_taken() -> N
     assert "lagged" in selection.choice.families and "novelty" not in selection.choice.families
     novelty = next(s for s in selection.steps if s["step"] == "add novelty")
     assert not novelty["kept"] and abs(novelty["gain"]) < 2 * novelty["se"]
+
+
+def test_each_rehearsal_day_is_scored_by_a_proxy_fitted_on_earlier_days_only(setup, monkeypatch):
+    """Backtest plan of the tiny profile: fit days 1-2, valid day 3; rehearsal days 2 and 3 (day 1 has no earlier
+    day). Every proxy fit for day d sees sampled rows of days < d only; per-day gains are reported."""
+    from gbmcvr.fe import select
+
+    root, raw, profile = setup
+    seen: list[tuple[int, int]] = []
+    train = select.Proxy.train
+
+    def recording(self, choice, rows):
+        seen.append((int(rows["day"].max()), rows.height))
+        return train(self, choice, rows)
+
+    monkeypatch.setattr(select.Proxy, "train", recording)
+    opts = SelectOptions(rounds=5, seed=3, rehearsal_days=3, max_fits=4)
+    chosen = _select(root, raw, profile, opts)
+    search_fits = seen[: 2 * 4]  # two rehearsal days per candidate; the holdout's fits come after
+    assert [day for day, _ in search_fits] == [1, 2] * 4
+    assert all(n == 500 * day for day, n in search_fits)  # all sampled rows of the earlier days
+    assert [day for day, _ in seen[8:]] == [2, 2, 2]  # holdout: raw, default, selected on the whole sample
+    for step in chosen.steps[1:]:
+        assert list(step["per_day"]) == ["2", "3"]
+        assert np.isclose(step["gain"], np.mean(list(step["per_day"].values())))  # equal days, no weights
+    text = report_markdown(chosen, "t")
+    assert "| day 2 | day 3 | kept |" in text and f"{chosen.steps[1]['per_day']['3']:+.6f}" in text
+
+
+def test_rehearsal_build_makes_label_encodings_use_earlier_days_only():
+    built = rehearsal_build({"target": {"columns": ["a"]}, "other": {"scheme": "oof"}, "count": {"columns": ["a"]}})
+    assert built["target"]["scheme"] == "past_days" and built["other"]["scheme"] == "past_days"
+    assert built["count"] == {"columns": ["a"]}
