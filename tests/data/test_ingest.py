@@ -161,9 +161,11 @@ FIRST = "train/000000000000.csv"
         pytest.param(lambda b: b.replace(b"\n", b"\r\n") + b"\r\n\r\n", id="crlf-blank-lines-at-end"),
     ],
 )
-def test_line_endings_and_marks_are_accepted(variant, data, tmp_path, clean_store):
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_line_endings_and_marks_are_accepted(variant, compressed, data, tmp_path, clean_store):
     path = data / FIRST
-    path.write_bytes(variant(path.read_bytes()))
+    raw = variant(path.read_bytes())
+    path.write_bytes(gzip.compress(raw) if compressed else raw)
     _assert_same_store(clean_store, data, tmp_path)
 
 
