@@ -134,6 +134,7 @@ INT_BOUNDS = {pl.Int8: 127, pl.Int16: 2**15 - 1, pl.Int32: 2**31 - 1}  # |value|
 UTF8_BOM = b"\xef\xbb\xbf"
 HEAD_BYTES = 1 << 16
 DICTIONARY_PAGE_BYTES = 1 << 18  # a column with more distinct values than this holds is stored plain
+DICTIONARY_SHARE = 0.1  # dictionary-encode a column only when its distinct values are at most this share of rows
 
 
 def _is_gzip(path: Path) -> bool:
@@ -425,6 +426,13 @@ def _day_range(days: tuple[int, ...]) -> str:
     return "days " + ", ".join(map(str, ordered))
 
 
+def dictionary_columns(frame: pl.DataFrame) -> list[str]:
+    """Columns worth a dictionary (few distinct values in the split's first file): high-entropy columns (ids,
+    continuous floats, hashed values) are stored plain from the start instead of filling a dictionary first."""
+    distinct = frame.select(pl.all().n_unique()).row(0, named=True)
+    return [c for c, n in distinct.items() if n <= max(1, DICTIONARY_SHARE * frame.height)]
+
+
 @dataclass
 class _Split:
     """What a split keeps in memory while its rows stream to Parquet: row count, ids and days, test truth."""
@@ -461,7 +469,11 @@ def _write_split(
                 table = frame.select(columns).to_arrow()
                 if writer is None:
                     writer = pq.ParquetWriter(
-                        target, table.schema, compression="zstd", dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES
+                        target,
+                        table.schema,
+                        compression="zstd",
+                        use_dictionary=dictionary_columns(frame.select(columns)),
+                        dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES,
                     )
                 if written is not None:
                     written.result()
