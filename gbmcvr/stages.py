@@ -532,14 +532,7 @@ def select(ctx: Context, *, name: str = "selected", opts: selection.SelectOption
     wd, profile = ctx.wd, ctx.cfg.load_profile()
     check_name(name, "feature set name")
     opts = opts or selection.SelectOptions(seed=ctx.cfg.seed)
-    candidates = selection.candidate_raw(profile)
-    selection.check_selectable(profile, candidates)
-    raw_fingerprint(wd.raw)  # a missing raw store is named before its rows are read
-    raw_rows = pl.scan_parquet(wd.raw / "train.parquet", glob=False)
-    candidates, left_out = selection.bounded(candidates, selection.key_shares(raw_rows, candidates, profile))
-    for line in left_out:
-        ctx.progress(f"select: {line}")
-    spec = feature_spec(candidates, profile, "candidate families")
+    candidates, spec = selection.candidate_spec(wd.raw, profile, ctx.progress)
     build(wd.raw, profile, spec, selection.CANDIDATE_SET, selection.PLAN, wd.features, ctx.progress)
     tables = load_tables(wd.features, selection.CANDIDATE_SET, selection.PLAN)
     chosen = selection.run_selection(tables, opts, selection.requirements(candidates), ctx.progress)

@@ -32,7 +32,8 @@ from gbmcvr.compat import pyplot
 from gbmcvr.data.profile import Profile
 from gbmcvr.data.split import TEST_LABELS
 from gbmcvr.errors import UserError
-from gbmcvr.fe.spec import DAY_CYCLE_COLUMN, feature_spec, generic_default
+from gbmcvr.fe.pipeline import raw_fingerprint
+from gbmcvr.fe.spec import DAY_CYCLE_COLUMN, FeatureSpec, feature_spec, generic_default
 from gbmcvr.tables import FeatureTables
 from gbmcvr.tomlfile import read_toml
 
@@ -156,6 +157,21 @@ def bounded(
             del out[family]
             why.append(f"family {family} left out: every candidate key is nearly unique per row")
     return out, why
+
+
+def candidate_spec(
+    raw_dir: Path, profile: Profile, progress: Callable[[str], None] = lambda _: None
+) -> tuple[dict[str, Any], FeatureSpec]:
+    """The candidate families `select` builds from the raw store in `raw_dir` (keys nearly unique per row left
+    out, each with a progress line saying why), as a `[features]` table and as a spec."""
+    candidates = candidate_raw(profile)
+    check_selectable(profile, candidates)
+    raw_fingerprint(raw_dir)  # a missing raw store is named before its rows are read
+    rows = pl.scan_parquet(Path(raw_dir) / "train.parquet", glob=False)
+    candidates, left_out = bounded(candidates, key_shares(rows, candidates, profile))
+    for line in left_out:
+        progress(f"select: {line}")
+    return candidates, feature_spec(candidates, profile, "candidate families")
 
 
 def requirements(candidates: dict[str, Any]) -> dict[str, set[str]]:
