@@ -1,6 +1,7 @@
-"""Benchmark: the default feature set for one plan — seconds per step, rows/s, CPU seconds, peak RSS (JSON).
+"""Benchmark: the default feature set (or `--set candidates`: the families `gbmcvr select` builds) for one plan —
+seconds per step, rows/s, CPU seconds, peak RSS (JSON).
 
-Usage: python bench/bench_features.py --workdir W [--plan validate] [--repeat 2] (after
+Usage: python bench/bench_features.py --workdir W [--plan validate] [--repeat 2] [--set candidates] (after
 `gbmcvr synth DATA --scale S` and `gbmcvr ingest DATA --workdir W`). Each repeat rebuilds the tables
 (`force`); the first repeat also builds the plan-independent vocabularies when they are not cached yet.
 Wall-clock numbers depend on what else runs on the machine: CPU seconds say how much work was done.
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from gbmcvr.data.profile import load_profile
 from gbmcvr.fe.pipeline import build
+from gbmcvr.fe.select import PLAN, candidate_spec
 from gbmcvr.fe.spec import default_spec
 from gbmcvr.workdir import Workdir
 
@@ -80,6 +82,12 @@ def main() -> None:
     parser.add_argument("--plan", default="validate")
     parser.add_argument("--profile", default="sharechat2023")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--set",
+        choices=["default", "candidates"],
+        default="default",
+        help="the default feature set, or the candidate families `gbmcvr select` builds (backtest plan)",
+    )
     parser.add_argument("--data", type=Path, help="a `gbmcvr synth` folder to write in each dialect (with --dialects)")
     parser.add_argument("--dialects", nargs="+", help="data dialects (gbmcvr.data.dialects) to ingest and feature")
     args = parser.parse_args()
@@ -90,11 +98,14 @@ def main() -> None:
         return
     wd = Workdir(args.workdir)
     profile = load_profile(args.profile)
+    spec, plan = default_spec(profile), args.plan
+    if args.set == "candidates":
+        spec, plan = candidate_spec(wd.raw, profile, lambda line: print(line, file=sys.stderr))[1], PLAN
     runs = []
     for _ in range(args.repeat):
         cpu = _cpu_seconds()
         wall = time.perf_counter()
-        result = build(wd.raw, profile, default_spec(profile), "bench", args.plan, wd.features, force=True)
+        result = build(wd.raw, profile, spec, f"bench-{args.set}", plan, wd.features, force=True)
         rows = sum(result.rows.values())
         runs.append(
             {
@@ -105,12 +116,13 @@ def main() -> None:
                 "step_seconds": result.family_seconds,
             }
         )
-    out = wd.features / "bench" / args.plan
+    out = wd.features / f"bench-{args.set}" / plan
     print(
         json.dumps(
             {
                 "bench": "features",
-                "plan": args.plan,
+                "set": args.set,
+                "plan": plan,
                 "rows": rows,
                 "columns": result.columns,
                 "runs": runs,

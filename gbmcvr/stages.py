@@ -532,9 +532,7 @@ def select(ctx: Context, *, name: str = "selected", opts: selection.SelectOption
     wd, profile = ctx.wd, ctx.cfg.load_profile()
     check_name(name, "feature set name")
     opts = opts or ctx.cfg.selection
-    candidates = selection.candidate_raw(profile)
-    selection.check_selectable(profile, candidates)
-    spec = feature_spec(selection.rehearsal_build(candidates), profile, "candidate families")
+    candidates, spec = selection.candidate_spec(wd.raw, profile, ctx.progress)
     build(wd.raw, profile, spec, selection.CANDIDATE_SET, selection.PLAN, wd.features, ctx.progress)
     tables = load_tables(wd.features, selection.CANDIDATE_SET, selection.PLAN)
     chosen = selection.run_selection(tables, opts, selection.requirements(candidates), ctx.progress)

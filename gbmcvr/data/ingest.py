@@ -134,6 +134,7 @@ INT_BOUNDS = {pl.Int8: 127, pl.Int16: 2**15 - 1, pl.Int32: 2**31 - 1}  # |value|
 UTF8_BOM = b"\xef\xbb\xbf"
 HEAD_BYTES = 1 << 16
 DICTIONARY_PAGE_BYTES = 1 << 18  # a column with more distinct values than this holds is stored plain
+DICTIONARY_SHARE = 0.1  # dictionary-encode a column only when its distinct values are at most this share of rows
 
 
 def _is_gzip(path: Path) -> bool:
@@ -313,12 +314,28 @@ def _check_finite(path: Path, source: Path | io.BytesIO, frame: pl.DataFrame, se
     raise UserError(f"{path}: line {row + 2}, column '{col}': '{text}' is not a finite number")
 
 
-def _read_file(path: Path, profile: Profile, is_test: bool, floats_first: bool = False) -> tuple[pl.DataFrame, bool]:
-    """One file as a typed, checked frame, and whether its integers were read as floats (the reader takes plain
-    files itself, others are read into memory). `floats_first` skips the integer read an earlier file failed."""
-    head = _head(path)
-    data = None if _readable_as_is(path, head) else _normalise(_raw_bytes(path))
-    source = path if data is None else io.BytesIO(data)
+def _gzip_head(path: Path) -> bytes:
+    """The first decompressed bytes of a gzip file."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            return fh.read(HEAD_BYTES)
+    except (OSError, EOFError) as exc:
+        raise UserError(f"{path}: compressed file (gzip) that cannot be decompressed ({exc})") from None
+
+
+def _typed(
+    path: Path,
+    source: Path | io.BytesIO,
+    data: bytes | None,
+    head: bytes,
+    profile: Profile,
+    is_test: bool,
+    floats_first: bool,
+    rows_trusted: bool = True,
+) -> tuple[pl.DataFrame, bool, Path | io.BytesIO, bool] | None:
+    """(frame, integers read as floats, source, with labels) of a file's rows; `data` is its normalised bytes when
+    it was read into memory. Unless `rows_trusted`, None where the rows need the bytes (short or blank rows,
+    a value that does not parse), so the caller reads them into memory."""
     sep = profile.separator
     header = _header(head if data is None else data[:HEAD_BYTES], path, sep, complete=data is not None)
     with_labels = _check_columns(path, header, profile, is_test)
@@ -336,14 +353,37 @@ def _read_file(path: Path, profile: Profile, is_test: bool, floats_first: bool =
     # the reader refuses long rows but fills short ones with nulls, so a short row has an empty last column:
     # only then are separators counted
     if frame is None or frame[header[-1]].null_count():
+        if not rows_trusted:
+            return None
         data = data if data is not None else _normalise(_raw_bytes(path))
         if frame is None or data.count(sep.encode()) != (frame.height + 1) * (len(header) - 1):
             _check_text(path, data, sep, header)
     if frame is None:
         # slow path, only for files that need it: a value to point at
         frame = _parse_text(path, _read_text(source, sep), dtypes)
+    return frame, as_floats, source, with_labels
+
+
+def _read_file(path: Path, profile: Profile, is_test: bool, floats_first: bool = False) -> tuple[pl.DataFrame, bool]:
+    """One file as a typed, checked frame, and whether its integers were read as floats (the reader takes plain
+    and gzip files itself, others are read into memory). `floats_first` skips the integer read an earlier file
+    failed."""
+    head, read = _head(path), None
+    if head.startswith(GZIP_MAGIC):
+        # the reader decompresses about 2.5x faster than zlib: it takes the file unless a check needs the bytes
+        head = _gzip_head(path)
+        if b"\n" in head:
+            with contextlib.suppress(OSError):
+                read = _typed(path, path, None, head, profile, is_test, floats_first, rows_trusted=False)
+        data = None if read is not None else _normalise(_raw_bytes(path))
+    else:
+        data = None if _readable_as_is(path, head) else _normalise(_raw_bytes(path))
+    if read is None:
+        read = _typed(path, path if data is None else io.BytesIO(data), data, head, profile, is_test, floats_first)
+    frame, as_floats, source, with_labels = read
+    sep = profile.separator
     _check_finite(path, source, frame, sep)
-    del data, source
+    del source
     if profile.day is None:
         day = next((d for g, d in profile.file_days.items() if fnmatch.fnmatch(_data_name(path), g)), None)
         if day is None:
@@ -386,6 +426,13 @@ def _day_range(days: tuple[int, ...]) -> str:
     return "days " + ", ".join(map(str, ordered))
 
 
+def dictionary_columns(frame: pl.DataFrame) -> list[str]:
+    """Columns worth a dictionary (few distinct values in the split's first file): high-entropy columns (ids,
+    continuous floats, hashed values) are stored plain from the start instead of filling a dictionary first."""
+    distinct = frame.select(pl.all().n_unique()).row(0, named=True)
+    return [c for c, n in distinct.items() if n <= max(1, DICTIONARY_SHARE * frame.height)]
+
+
 @dataclass
 class _Split:
     """What a split keeps in memory while its rows stream to Parquet: row count, ids and days, test truth."""
@@ -422,7 +469,11 @@ def _write_split(
                 table = frame.select(columns).to_arrow()
                 if writer is None:
                     writer = pq.ParquetWriter(
-                        target, table.schema, compression="zstd", dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES
+                        target,
+                        table.schema,
+                        compression="zstd",
+                        use_dictionary=dictionary_columns(frame.select(columns)),
+                        dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES,
                     )
                 if written is not None:
                     written.result()

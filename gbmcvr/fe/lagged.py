@@ -22,6 +22,7 @@ from gbmcvr.fe.spec import LaggedSpec
 from gbmcvr.fe.target import posterior
 
 SOURCE = "_source_day"
+KEY_ID = "_key_id"
 
 
 def window_map(label_days: tuple[int, ...], days: tuple[int, ...], window: int, day: str) -> pl.DataFrame:
@@ -40,26 +41,72 @@ def lagged_table(
     days: tuple[int, ...],
     n_min: float,
     prefix: str,
+    wanted: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Per (key, day) rates and row counts, and per-day prior values (every one of `days`) for absent keys.
 
-    `labelled` holds the fit-window rows (key, day, label columns); `targets` maps output names to label columns.
+    `labelled` holds the fit-window rows (key, day, label columns); `targets` maps output names to label columns;
+    `wanted` holds the (key, day) pairs rows will look up (default: every pair whose window has the key).
     """
+    per_day = per_day_sums(labelled, key, day, targets)
+    if wanted is None:
+        wanted = per_day.join(pairs.with_columns(pl.col(SOURCE).cast(per_day[SOURCE].dtype)), on=SOURCE)
+        wanted = wanted.select(*key, day).unique()
+    return windowed_table(RunningSums(per_day, key, day, wanted), pairs, days, n_min, prefix)
+
+
+def per_day_sums(labelled: pl.LazyFrame, key: list[str], day: str, targets: dict[str, str]) -> pl.DataFrame:
+    """Rows (`N`) and label sums per (key, labelled day); the day is named `SOURCE`."""
     sums = [pl.col(c).cast(pl.Float64).sum().alias(name) for name, c in targets.items()]
-    per_day = (
+    return (
         labelled.group_by([*key, day]).agg(pl.len().cast(pl.Float64).alias("N"), *sums).collect().rename({day: SOURCE})
     )
+
+
+class RunningSums:
+    """A key's running sums of rows and labels over the labelled days, and the (key, day) pairs rows look up:
+    a window's sums are differences of two running sums (as-of joins), so every window's table holds only
+    the wanted pairs, never per-day x window rows. Built once per key, shared by its windows."""
+
+    def __init__(self, per_day: pl.DataFrame, key: list[str], day: str, wanted: pl.DataFrame) -> None:
+        self.key, self.day, self.per_day = key, day, per_day
+        self.values = [c for c in per_day.columns if c not in (*key, SOURCE)]
+        dtype = per_day[SOURCE].dtype
+        # keys as one non-null integer (as-of joins match no null `by` value; keys may be null)
+        ids = pl.concat([per_day.select(key), wanted.select(key)]).unique().with_row_index(KEY_ID)
+        self.running = (
+            per_day.join(ids, on=key, nulls_equal=True)
+            .sort(KEY_ID, SOURCE)
+            .select(KEY_ID, SOURCE, pl.col(self.values).cum_sum().over(KEY_ID))
+            .sort(SOURCE)
+        )
+        self.wanted = wanted.select(*key, pl.col(day).cast(dtype)).join(ids, on=key, nulls_equal=True)
+
+
+def windowed_table(
+    sums: RunningSums, pairs: pl.DataFrame, days: tuple[int, ...], n_min: float, prefix: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`lagged_table` of one window (its (day, source day) `pairs`) from a key's running sums."""
+    key, day, values, per_day = sums.key, sums.day, sums.values, sums.per_day
+    targets = values[1:]
     pairs = pairs.with_columns(pl.col(day, SOURCE).cast(per_day[SOURCE].dtype))
-    windowed = per_day.join(pairs, on=SOURCE).group_by([*key, day]).agg(pl.col("N", *targets).sum())
-    totals = per_day.group_by(SOURCE).agg(pl.col("N", *targets).sum())
+    totals = per_day.group_by(SOURCE).agg(pl.col(values).sum())
     prior = (
         totals.join(pairs, on=SOURCE)
         .group_by(day)
-        .agg(pl.col("N", *targets).sum())
+        .agg(pl.col(values).sum())
         .select(day, *[(pl.col(t) / pl.col("N")).alias(t) for t in targets])
     )
     all_days = pl.DataFrame({day: pl.Series(sorted(days), dtype=pairs[day].dtype)})
     prior = all_days.join(prior, on=day, how="left")
+    bounds = pairs.group_by(day).agg((pl.col(SOURCE).min() - 1).alias("_lo"), pl.col(SOURCE).max().alias("_hi"))
+    rows = sums.wanted.join(bounds, on=day)
+    for end in ("_hi", "_lo"):  # running sums up to the window's last day and up to the day before its first
+        right = sums.running.rename({SOURCE: end, **{c: f"{c}{end}" for c in values}})
+        rows = rows.sort(end).join_asof(right, on=end, by=KEY_ID, strategy="backward", check_sortedness=False)
+    windowed = rows.select(
+        *key, day, *[(pl.col(f"{c}_hi") - pl.col(f"{c}_lo").fill_null(0)).alias(c) for c in values]
+    ).filter(pl.col("N") > 0)
     windowed = windowed.join(prior.rename({t: f"_mu_{t}" for t in targets}), on=day)
     N = windowed["N"].to_numpy()
     out = windowed.select(*key, day, pl.col("N").cast(pl.Int32).alias(f"{prefix}_n"))
@@ -125,10 +172,14 @@ class LaggedFamily:
         labels = {TARGET_SHORT[t]: ctx.label(t) for t in self.spec.targets}
         all_days = tuple(d for split_days in ctx.days.values() for d in split_days)
         out = []
+        sums: dict[tuple[str, ...], RunningSums] = {}
         for cols, window, prefix in self._windows():
-            labelled = ctx.fit.select(*cols, day, *dict.fromkeys(labels.values()))
+            if tuple(cols) not in sums:  # shared by the key's windows
+                labelled = ctx.fit.select(*cols, day, *dict.fromkeys(labels.values()))
+                wanted = ctx.all.select(*cols, day).unique().collect()  # the pairs the plan's rows look up
+                sums[tuple(cols)] = RunningSums(per_day_sums(labelled, cols, day, labels), cols, day, wanted)
             pairs = window_map(ctx.days["fit"], all_days, window, day)
-            table, prior = lagged_table(labelled, cols, day, labels, pairs, all_days, self.spec.n_min, prefix)
+            table, prior = windowed_table(sums[tuple(cols)], pairs, all_days, self.spec.n_min, prefix)
             dtype = ctx.rows.schema[day]
             table = table.with_columns(pl.col(day).cast(dtype))
             prior = prior.with_columns(pl.col(day).cast(dtype))

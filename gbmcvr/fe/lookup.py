@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -34,6 +34,13 @@ class Lookup:
     def serves(self, split: str) -> bool:
         """Whether rows of `split` get this table's values."""
         return self.splits is None or split in self.splits
+
+    def on_days(self, day: str, days: Sequence[int]) -> Lookup:
+        """The lookup for rows of `days` only: a table keyed by the day keeps just those days' entries (a
+        split's rows match no other), so a small split pays for its own share of a per-(key, day) table."""
+        if day not in self.keys:
+            return self
+        return replace(self, table=self.table.filter(pl.col(day).is_in(list(days))))
 
 
 def key_ranges(frame: pl.DataFrame, columns: Sequence[str]) -> dict[str, tuple[int, int]]:

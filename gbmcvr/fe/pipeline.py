@@ -296,7 +296,7 @@ def build(
     with atomic_dir(out) as tmp:
         ranges = key_ranges(base, [k for lookup in lookups for k in lookup.keys])
         for split, (offset, n) in _split_slices(base, days).items():
-            attached = Attached([lk for lk in lookups if lk.serves(split)], ranges)
+            attached = Attached([lk.on_days(day, days[split]) for lk in lookups if lk.serves(split)], ranges)
             keep = [id_col, day, *feature_cols] + (label_cols if split != "test" else [])
             # streamed: rows are joined and encoded in batches, the encoding spread over the cores
             attached.select(base.slice(offset, n).lazy(), keep).sink_parquet(

@@ -43,8 +43,9 @@ from gbmcvr.compat import pyplot
 from gbmcvr.data.profile import Profile
 from gbmcvr.data.split import TEST_LABELS
 from gbmcvr.errors import UserError
+from gbmcvr.fe.pipeline import raw_fingerprint
 from gbmcvr.fe.select_options import SelectOptions
-from gbmcvr.fe.spec import DAY_CYCLE_COLUMN, feature_spec, generic_default
+from gbmcvr.fe.spec import DAY_CYCLE_COLUMN, FeatureSpec, feature_spec, generic_default
 from gbmcvr.tables import FeatureTables
 from gbmcvr.tomlfile import read_toml
 
@@ -126,6 +127,66 @@ def rehearsal_build(candidates: dict[str, Any]) -> dict[str, Any]:
         return table
 
     return {family: honest(family, table) for family, table in candidates.items()}
+
+
+KEYED = ("novelty", "lagged", "daycount")  # the families whose tables hold one entry per (key, day)
+MAX_KEY_SHARE = 0.5  # a key with more distinct values than this share of rows is nearly unique per row
+
+
+def key_columns(key: list[str] | tuple[str, ...], profile: Profile) -> list[str]:
+    """The raw columns a candidate key names (an entity stands for its group of columns)."""
+    return list(dict.fromkeys(c for name in key for c in profile.entities.get(name, (name,))))
+
+
+def key_shares(raw: pl.LazyFrame, candidates: dict[str, Any], profile: Profile) -> dict[tuple[str, ...], float]:
+    """Distinct values of each key of the keyed families as a share of the raw rows (one pass over the rows)."""
+    keys = {tuple(k) for family in KEYED for k in candidates.get(family, {}).get("keys", [])}
+    if not keys:
+        return {}
+    exprs = [pl.struct(key_columns(k, profile)).n_unique().alias(str(i)) for i, k in enumerate(keys)]
+    row = raw.select(pl.len().alias("rows"), *exprs).collect().row(0, named=True)
+    return {k: row[str(i)] / max(row["rows"], 1) for i, k in enumerate(keys)}
+
+
+def bounded(
+    candidates: dict[str, Any], shares: dict[tuple[str, ...], float], limit: float = MAX_KEY_SHARE
+) -> tuple[dict[str, Any], list[str]]:
+    """The candidates without the keys nearly unique per row, and why each key (or family) was left out: for
+    such a key every novelty row is new, every lagged rate is the prior and every day count is 1, while its
+    per-(key, day) tables are as large as the data."""
+    out, why = dict(candidates), []
+    unique = {k for k, share in shares.items() if share > limit}
+    for key in sorted(unique):
+        families = [f for f in KEYED if list(key) in [list(k) for k in candidates.get(f, {}).get("keys", [])]]
+        why.append(
+            f"key ({', '.join(key)}) left out of {', '.join(families)}: {shares[key]:.0%} of rows have their own "
+            f"value (more than {limit:.0%}, nearly one per row)"
+        )
+    for family in KEYED:
+        if family not in candidates:
+            continue
+        keys = [k for k in candidates[family]["keys"] if tuple(k) not in unique]
+        if keys:
+            out[family] = {**candidates[family], "keys": keys}
+        else:
+            del out[family]
+            why.append(f"family {family} left out: every candidate key is nearly unique per row")
+    return out, why
+
+
+def candidate_spec(
+    raw_dir: Path, profile: Profile, progress: Callable[[str], None] = lambda _: None
+) -> tuple[dict[str, Any], FeatureSpec]:
+    """The candidate families `select` builds from the raw store in `raw_dir` (keys nearly unique per row left
+    out, each with a progress line saying why), as a `[features]` table and as a spec."""
+    candidates = candidate_raw(profile)
+    check_selectable(profile, candidates)
+    raw_fingerprint(raw_dir)  # a missing raw store is named before its rows are read
+    rows = pl.scan_parquet(Path(raw_dir) / "train.parquet", glob=False)
+    candidates, left_out = bounded(candidates, key_shares(rows, candidates, profile))
+    for line in left_out:
+        progress(f"select: {line}")
+    return candidates, feature_spec(rehearsal_build(candidates), profile, "candidate families")
 
 
 def requirements(candidates: dict[str, Any]) -> dict[str, set[str]]:

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from polars.testing import assert_frame_equal
 
-from gbmcvr.data.ingest import ingest, schema
+from gbmcvr.data.ingest import dictionary_columns, ingest, schema
 from gbmcvr.data.profile import SHARECHAT
 from gbmcvr.data.synth import write_synth
 from tests.factories import run_cli
@@ -161,9 +161,11 @@ FIRST = "train/000000000000.csv"
         pytest.param(lambda b: b.replace(b"\n", b"\r\n") + b"\r\n\r\n", id="crlf-blank-lines-at-end"),
     ],
 )
-def test_line_endings_and_marks_are_accepted(variant, data, tmp_path, clean_store):
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_line_endings_and_marks_are_accepted(variant, compressed, data, tmp_path, clean_store):
     path = data / FIRST
-    path.write_bytes(variant(path.read_bytes()))
+    raw = variant(path.read_bytes())
+    path.write_bytes(gzip.compress(raw) if compressed else raw)
     _assert_same_store(clean_store, data, tmp_path)
 
 
@@ -242,3 +244,13 @@ def test_streamed_store_equals_the_files_read_whole(pristine, tmp_path):
     columns = [SHARECHAT.id_column, SHARECHAT.day_column, *SHARECHAT.feature_columns, *SHARECHAT.label_columns]
     assert_frame_equal(pl.read_parquet(tmp_path / "raw" / "train.parquet"), expected.select(columns))
     assert pq.ParquetFile(tmp_path / "raw" / "train.parquet").num_row_groups == len(files)
+
+
+def test_dictionary_only_for_columns_with_few_distinct_values(data, tmp_path):
+    frame = pl.DataFrame({"id": np.arange(1000), "flag": np.arange(1000) % 2, "few": np.arange(1000) % 100})
+    assert dictionary_columns(frame) == ["flag", "few"]  # 100 distinct of 1000 rows is the share's edge
+    ingest(data, SHARECHAT, tmp_path / "raw")
+    meta = pq.ParquetFile(tmp_path / "raw" / "train.parquet").metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    assert not any("DICTIONARY" in e for e in encodings[SHARECHAT.id_column])
+    assert any("DICTIONARY" in e for e in encodings[SHARECHAT.binary[0]])

@@ -1,5 +1,6 @@
 import numpy as np
 import polars as pl
+import pytest
 
 from gbmcvr.fe.lagged import apply_lagged, lagged_table, window_map
 
@@ -7,21 +8,25 @@ FIT_DAYS = (1, 2, 3, 4, 5)
 ALL_DAYS = (1, 2, 3, 4, 5, 6, 7)
 
 
-def _rows(seed=0, n=300):
+def _rows(seed=0, n=300, nulls=False):
     rng = np.random.default_rng(seed)
-    return pl.DataFrame(
+    frame = pl.DataFrame(
         {
             "day": np.sort(rng.integers(1, 8, n)),
             "k": rng.integers(0, 5, n),
             "y": rng.integers(0, 2, n),
         }
     )
+    return frame.with_columns(pl.when(pl.col("k") != 0).then("k").alias("k")) if nulls else frame
 
 
-def _lagged(frame, window, n_min=20.0):
+def _lagged(frame, window, n_min=20.0, wanted=False):
     fit = frame.filter(pl.col("day").is_in(FIT_DAYS))
     pairs = window_map(FIT_DAYS, ALL_DAYS, window, "day")
-    table, prior = lagged_table(fit.lazy(), ["k"], "day", {"inst": "y"}, pairs, ALL_DAYS, n_min, "lr")
+    rows = frame.select("k", "day").unique() if wanted else None
+    table, prior = lagged_table(fit.lazy(), ["k"], "day", {"inst": "y"}, pairs, ALL_DAYS, n_min, "lr", rows)
+    if wanted:  # only the pairs rows look up
+        assert table.height == table.join(rows, on=["k", "day"], nulls_equal=True).height
     return apply_lagged(frame.lazy(), table, prior, ["k"], "day").collect()
 
 
@@ -32,10 +37,12 @@ def test_window_map():
     assert [s for d, s in pairs if d == 7] == [4, 5]  # after the fit window: the last labelled days
 
 
-def test_lagged_rates_match_a_naive_loop():
-    frame = _rows()
+@pytest.mark.parametrize("nulls", [False, True], ids=["keys", "null-keys"])
+@pytest.mark.parametrize("wanted", [False, True], ids=["every-pair", "wanted-pairs"])
+def test_lagged_rates_match_a_naive_loop(nulls, wanted):
+    frame = _rows(nulls=nulls)
     for window in (1, 3):
-        out = _lagged(frame, window)
+        out = _lagged(frame, window, wanted=wanted)
         rows = frame.rows()
         fit_rows = [r for r in rows if r[0] in FIT_DAYS]
         for i, (day, k, _y) in enumerate(rows):

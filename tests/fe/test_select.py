@@ -6,15 +6,18 @@ import numpy as np
 import polars as pl
 import pytest
 
+from gbmcvr.data.profile import SHARECHAT
 from gbmcvr.fe.pipeline import build
 from gbmcvr.fe.select import (
     CANDIDATE_SET,
     PLAN,
     Choice,
     SelectOptions,
+    bounded,
     candidate_raw,
     chosen_raw,
     closure,
+    key_shares,
     rehearsal_build,
     report_markdown,
     requirements,
@@ -186,3 +189,25 @@ def test_rehearsal_build_makes_label_encodings_use_earlier_days_only():
     built = rehearsal_build({"target": {"columns": ["a"]}, "other": {"scheme": "oof"}, "count": {"columns": ["a"]}})
     assert built["target"]["scheme"] == "past_days" and built["other"]["scheme"] == "past_days"
     assert built["count"] == {"columns": ["a"]}
+
+
+def test_keys_nearly_unique_per_row_leave_the_keyed_families() -> None:
+    profile = SHARECHAT
+    rows = pl.DataFrame(
+        {c: [i % 3 for i in range(10)] for c in profile.entities["item"]}
+        | {c: list(range(10)) for c in profile.entities["user"]}
+        | {c: [i % 2 for i in range(10)] for c in profile.categorical}
+    )
+    candidates = candidate_raw(profile)
+    shares = key_shares(rows.lazy(), candidates, profile)
+    assert shares[("user",)] == 1.0 and shares[("item",)] == 0.3
+    assert shares[("user", candidates["count"]["columns"][0])] == 1.0
+    kept, why = bounded(candidates, shares)
+    for family in ("novelty", "lagged", "daycount"):
+        assert ["item"] in kept[family]["keys"] and ["user"] not in kept[family]["keys"]
+    assert all("user" not in k for k in kept["lagged"]["keys"])
+    assert why[0].startswith("key (user) left out of novelty, lagged, daycount: 100% of rows")
+    assert candidates["novelty"]["keys"] != kept["novelty"]["keys"]  # the input is not changed
+    only_user = {"novelty": {"keys": [["user"]]}}
+    kept, why = bounded(only_user, {("user",): 0.9})
+    assert "novelty" not in kept and why[-1] == "family novelty left out: every candidate key is nearly unique per row"
