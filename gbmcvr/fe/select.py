@@ -38,7 +38,7 @@ from gbmcvr.tomlfile import read_toml
 
 CANDIDATE_SET = "candidates"
 PLAN = "backtest"
-SEARCHED = ("date", "cross", "count", "group", "target", "novelty", "lagged", "daycount")
+SEARCHED = ("date", "cross", "count", "group", "target", "novelty", "lagged", "daycount", "entity_target")
 DEFAULT_ON = ("date", "cross", "count", "group", "target")
 # categorical handling options: (native_max, codes_max) by vocabulary size
 HANDLING = {"native": (20000, 0), "small-native": (8, 0), "codes": (1, 0), "encodings-only": (1, 1000)}
@@ -95,8 +95,11 @@ class Selection:
     seconds: float = 0.0
 
 
-def candidate_raw(profile: Profile) -> dict[str, Any]:
-    """The candidate families as a `[features]` table: the default set plus key families over the entities."""
+def candidate_raw(profile: Profile, entities: str = "discovered") -> dict[str, Any]:
+    """The candidate families as a `[features]` table: the default set plus key families over the entities.
+
+    `profile.entities` are the groups the build will use (`fe/entity_groups.py` resolves them from `entities`,
+    which the table carries so that the chosen set is built on the same keys)."""
     if profile.name == "sharechat2023":
         raw = read_toml(Path(str(resources.files("gbmcvr.defaults") / "features_default.toml")))
     else:
@@ -109,6 +112,9 @@ def candidate_raw(profile: Profile) -> dict[str, Any]:
     raw["novelty"] = {"keys": keys}
     raw["lagged"] = {"keys": keys + crossed, "windows": [1, 3, 7, 28]}
     raw["daycount"] = {"keys": keys, "distinct": [*ents, *count_cols[:2]]}
+    if ents:  # its own family: the search weighs entity encodings apart from the default categorical ones
+        raw["entity_target"] = {"columns": ents, "folds": raw.get("target", {}).get("folds", 5)}
+    raw["entities"] = entities
     raw["categorical"] = {"native_max": HANDLING["native"][0]}
     return raw
 
@@ -149,7 +155,8 @@ def closure(families: set[str], requires: dict[str, set[str]], order: tuple[str,
 def chosen_raw(candidates: dict[str, Any], choice: Choice) -> dict[str, Any]:
     """The `[features]` table of a choice: the chosen families' candidate sections and the handling."""
     native_max, codes_max = HANDLING[choice.handling]
-    out: dict[str, Any] = {"clean": candidates.get("clean", {})}
+    out: dict[str, Any] = {"entities": candidates["entities"]} if "entities" in candidates else {}
+    out["clean"] = candidates.get("clean", {})
     out["categorical"] = {"native_max": native_max, "codes_max": codes_max}
     for family in SEARCHED:
         if family in choice.families and family in candidates:
@@ -170,8 +177,12 @@ def _toml_value(value: Any) -> str:
 def toml_text(raw: dict[str, Any], header: str) -> str:
     """A feature set as TOML text (tables of scalars and lists; what `feature_spec` reads back)."""
     lines = [f"# {line}" for line in header.splitlines()]
+    scalars = {k: v for k, v in raw.items() if not isinstance(v, dict)}
+    if scalars:  # before the first table, where TOML keeps top-level keys
+        lines += ["", *(f"{k} = {_toml_value(v)}" for k, v in scalars.items())]
     for section, table in raw.items():
-        lines += ["", f"[{section}]", *(f"{k} = {_toml_value(v)}" for k, v in table.items())]
+        if isinstance(table, dict):
+            lines += ["", f"[{section}]", *(f"{k} = {_toml_value(v)}" for k, v in table.items())]
     return "\n".join(lines) + "\n"
 
 
