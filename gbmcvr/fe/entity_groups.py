@@ -93,9 +93,13 @@ def stored_or_discovered(
 def describe(record: dict[str, Any], profile: Profile) -> str:
     """One line: the groups used, and each declared group that was overruled, with the reason."""
     used = "; ".join(f"{name} = {', '.join(group)}" for name, group in record["groups"].items())
-    reasons = {e["name"]: e["reason"] for e in record.get("evidence", []) if e.get("source") == "declared"}
+    reasons = {
+        e["name"]: e["reason"] if not e.get("is_key") else "a key, but discovery found a wider group"
+        for e in record.get("evidence", [])
+        if e.get("source") == "declared"
+    }
     overruled = [
-        f"{name} ({', '.join(profile.entities[name])}: {reasons.get(name, 'another group identifies it better')})"
+        f"{name} ({', '.join(profile.entities[name])}: {reasons.get(name, 'discovery found another group')})"
         for name in record.get("overruled", [])
         if name in profile.entities
     ]
