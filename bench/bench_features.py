@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from gbmcvr.data.profile import load_profile
-from gbmcvr.fe.pipeline import build
+from gbmcvr.fe import entity_groups
+from gbmcvr.fe.pipeline import build, raw_fingerprint
 from gbmcvr.fe.select import PLAN, candidate_spec
 from gbmcvr.fe.spec import default_spec
 from gbmcvr.workdir import Workdir
@@ -100,7 +101,9 @@ def main() -> None:
     profile = load_profile(args.profile)
     spec, plan = default_spec(profile), args.plan
     if args.set == "candidates":
-        spec, plan = candidate_spec(wd.raw, profile, lambda line: print(line, file=sys.stderr))[1], PLAN
+        say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+        keyed = entity_groups.resolve(wd.raw, profile, "discovered", raw_fingerprint(wd.raw), say)
+        spec, plan = candidate_spec(wd.raw, profile, keyed, "discovered", say)[1], PLAN
     runs = []
     for _ in range(args.repeat):
         cpu = _cpu_seconds()

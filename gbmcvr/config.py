@@ -183,6 +183,7 @@ models = ["e2e", "ts"]        # what `gbmcvr run` trains; add "mtdm" for the dee
 
 # [features]                  # families you name replace the default's keys; `family = false` removes one;
                               # `gbmcvr features --show-default` prints the default set
+# entities = "discovered"     # entity groups of key families: found in the data | "profile" (as declared)
 
 [gbm]
 num_boost_round = 3000        # upper bound; early stopping on the validation day picks the count

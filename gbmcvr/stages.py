@@ -22,8 +22,9 @@ from gbmcvr.data.ingest import ingest as ingest_raw
 from gbmcvr.data.profile import load_profile
 from gbmcvr.data.split import TEST_LABELS, backtest_plan, is_backtest, plan_days
 from gbmcvr.errors import UserError
+from gbmcvr.fe import entity_groups
 from gbmcvr.fe import select as selection
-from gbmcvr.fe.pipeline import BuildResult, build, raw_fingerprint, read_manifest, recipe_hash, stale_reason
+from gbmcvr.fe.pipeline import BuildResult, build, current_recipe_hash, raw_fingerprint, read_manifest, stale_reason
 from gbmcvr.fe.spec import FeatureSpec, config_feature_spec, default_spec, feature_spec
 from gbmcvr.lock import exclusive
 from gbmcvr.metrics import log_loss
@@ -132,7 +133,9 @@ def check_run_current(ctx: Context, run_dir: Path, meta: dict[str, Any]) -> None
         raise UserError(f"{run_dir}: trained on another raw store (the data was ingested again since); run `{redo}`")
     feature_set = meta.get("feature_set", ctx.cfg.feature_set)
     spec = feature_spec_of(ctx.cfg, ctx.wd, feature_set)
-    if "features_hash" in meta and meta["features_hash"] != recipe_hash(spec, ctx.cfg.load_profile()):
+    if "features_hash" in meta and meta["features_hash"] != current_recipe_hash(
+        ctx.wd.raw, ctx.cfg.load_profile(), spec
+    ):
         raise UserError(
             f"{run_dir}: trained on an older config of feature set '{feature_set}'; rebuild the features "
             f"(`gbmcvr features --set {feature_set}`) and run `{redo}`"
@@ -532,7 +535,9 @@ def select(ctx: Context, *, name: str = "selected", opts: selection.SelectOption
     wd, profile = ctx.wd, ctx.cfg.load_profile()
     check_name(name, "feature set name")
     opts = opts or ctx.cfg.selection
-    candidates, spec = selection.candidate_spec(wd.raw, profile, ctx.progress)
+    source = config_feature_spec(ctx.cfg.features, profile, ctx.cfg.source)[0].entities
+    keyed = entity_groups.resolve(wd.raw, profile, source, raw_fingerprint(wd.raw))  # build reports them
+    candidates, spec = selection.candidate_spec(wd.raw, profile, keyed, source, ctx.progress)
     build(wd.raw, profile, spec, selection.CANDIDATE_SET, selection.PLAN, wd.features, ctx.progress)
     tables = load_tables(wd.features, selection.CANDIDATE_SET, selection.PLAN)
     chosen = selection.run_selection(tables, opts, selection.requirements(candidates), ctx.progress)

@@ -20,7 +20,7 @@ from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.data.profile import Profile
 from gbmcvr.data.split import TEST_LABELS, plan_days
 from gbmcvr.errors import UserError
-from gbmcvr.fe import clean, crosses, entities
+from gbmcvr.fe import clean, crosses, entities, entity_groups
 from gbmcvr.fe.counts import CountFamily
 from gbmcvr.fe.dates import date_exprs
 from gbmcvr.fe.daycounts import DayCountFamily
@@ -29,8 +29,8 @@ from gbmcvr.fe.groupstats import GroupFamily
 from gbmcvr.fe.lagged import LaggedFamily
 from gbmcvr.fe.lookup import Attached, Lookup, key_ranges
 from gbmcvr.fe.novelty import NoveltyFamily
-from gbmcvr.fe.spec import FeatureSpec, cross_name
-from gbmcvr.fe.target import TargetFamily, fold_expr
+from gbmcvr.fe.spec import FeatureSpec, cross_name, is_entity_name
+from gbmcvr.fe.target import EntityTargetFamily, TargetFamily, fold_expr
 from gbmcvr.stored import check_parquet, load_json_object
 
 __all__ = ["LIKE", "SPLIT", "BuildResult", "build", "read_manifest"]
@@ -45,6 +45,7 @@ TABLE_FAMILIES: tuple[type[TableFamily], ...] = (
     NoveltyFamily,
     DayCountFamily,
     LaggedFamily,
+    EntityTargetFamily,
 )
 
 
@@ -164,16 +165,41 @@ def _split_slices(base: pl.DataFrame, days: dict[str, tuple[int, ...]]) -> dict[
     return {s: (sum(lengths[:i]), lengths[i]) for i, s in enumerate(days)}
 
 
-def _entities_used(spec: FeatureSpec, profile: Profile) -> list[str]:
-    key_lists = [
+def _key_lists(spec: FeatureSpec) -> list[tuple[str, ...]]:
+    """Every key of the families that may name entities."""
+    return [
         *(k for part in (spec.novelty, spec.lagged, spec.daycount) if part is not None for k in part.keys),
         *((c,) for c in (spec.daycount.distinct if spec.daycount else ())),
+        *((c,) for part in (spec.target, spec.entity_target) if part is not None for c in part.columns),
     ]
-    return entities.entities_used(key_lists, profile)
+
+
+def _entities_used(spec: FeatureSpec, profile: Profile) -> list[str]:
+    return entities.entities_used(_key_lists(spec), profile)
+
+
+def entity_profile(
+    raw_dir: Path, profile: Profile, spec: FeatureSpec, progress: Callable[[str], None] = lambda _: None
+) -> Profile:
+    """The profile with the entity groups the spec's key families use (`fe/entity_groups.py`); unchanged when
+    the spec names no entity. An entity name that neither discovery nor the profile gives is a UserError."""
+    named = list(dict.fromkeys(c for key in _key_lists(spec) for c in key if is_entity_name(c, profile)))
+    if not named:
+        return profile
+    resolved = entity_groups.resolve(raw_dir, profile, spec.entities, raw_fingerprint(raw_dir), progress)
+    missing = [n for n in named if n not in resolved.entities]
+    if missing:
+        known = "; ".join(f"{n} = {', '.join(g)}" for n, g in resolved.entities.items()) or "none"
+        raise UserError(
+            f"[features]: entity '{missing[0]}' names no group of {raw_dir} (entity groups, entities = "
+            f'"{spec.entities}": {known}); use one of them'
+        )
+    return resolved
 
 
 def recipe_hash(spec: FeatureSpec, profile: Profile) -> str:
-    """The manifest's `config_hash`: the feature set's digest plus the profile's entity groups it uses."""
+    """The manifest's `config_hash`: the feature set's digest plus the entity groups it uses (`profile` as
+    `entity_profile` resolves it, so tables keyed on other groups are stale)."""
     used = _entities_used(spec, profile)
     config_hash = spec.digest()
     if used:  # the profile's entity groups are part of the recipe
@@ -182,11 +208,16 @@ def recipe_hash(spec: FeatureSpec, profile: Profile) -> str:
     return config_hash
 
 
+def current_recipe_hash(raw_dir: Path, profile: Profile, spec: FeatureSpec) -> str:
+    """The recipe hash tables built now from the raw store would carry (entity groups resolved as build does)."""
+    return recipe_hash(spec, entity_profile(raw_dir, profile, spec))
+
+
 def stale_reason(manifest: dict, raw_dir: Path, profile: Profile, spec: FeatureSpec) -> str | None:
     """Why a built plan no longer matches the raw store or the feature set's config (None: it is current)."""
     if manifest.get("raw_fingerprint") != raw_fingerprint(raw_dir):
         return "the raw store changed since they were built (re-ingested)"
-    if manifest.get("config_hash") != recipe_hash(spec, profile):
+    if manifest.get("config_hash") != current_recipe_hash(raw_dir, profile, spec):
         return "the feature set's config changed since they were built"
     if manifest.get("version") != FEATURE_VERSION:
         return "they were built by another gbmcvr version"
@@ -207,6 +238,7 @@ def build(
     start = time.perf_counter()
     raw_dir, out = Path(raw_dir), Path(out_root) / feature_set / plan
     fingerprint = raw_fingerprint(raw_dir)
+    profile = entity_profile(raw_dir, profile, spec, progress)
     used = _entities_used(spec, profile)
     config_hash = recipe_hash(spec, profile)
     manifest_path = out / "manifest.json"
@@ -240,7 +272,7 @@ def build(
             "date",
             f"date: {day} mod {spec.date.cycle}" + (" (sin/cos)" if name.endswith(("sin", "cos")) else ""),
         )
-    folds = spec.target.folds if spec.target else 5
+    folds = next((part.folds for part in (spec.target, spec.entity_target) if part is not None), 5)
     base = lf.with_columns(*exprs, fold_expr(id_col, folds), **date_cols).collect()
     sizes = base.group_by(SPLIT).len()
     rows = {s: int(sizes.filter(pl.col(SPLIT) == s)["len"].sum()) for s in days}
@@ -340,6 +372,7 @@ def build(
                 "profile": profile.name,
                 "config_hash": config_hash,
                 "raw_fingerprint": fingerprint,
+                "entities": {e: list(profile.entities[e]) for e in used},
                 "spec": asdict(spec),
                 "splits": {s: {"days": list(d), "rows": rows[s]} for s, d in days.items()},
                 "rows": rows,

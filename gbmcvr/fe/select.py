@@ -51,7 +51,7 @@ from gbmcvr.tomlfile import read_toml
 
 CANDIDATE_SET = "candidates"
 PLAN = "backtest"
-SEARCHED = ("date", "cross", "count", "group", "target", "novelty", "lagged", "daycount")
+SEARCHED = ("date", "cross", "count", "group", "target", "novelty", "lagged", "daycount", "entity_target")
 DEFAULT_ON = ("date", "cross", "count", "group", "target")
 # categorical handling options: (native_max, codes_max) by vocabulary size
 HANDLING = {"native": (20000, 0), "small-native": (8, 0), "codes": (1, 0), "encodings-only": (1, 1000)}
@@ -98,8 +98,11 @@ class Selection:
     rehearsal: dict[str, Any] = field(default_factory=dict)  # rows per rehearsal day and the weighting
 
 
-def candidate_raw(profile: Profile) -> dict[str, Any]:
-    """The candidate families as a `[features]` table: the default set plus key families over the entities."""
+def candidate_raw(profile: Profile, entities: str = "discovered") -> dict[str, Any]:
+    """The candidate families as a `[features]` table: the default set plus key families over the entities.
+
+    `profile.entities` are the groups the build will use (`fe/entity_groups.py` resolves them from `entities`,
+    which the table carries so that the chosen set is built on the same keys)."""
     if profile.name == "sharechat2023":
         raw = read_toml(Path(str(resources.files("gbmcvr.defaults") / "features_default.toml")))
     else:
@@ -112,6 +115,9 @@ def candidate_raw(profile: Profile) -> dict[str, Any]:
     raw["novelty"] = {"keys": keys}
     raw["lagged"] = {"keys": keys + crossed, "windows": [1, 3, 7, 28]}
     raw["daycount"] = {"keys": keys, "distinct": [*ents, *count_cols[:2]]}
+    if ents:  # its own family: the search weighs entity encodings apart from the default categorical ones
+        raw["entity_target"] = {"columns": ents, "folds": raw.get("target", {}).get("folds", 5)}
+    raw["entities"] = entities
     raw["categorical"] = {"native_max": HANDLING["native"][0]}
     return raw
 
@@ -130,6 +136,7 @@ def rehearsal_build(candidates: dict[str, Any]) -> dict[str, Any]:
 
 
 KEYED = ("novelty", "lagged", "daycount")  # the families whose tables hold one entry per (key, day)
+ENTITY_TARGET = "entity_target"  # its encoding tables hold one entry per entity
 MAX_KEY_SHARE = 0.5  # a key with more distinct values than this share of rows is nearly unique per row
 
 
@@ -141,6 +148,7 @@ def key_columns(key: list[str] | tuple[str, ...], profile: Profile) -> list[str]
 def key_shares(raw: pl.LazyFrame, candidates: dict[str, Any], profile: Profile) -> dict[tuple[str, ...], float]:
     """Distinct values of each key of the keyed families as a share of the raw rows (one pass over the rows)."""
     keys = {tuple(k) for family in KEYED for k in candidates.get(family, {}).get("keys", [])}
+    keys |= {(c,) for c in candidates.get(ENTITY_TARGET, {}).get("columns", [])}
     if not keys:
         return {}
     exprs = [pl.struct(key_columns(k, profile)).n_unique().alias(str(i)) for i, k in enumerate(keys)]
@@ -158,6 +166,9 @@ def bounded(
     unique = {k for k, share in shares.items() if share > limit}
     for key in sorted(unique):
         families = [f for f in KEYED if list(key) in [list(k) for k in candidates.get(f, {}).get("keys", [])]]
+        families += (
+            [ENTITY_TARGET] if len(key) == 1 and key[0] in candidates.get(ENTITY_TARGET, {}).get("columns", []) else []
+        )
         why.append(
             f"key ({', '.join(key)}) left out of {', '.join(families)}: {shares[key]:.0%} of rows have their own "
             f"value (more than {limit:.0%}, nearly one per row)"
@@ -171,19 +182,31 @@ def bounded(
         else:
             del out[family]
             why.append(f"family {family} left out: every candidate key is nearly unique per row")
+    if ENTITY_TARGET in candidates:
+        columns = [c for c in candidates[ENTITY_TARGET]["columns"] if (c,) not in unique]
+        if columns:
+            out[ENTITY_TARGET] = {**candidates[ENTITY_TARGET], "columns": columns}
+        else:
+            del out[ENTITY_TARGET]
+            why.append(f"family {ENTITY_TARGET} left out: every entity is nearly unique per row")
     return out, why
 
 
 def candidate_spec(
-    raw_dir: Path, profile: Profile, progress: Callable[[str], None] = lambda _: None
+    raw_dir: Path,
+    profile: Profile,
+    keyed: Profile,
+    entities: str = "discovered",
+    progress: Callable[[str], None] = lambda _: None,
 ) -> tuple[dict[str, Any], FeatureSpec]:
-    """The candidate families `select` builds from the raw store in `raw_dir` (keys nearly unique per row left
-    out, each with a progress line saying why), as a `[features]` table and as a spec."""
-    candidates = candidate_raw(profile)
+    """The candidate families `select` builds from the raw store in `raw_dir` over the entity groups of `keyed`
+    (the profile with the groups the build uses; keys nearly unique per row left out, each with a progress line
+    saying why), as a `[features]` table and as a spec."""
+    candidates = candidate_raw(keyed, entities)
     check_selectable(profile, candidates)
     raw_fingerprint(raw_dir)  # a missing raw store is named before its rows are read
     rows = pl.scan_parquet(Path(raw_dir) / "train.parquet", glob=False)
-    candidates, left_out = bounded(candidates, key_shares(rows, candidates, profile))
+    candidates, left_out = bounded(candidates, key_shares(rows, candidates, keyed))
     for line in left_out:
         progress(f"select: {line}")
     return candidates, feature_spec(rehearsal_build(candidates), profile, "candidate families")
@@ -225,7 +248,8 @@ def closure(families: set[str], requires: dict[str, set[str]], order: tuple[str,
 def chosen_raw(candidates: dict[str, Any], choice: Choice) -> dict[str, Any]:
     """The `[features]` table of a choice: the chosen families' candidate sections and the handling."""
     native_max, codes_max = HANDLING[choice.handling]
-    out: dict[str, Any] = {"clean": candidates.get("clean", {})}
+    out: dict[str, Any] = {"entities": candidates["entities"]} if "entities" in candidates else {}
+    out["clean"] = candidates.get("clean", {})
     out["categorical"] = {"native_max": native_max, "codes_max": codes_max}
     for family in SEARCHED:
         if family in choice.families and family in candidates:
@@ -246,8 +270,12 @@ def _toml_value(value: Any) -> str:
 def toml_text(raw: dict[str, Any], header: str) -> str:
     """A feature set as TOML text (tables of scalars and lists; what `feature_spec` reads back)."""
     lines = [f"# {line}" for line in header.splitlines()]
+    scalars = {k: v for k, v in raw.items() if not isinstance(v, dict)}
+    if scalars:  # before the first table, where TOML keeps top-level keys
+        lines += ["", *(f"{k} = {_toml_value(v)}" for k, v in scalars.items())]
     for section, table in raw.items():
-        lines += ["", f"[{section}]", *(f"{k} = {_toml_value(v)}" for k, v in table.items())]
+        if isinstance(table, dict):
+            lines += ["", f"[{section}]", *(f"{k} = {_toml_value(v)}" for k, v in table.items())]
     return "\n".join(lines) + "\n"
 
 

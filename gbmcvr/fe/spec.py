@@ -14,7 +14,22 @@ from gbmcvr.data.profile import Profile
 from gbmcvr.errors import UserError
 from gbmcvr.tomlfile import read_toml, typed_fields
 
-FAMILIES = ("clean", "categorical", "date", "cross", "count", "group", "target", "novelty", "lagged", "daycount")
+FAMILIES = (
+    "clean",
+    "categorical",
+    "date",
+    "cross",
+    "count",
+    "group",
+    "target",
+    "novelty",
+    "lagged",
+    "daycount",
+    "entity_target",
+)
+# where the entity groups that key families name come from: discovered in the data (the profile's `[entities]`
+# are hints it checks) or the profile's declaration as it is
+ENTITY_SOURCES = ("discovered", "profile")
 GROUP_STATS = (
     "mean",
     "median",
@@ -36,6 +51,7 @@ TARGETS = ("is_installed", "is_like", "install_given_like")
 NOVELTY_STATS = ("first_day", "days_since_first", "new_on_day", "active_days")
 LAGGED_TARGETS = ("is_installed", "is_like")
 DAY_CYCLE_COLUMN = "day_mod_7"
+DISCOVERED_NAME = re.compile(r"user|ad|entity_[0-9]+")  # the names `data/entity_discovery.py` gives
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,16 @@ class TargetSpec:
 
 
 @dataclass(frozen=True)
+class EntityTargetSpec(TargetSpec):
+    """Beta target encodings of entity keys (users, ads): fewer statistics and a weaker prior than `[target]`,
+    since an entity is seen far fewer times than a category."""
+
+    targets: tuple[str, ...] = ("is_installed", "is_like")
+    stats: tuple[str, ...] = ("mean", "var")
+    n_min: float = 20.0
+
+
+@dataclass(frozen=True)
 class NoveltySpec:
     """Label-free novelty of key values over all rows of the plan, the unlabeled test day included."""
 
@@ -128,6 +154,8 @@ class FeatureSpec:
     novelty: NoveltySpec | None = None
     lagged: LaggedSpec | None = None
     daycount: DayCountSpec | None = None
+    entity_target: EntityTargetSpec | None = None
+    entities: str = "discovered"
 
     def digest(self) -> str:
         """Hash of the spec: same spec, same hash (the cache key of the feature tables)."""
@@ -144,11 +172,24 @@ def _choice(value: str, allowed: tuple[str, ...], where: str, key: str) -> str:
     return value
 
 
-def feature_spec(raw: dict[str, Any], profile: Profile, where: str) -> FeatureSpec:
-    """Parse and validate a `[features]` table against the profile's columns."""
+def _check_keys(raw: dict[str, Any], where: str) -> None:
     for key in raw:
-        if key not in FAMILIES:
-            raise UserError(f"{where}: unknown feature family '{key}' (families: {', '.join(FAMILIES)})")
+        if key not in FAMILIES and key != "entities":
+            raise UserError(
+                f"{where}: unknown feature family '{key}' (families: {', '.join(FAMILIES)}; or the key entities)"
+            )
+    if "entities" in raw:
+        if not isinstance(raw["entities"], str):
+            raise UserError(f"{where}: entities must be one of {', '.join(ENTITY_SOURCES)}, got {raw['entities']!r}")
+        _choice(raw["entities"], ENTITY_SOURCES, where, "entities")
+
+
+def feature_spec(raw: dict[str, Any], profile: Profile, where: str) -> FeatureSpec:
+    """Parse and validate a `[features]` table against the profile's columns.
+
+    Entity names are the profile's `[entities]` or names discovery gives (`user`, `entity_2`, ...): which groups
+    they stand for is known once the raw store is (`fe/entity_groups.py`)."""
+    _check_keys(raw, where)
     parts: dict[str, Any] = {}
     for name, cls in (
         ("clean", CleanSpec),
@@ -161,6 +202,7 @@ def feature_spec(raw: dict[str, Any], profile: Profile, where: str) -> FeatureSp
         ("novelty", NoveltySpec),
         ("lagged", LaggedSpec),
         ("daycount", DayCountSpec),
+        ("entity_target", EntityTargetSpec),
     ):
         if name not in raw:
             continue
@@ -171,7 +213,7 @@ def feature_spec(raw: dict[str, Any], profile: Profile, where: str) -> FeatureSp
             # a key is a column or entity name, or a list of them (a cross)
             table = {**table, "keys": [[k] if isinstance(k, str) else k for k in table["keys"]]}
         parts[name] = cls(**typed_fields(cls, table, f"{where} [{name}]"))
-    spec = FeatureSpec(**parts)
+    spec = FeatureSpec(**parts, **({"entities": raw["entities"]} if "entities" in raw else {}))
     _validate(spec, profile, where)
     return spec
 
@@ -225,19 +267,30 @@ def _validate(spec: FeatureSpec, profile: Profile, where: str) -> None:
                 raise UserError(f"{where} [group]: pairs are [categorical, numerical], got {list(pair)}")
             need(pair[0], keys, "group", "categorical")
             need(pair[1], numerical, "group", "numerical")
-    if spec.target is not None:
-        t = spec.target
+    for family, t in (("target", spec.target), ("entity_target", spec.entity_target)):
+        if t is None:
+            continue
         for stat in t.stats:
-            _choice(stat, BETA_STATS, f"{where} [target]", "statistic")
+            _choice(stat, BETA_STATS, f"{where} [{family}]", "statistic")
         for target in t.targets:
-            _choice(target, TARGETS, f"{where} [target]", "target")
-        _choice(t.scheme, ("oof", "past_days"), f"{where} [target]", "scheme")
+            _choice(target, TARGETS, f"{where} [{family}]", "target")
+        _choice(t.scheme, ("oof", "past_days"), f"{where} [{family}]", "scheme")
         if t.n_min < 1:
-            raise UserError(f"{where} [target]: n_min must be at least 1, got {t.n_min}")
+            raise UserError(f"{where} [{family}]: n_min must be at least 1, got {t.n_min}")
         if t.folds < 2:
-            raise UserError(f"{where} [target]: folds must be at least 2, got {t.folds}")
+            raise UserError(f"{where} [{family}]: folds must be at least 2, got {t.folds}")
         for col in t.columns:
-            need(col, keys, "target", "categorical")
+            if not is_entity_name(col, profile):
+                need(col, keys, family, "categorical")
+    if spec.target is not None and spec.entity_target is not None:
+        both = sorted(set(spec.target.columns) & set(spec.entity_target.columns))
+        if both:
+            raise UserError(f"{where} [entity_target]: '{both[0]}' is encoded by [target] already; name it once")
+        if spec.target.folds != spec.entity_target.folds:
+            raise UserError(
+                f"{where} [entity_target]: folds must equal [target]'s ({spec.target.folds}): "
+                "both encode out of fold with one fold column"
+            )
     c = spec.categorical
     if c.native_max < 0 or c.codes_max < 0:
         raise UserError(f"{where} [categorical]: native_max and codes_max must be non-negative")
@@ -250,7 +303,7 @@ def _validate(spec: FeatureSpec, profile: Profile, where: str) -> None:
             if not key:
                 raise UserError(f"{where} [{family}]: an empty key")
             for col in key:
-                if col not in profile.entities:
+                if not is_entity_name(col, profile):
                     need(col, keys, family, "categorical or entity")
     if spec.novelty is not None:
         for stat in spec.novelty.stats:
@@ -264,7 +317,7 @@ def _validate(spec: FeatureSpec, profile: Profile, where: str) -> None:
             raise UserError(f"{where} [lagged]: n_min must be at least 1, got {spec.lagged.n_min}")
     if spec.daycount is not None:
         for col in spec.daycount.distinct:
-            if col not in profile.entities:
+            if not is_entity_name(col, profile):
                 need(col, keys, "daycount", "categorical or entity")
 
 
@@ -296,9 +349,9 @@ def merge_with_default(raw: dict[str, Any], profile: Profile, where: str) -> tup
     default = default_raw(profile)
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for key in raw:
-        if key not in FAMILIES:
-            raise UserError(f"{where}: unknown feature family '{key}' (families: {', '.join(FAMILIES)})")
+    _check_keys(raw, where)
+    if "entities" in raw:
+        merged["entities"] = raw["entities"]
     for family in FAMILIES:
         value = raw.get(family, True)
         if value is False:
@@ -320,6 +373,14 @@ def merge_with_default(raw: dict[str, Any], profile: Profile, where: str) -> tup
 def only_families(tables: dict[str, Any]) -> dict[str, Any]:
     """A config `[features]` table that turns off every family it does not name (e.g. raw columns only)."""
     return {**{f: False for f in FAMILIES if f not in ALWAYS_ON}, **tables}
+
+
+def is_entity_name(name: str, profile: Profile) -> bool:
+    """Whether a key names an entity: one the profile declares, or (unless a column has that name) one that
+    discovery may name (`user`, the ad's `ad`, `entity_2`, ...)."""
+    if name in profile.entities:
+        return True
+    return profile.role(name) is None and bool(DISCOVERED_NAME.fullmatch(name))
 
 
 def config_feature_spec(raw: dict[str, Any] | None, profile: Profile, where: str) -> tuple[FeatureSpec, dict[str, str]]:

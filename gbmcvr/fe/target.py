@@ -29,6 +29,7 @@ from scipy import special
 
 from gbmcvr.data.profile import Profile
 from gbmcvr.errors import UserError
+from gbmcvr.fe import entities
 from gbmcvr.fe.family import LIKE, SPLIT, TARGET_SHORT, Context
 from gbmcvr.fe.lookup import Lookup
 from gbmcvr.fe.spec import TargetSpec
@@ -188,19 +189,19 @@ class BetaTargetEncoder:
 
 
 class TargetFamily:
-    """`[target]`: Beta target encodings of categorical columns, out-of-fold (or past days) inside the fit window."""
+    """`[target]`: Beta target encodings of categorical columns or entity keys (an entity name stands for its
+    key column `k_<name>`), out-of-fold (or past days) inside the fit window."""
 
     name = "target"
 
     def __init__(self, spec: TargetSpec, profile: Profile) -> None:
         self.spec = spec
         self.day = profile.day_column
+        self.columns = [entities.key_columns((c,), profile)[0] for c in spec.columns]
 
     def _prefixes(self) -> list[tuple[str, str, str]]:
         return [
-            (target, col, f"te_{col}_{TARGET_SHORT[target]}")
-            for target in self.spec.targets
-            for col in self.spec.columns
+            (target, col, f"te_{col}_{TARGET_SHORT[target]}") for target in self.spec.targets for col in self.columns
         ]
 
     def recipes(self) -> dict[str, str]:
@@ -217,7 +218,7 @@ class TargetFamily:
         """Per-category statistics from the fit window; fit rows get their out-of-fold (or earlier days') table."""
         t, day = self.spec, self.day
         window_key = FOLD if t.scheme == "oof" else day
-        needed = dict.fromkeys([*t.columns, LIKE, ctx.profile.install_label, FOLD, day])
+        needed = dict.fromkeys([*self.columns, LIKE, ctx.profile.install_label, FOLD, day])
         fit_rows = ctx.rows.lazy().filter(pl.col(SPLIT) == "fit").select(*needed).collect()
         others = tuple(s for s in ctx.days if s != "fit")
         out = []
@@ -234,3 +235,10 @@ class TargetFamily:
             out.append(Lookup((col, window_key), enc.window_table(), outputs, ("fit",)))
             out.append(Lookup((col,), enc.table(), outputs, others))
         return out
+
+
+class EntityTargetFamily(TargetFamily):
+    """`[entity_target]`: the same encodings on entity keys, a family of its own so that `gbmcvr select` weighs
+    them apart from the categorical encodings of `[target]`."""
+
+    name = "entity_target"

@@ -206,7 +206,8 @@ def test_keys_nearly_unique_per_row_leave_the_keyed_families() -> None:
     for family in ("novelty", "lagged", "daycount"):
         assert ["item"] in kept[family]["keys"] and ["user"] not in kept[family]["keys"]
     assert all("user" not in k for k in kept["lagged"]["keys"])
-    assert why[0].startswith("key (user) left out of novelty, lagged, daycount: 100% of rows")
+    assert kept["entity_target"]["columns"] == ["item"]
+    assert why[0].startswith("key (user) left out of novelty, lagged, daycount, entity_target: 100% of rows")
     assert candidates["novelty"]["keys"] != kept["novelty"]["keys"]  # the input is not changed
     only_user = {"novelty": {"keys": [["user"]]}}
     kept, why = bounded(only_user, {("user",): 0.9})
