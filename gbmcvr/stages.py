@@ -557,6 +557,7 @@ def select(ctx: Context, *, name: str = "selected", opts: selection.SelectOption
                     tables.manifest["config_hash"], tables.manifest["raw_fingerprint"], asdict(opts)
                 ),
                 "choice": asdict(chosen.choice),
+                "entities": {name: list(group) for name, group in keyed.entities.items()},
                 "options": asdict(opts),
                 "steps": chosen.steps,
                 "holdout": chosen.holdout,

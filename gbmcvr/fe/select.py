@@ -117,7 +117,8 @@ def candidate_raw(profile: Profile, entities: str = "discovered") -> dict[str, A
     raw["daycount"] = {"keys": keys, "distinct": [*ents, *count_cols[:2]]}
     if ents:  # its own family: the search weighs entity encodings apart from the default categorical ones
         raw["entity_target"] = {"columns": ents, "folds": raw.get("target", {}).get("folds", 5)}
-    raw["entities"] = entities
+    if entities != "discovered":  # not the default: the chosen set carries it
+        raw["entities"] = entities
     raw["categorical"] = {"native_max": HANDLING["native"][0]}
     return raw
 
