@@ -40,7 +40,7 @@ from gbmcvr.post.scoring import read_truth
 from gbmcvr.stages import build_features
 from gbmcvr.workdir import Workdir
 
-TFM_VARIANTS = {"tfm-ssl": {"ssl_weight": 0.2}, "tfm-pretrain": {"pretrain_epochs": 1}}
+TFM_VARIANTS = {"tfm-pretrain": {"pretrain_epochs": 1}, "tfm-ssl": {"ssl_weight": 0.2}}  # cheaper first
 RAWCOLS = {"features": only_families({"clean": {}}), "feature_set": "rawcols", "gbm": {"max_cat_cardinality": 0}}
 DEEP = ("tfm", "mtdm")
 
@@ -164,22 +164,6 @@ def main() -> None:
         build_features(ctx, plan=plan)
     raw_cfg = config_from_dict(merged(raw, RAWCOLS), "bench (raw columns)")
     build_features(replace(ctx, cfg=raw_cfg), plan="validate")
-    jobs = [("rawcols", merged(raw, RAWCOLS), "e2e", "validate", False)]
-    jobs += [(kind, raw, kind, "validate", False) for kind in args.models]
-    if args.tfm_variants:
-        jobs += [
-            (run_id, merged(raw, {"tfm": over}), "tfm", "validate", False) for run_id, over in TFM_VARIANTS.items()
-        ]
-    jobs += [(f"{kind}-refit", raw, kind, "validate", True) for kind in args.refit_models]
-    if not args.skip_mtdm:
-        jobs.append(("mtdm", raw, "mtdm", "validate", False))
-    jobs += [(kind, raw, kind, plan, False) for plan in rehearsals for kind in args.ensemble]
-    costs: dict[tuple[str, str], dict[str, float]] = {}
-    for run_id, job_raw, kind, plan, refit in jobs:
-        job = {"run_id": run_id, "kind": kind, "plan": plan, "refit": refit}
-        costs[run_id, plan] = train_in_child(args.root, job_raw, job)
-        emit({"trained": run_id, "plan": plan, **costs[run_id, plan]})
-
     truth = read_truth(data).select("row_id", "is_installed", "p_install")
     train = pl.read_parquet(wd.raw / "train.parquet", columns=["f_0", "f_1", "is_installed"])
     rate = float(train.filter(pl.col("f_1") <= 65)["is_installed"].mean())
@@ -194,17 +178,33 @@ def main() -> None:
         {"model": "prior", "test_logloss": round(ll_prior, 5), "gap_closed": 0.0},
         {"model": "truth", "test_logloss": round(ll_truth, 5), "gap_closed": 1.0},
     ]
-    for (run_id, plan), cost in costs.items():
+
+    def trained(run_id: str, job_raw: dict[str, Any], kind: str, plan: str, refit: bool) -> None:
+        """Train one run in its child; a validate run is scored (and printed) at once."""
+        cost = train_in_child(args.root, job_raw, {"run_id": run_id, "kind": kind, "plan": plan, "refit": refit})
+        emit({"trained": run_id, "plan": plan, **cost})
         if plan != "validate":
-            continue
+            return
         preds = pl.read_parquet(wd.run(run_id) / "preds.parquet")
         run_metrics = json.loads((wd.run(run_id) / "metrics.json").read_text())
         row = score(run_id, preds, y_valid, truth, rate)
         row.update(gap_closed=gap_closed(row["test_logloss"], ll_prior, ll_truth), **cost, **epoch_seconds(run_metrics))
         emit(row)
         table.append(row)
+
+    # the plain runs and the ensemble's backtest runs first, the slower tfm variants last
+    jobs = [("rawcols", merged(raw, RAWCOLS), "e2e", "validate", False)]
+    jobs += [(kind, raw, kind, "validate", False) for kind in args.models]
+    jobs += [(f"{kind}-refit", raw, kind, "validate", True) for kind in args.refit_models]
+    if not args.skip_mtdm:
+        jobs.append(("mtdm", raw, "mtdm", "validate", False))
+    jobs += [(kind, raw, kind, plan, False) for plan in rehearsals for kind in args.ensemble]
+    for job in jobs:
+        trained(*job)
     if args.ensemble:
         table.append(backtest_ensemble(ctx, args, data, truth, ll_prior, ll_truth))
+    for run_id, over in TFM_VARIANTS.items() if args.tfm_variants else ():
+        trained(run_id, merged(raw, {"tfm": over}), "tfm", "validate", False)
     refits = [f"{kind}-refit" for kind in args.refit_models][:2]
     for runs_set in (refits, refits + ["mtdm"]) if len(refits) == 2 and not args.skip_mtdm else ():
         post_grid(ctx, runs_set, data)

@@ -80,23 +80,19 @@ def train_mtdm_run(
     if parallel is not None and valid is not None:
         valid = shard_rows(valid, parallel)
     result = train_mtdm(data["fit"], valid, spec, cfg, seed, device, progress, epoch_callback, parallel)
-    preds, scores = multitask_predictions(tables, data, lambda t: ensemble_predict(result.models, t, device))
-    out_metrics = {
-        **scores,
-        "best_epoch": result.best_epoch,
-        "samples_per_s": result.samples_per_s,
-        "train_seconds": result.seconds,
-        "device": str(device),
-        "history": result.history,
-    }
-    return MtdmRun(result, spec, preds, out_metrics)
+    preds, out_metrics = multitask_outputs(tables, data, lambda t: ensemble_predict(result.models, t, device), result)
+    return MtdmRun(result, spec, preds, out_metrics | {"device": str(device), "history": result.history})
 
 
-def multitask_predictions(
-    tables: FeatureTables, data: dict[str, Tensors], predict: Callable[[Tensors], dict[str, np.ndarray]]
+def multitask_outputs(
+    tables: FeatureTables,
+    data: dict[str, Tensors],
+    predict: Callable[[Tensors], dict[str, np.ndarray]],
+    result: Any,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """A multi-task network's prediction table of the valid and test rows (`predict` gives a split's columns
-    from its tensors), and its valid-day scores: install, the CTR x CVR product and each task."""
+    from its tensors), and its metrics: valid-day scores (install, the CTR x CVR product, each task), best
+    epoch and speed of its training `result`."""
     ids, cols = {}, {}
     for split in ("valid", "test"):
         if split in tables.splits:
@@ -113,6 +109,9 @@ def multitask_predictions(
             "p_product": metrics.report(y, cols["valid"]["p_product"], rate),
             "tasks": task_metrics(cols["valid"], like, y),
         },
+        "best_epoch": result.best_epoch,
+        "samples_per_s": result.samples_per_s,
+        "train_seconds": result.seconds,
     }
     return prediction_table(ids, cols), scores
 

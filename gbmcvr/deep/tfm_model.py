@@ -31,7 +31,7 @@ from gbmcvr.deep.losses import task_losses
 from gbmcvr.deep.model import Dropout, OffsetEmbedding, ParallelMLP, product_logit
 from gbmcvr.deep.params import MtdmConfig
 from gbmcvr.deep.qr import FieldEmbedding
-from gbmcvr.deep.run import input_columns, multitask_predictions
+from gbmcvr.deep.run import input_columns, multitask_outputs
 from gbmcvr.deep.tfm_params import TfmConfig, tfm_config
 from gbmcvr.deep.train import _autocast, predict, resolve_device, seed_everything, task_metrics
 from gbmcvr.errors import UserError
@@ -310,12 +310,8 @@ def train_tfm_run(
     unlabeled = features_only(data) if cfg.pretrain_epochs > 0 else None
     result = train_tfm(data["fit"], data.get("valid"), spec, cfg, seed, device, progress, epoch_callback, unlabeled)
     del unlabeled
-    preds, scores = multitask_predictions(tables, data, lambda t: predict(result.model, t, device))
-    out_metrics = {
-        **scores,
-        "best_epoch": result.best_epoch,
-        "samples_per_s": result.samples_per_s,
-        "train_seconds": result.seconds,
+    preds, scores = multitask_outputs(tables, data, lambda t: predict(result.model, t, device), result)
+    out_metrics = scores | {
         "device": str(device),
         "history": result.history,
         "pretrain_history": result.pretrain_history,
