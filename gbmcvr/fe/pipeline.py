@@ -291,15 +291,18 @@ def build(
         rec.add(col, "binary", f"binary: {col}")
     cross_cols = []
     if spec.cross:
+        cross_lookups = []
         for pair in spec.cross.pairs:
             name = cross_name(pair)
             # the vocabulary holds raw values: give it the dense codes the rows now carry
             table = _dense_codes(vocab[name], vocab, [c for c in pair if c in cats])
-            lookup = Lookup(tuple(pair), table, lambda v, n=name: {n: v(n).cast(pl.Int32)})
-            attached = Attached([lookup], key_ranges(base, pair))
-            base = attached.prepare(base.lazy()).with_columns(**attached.outputs).drop(attached.index_columns).collect()
+            cross_lookups.append(Lookup(tuple(pair), table, lambda v, n=name: {n: v(n).cast(pl.Int32)}))
             rec.add(name, "cross", f"cross: code of ({', '.join(pair)}) in vocab/{name}.parquet")
             cross_cols.append(name)
+        # every cross in one pass over the key columns only; the rows' other columns are not copied
+        keys = list(dict.fromkeys(c for pair in spec.cross.pairs for c in pair))
+        attached = Attached(cross_lookups, key_ranges(base, keys))
+        base = base.hstack(attached.select(base.lazy().select(keys), cross_cols).collect())
         rec.done("cross")
 
     ctx = Context(profile, base, days)

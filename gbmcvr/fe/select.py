@@ -167,6 +167,8 @@ def bounded(
     unique = {k for k, share in shares.items() if share > limit}
     for key in sorted(unique):
         families = [f for f in KEYED if list(key) in [list(k) for k in candidates.get(f, {}).get("keys", [])]]
+        if len(key) == 1 and key[0] in candidates.get("daycount", {}).get("distinct", []):
+            families.append("daycount's distinct counts")
         families += (
             [ENTITY_TARGET] if len(key) == 1 and key[0] in candidates.get(ENTITY_TARGET, {}).get("columns", []) else []
         )
@@ -180,6 +182,8 @@ def bounded(
         keys = [k for k in candidates[family]["keys"] if tuple(k) not in unique]
         if keys:
             out[family] = {**candidates[family], "keys": keys}
+            if "distinct" in out[family]:  # a distinct count of values unique per row is the row count again
+                out[family]["distinct"] = [c for c in out[family]["distinct"] if (c,) not in unique]
         else:
             del out[family]
             why.append(f"family {family} left out: every candidate key is nearly unique per row")

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from polars.testing import assert_frame_equal
 
-from gbmcvr.data.ingest import dictionary_columns, ingest, schema
+from gbmcvr.data.ingest import compression, dictionary_columns, ingest, schema
 from gbmcvr.data.profile import SHARECHAT
 from gbmcvr.data.synth import write_synth
 from tests.factories import run_cli
@@ -254,3 +254,13 @@ def test_dictionary_only_for_columns_with_few_distinct_values(data, tmp_path):
     encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
     assert not any("DICTIONARY" in e for e in encodings[SHARECHAT.id_column])
     assert any("DICTIONARY" in e for e in encodings[SHARECHAT.binary[0]])
+    codecs = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
+    assert codecs[SHARECHAT.id_column] == codecs[SHARECHAT.binary[0]] == "ZSTD"
+    floats = frame.with_columns(smooth=np.linspace(0, 1, 1000), steps=np.arange(1000) % 3 / 2)
+    assert compression(floats, dictionary_columns(floats)) == {
+        "id": "zstd",
+        "flag": "zstd",
+        "few": "zstd",
+        "smooth": "none",
+        "steps": "zstd",
+    }

@@ -207,7 +207,11 @@ def test_keys_nearly_unique_per_row_leave_the_keyed_families() -> None:
         assert ["item"] in kept[family]["keys"] and ["user"] not in kept[family]["keys"]
     assert all("user" not in k for k in kept["lagged"]["keys"])
     assert kept["entity_target"]["columns"] == ["item"]
-    assert why[0].startswith("key (user) left out of novelty, lagged, daycount, entity_target: 100% of rows")
+    assert why[0].startswith(
+        "key (user) left out of novelty, lagged, daycount, daycount's distinct counts, entity_target: 100%"
+    )
+    assert "user" in candidates["daycount"]["distinct"] and "user" not in kept["daycount"]["distinct"]
+    assert "item" in kept["daycount"]["distinct"]
     assert candidates["novelty"]["keys"] != kept["novelty"]["keys"]  # the input is not changed
     only_user = {"novelty": {"keys": [["user"]]}}
     kept, why = bounded(only_user, {("user",): 0.9})
