@@ -15,8 +15,9 @@ A step is decided on the mean paired per-row log-loss difference pooled over the
 (optionally weighted by each row's density ratio toward the holdout day's unlabeled rows, `weighting =
 "density"`), with a day-clustered standard error (`gbmcvr.rehearsal.pooled_gain`). The search is greedy: the
 categorical handling first, then one forward pass (switch each absent family on, keep it if the pooled gain
-exceeds `significance` SE), then one backward pass (switch each present family off, keep it off unless the
-loss rises by more than that): noise keeps the simpler set. Each pass costs one candidate per family, where a
+exceeds `significance` SE), then one backward pass (switch each present family off: a family of the default
+set stays off only when that wins by `significance` SE, a family the forward pass added unless the loss rises
+by more than that): noise keeps the default set, and of the added families the simpler set. Each pass costs one candidate per family, where a
 best-first search costs one per family per step and an Optuna study over ~10 on/off choices needs more trials
 than that to beat it.
 
@@ -384,8 +385,8 @@ def search(proxy: Proxy, families: tuple[str, ...], requires: dict[str, set[str]
     ]
 
     def try_step(name: str, candidate: Choice, simpler: bool) -> None:
-        """Take a more complex candidate only when it wins by `significance` SE; a simpler one unless it
-        loses by that much (so noise keeps the simpler option)."""
+        """Take a candidate only when it wins by `significance` SE; with `simpler` (dropping a family the search
+        added), unless it loses by that much. Noise keeps the default set and the simpler option."""
         nonlocal current, best
         if proxy.fits >= opts.max_fits or candidate == current:
             return
@@ -426,8 +427,14 @@ def search(proxy: Proxy, families: tuple[str, ...], requires: dict[str, set[str]
                 requires,
                 families,
             )
-            dropped = ", ".join(f for f in current.families if f not in rest)
-            try_step(f"drop {dropped}", Choice(rest, current.handling), simpler=True)
+            dropped = [f for f in current.families if f not in rest]
+            # leaving the default set needs evidence either way: a default family goes only when dropping it
+            # wins by `significance` SE; a family the forward pass added goes unless dropping it loses by that
+            try_step(
+                f"drop {', '.join(dropped)}",
+                Choice(rest, current.handling),
+                simpler=not any(f in DEFAULT_ON for f in dropped),
+            )
     return Selection(current, steps, {}, time.perf_counter() - start)
 
 

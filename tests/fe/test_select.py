@@ -132,6 +132,7 @@ class _FakeProxy:
         self.base = rng.uniform(0.2, 0.6, 5000)
         self.noise = rng.normal(0, 0.05, 5000)
         self.days = np.repeat([1, 2, 3], [1500, 1500, 2000])
+        self.count_cost = 0.0
 
     def gain(self, before, after):
         return pooled_gain(before, after, self.days)
@@ -143,6 +144,10 @@ class _FakeProxy:
             losses = losses - 0.0005 + self.noise  # mean gain 0.0005, SE ~0.0007: noise
         if "lagged" in choice.families:
             losses = losses - 0.01  # every row better: many standard errors
+        if "count" not in choice.families:
+            losses = losses - self.count_cost  # what dropping the default `count` family gains
+        if "group" not in choice.families:
+            losses = losses + 0.0005 * self.noise  # dropping `group` changes nothing beyond noise
         return losses
 
 
@@ -216,3 +221,18 @@ def test_keys_nearly_unique_per_row_leave_the_keyed_families() -> None:
     only_user = {"novelty": {"keys": [["user"]]}}
     kept, why = bounded(only_user, {("user",): 0.9})
     assert "novelty" not in kept and why[-1] == "family novelty left out: every candidate key is nearly unique per row"
+
+
+def test_the_default_set_stays_unless_leaving_it_wins_by_two_standard_errors() -> None:
+    """A default family whose removal changes nothing beyond noise stays; one whose removal wins clearly goes."""
+    from gbmcvr.fe.select import DEFAULT_ON, search
+
+    families = (*DEFAULT_ON, "novelty", "lagged")
+    kept = search(_FakeProxy(np.random.default_rng(1)), families, {}, SelectOptions(max_fits=30))
+    assert set(DEFAULT_ON) <= set(kept.choice.families)
+    drop_group = next(s for s in kept.steps if s["step"] == "drop group")
+    assert not drop_group["kept"] and abs(drop_group["gain"]) < 2 * drop_group["se"]
+    proxy = _FakeProxy(np.random.default_rng(1))
+    proxy.count_cost = 0.01
+    dropped = search(proxy, families, {}, SelectOptions(max_fits=30))
+    assert "count" not in dropped.choice.families and "group" in dropped.choice.families
