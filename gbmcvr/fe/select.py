@@ -337,7 +337,7 @@ class Proxy:
     def train(self, choice: Choice, rows: pl.DataFrame) -> lgb.Booster:
         """The proxy for a choice fitted on `rows`."""
         cols, native = self.columns(choice)
-        params = {**PROXY_PARAMS, "seed": self.opts.seed, "num_threads": 0}
+        params = {**PROXY_PARAMS, "seed": self.opts.seed, "num_threads": self.opts.threads}
         data = lgb.Dataset(
             rows.select(cols), label=rows[self.label].to_numpy(), categorical_feature=native, free_raw_data=True
         )

@@ -236,3 +236,18 @@ def test_the_default_set_stays_unless_leaving_it_wins_by_two_standard_errors() -
     proxy.count_cost = 0.01
     dropped = search(proxy, families, {}, SelectOptions(max_fits=30))
     assert "count" not in dropped.choice.families and "group" in dropped.choice.families
+
+
+def test_the_proxy_uses_the_threads_the_options_give(monkeypatch) -> None:
+    """`[select] threads` reaches the proxy's LightGBM (0 leaves OpenMP's default: every core)."""
+    from types import SimpleNamespace
+
+    from gbmcvr.fe import select
+
+    seen: list[int] = []
+    monkeypatch.setattr(select.lgb, "train", lambda params, *a, **k: seen.append(params["num_threads"]))
+    rows = pl.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "y": [0, 1, 0, 1]})
+    for threads in (1, 0):
+        proxy = SimpleNamespace(columns=lambda _: (["a"], []), label="y", opts=SelectOptions(threads=threads))
+        select.Proxy.train(proxy, Choice((), "codes"), rows)
+    assert seen == [1, 0]
