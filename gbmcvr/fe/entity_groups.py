@@ -26,7 +26,7 @@ from gbmcvr.errors import UserError
 from gbmcvr.stored import load_json_object
 
 FILE = "entities.json"
-VERSION = 1
+VERSION = 2  # 2: a declared group that identifies no one is dropped
 SEED = 0  # the sample and the independence baseline: fixed, so the groups do not follow the config's seed
 
 
