@@ -1,13 +1,15 @@
 """Benchmark: test-day quality on several generated worlds (JSON per world, the worst world, then a table).
 
 Usage: python bench/bench_quality.py --root DIR [--worlds base users-elsewhere shift-down ...] [--scale 0.05]
+       [--no-run] [--extra]
 For each world (a `gbmcvr synth` world, where the user identity lives and a seed; see WORLDS below) it generates
 the data with its truth, ingests it, then
 - runs `gbmcvr run` with `select = true` and `calibration = weights = "auto"` (the rehearsal days choose), and
   submits the same runs once more with the fixed `scaling` + `simplex` post-processing (rows "run auto",
   "run fixed");
 - trains e2e and ts on the raw columns, the default set and the selected set (validate plan, early stopping on
-  the validation day) and scores each alone.
+  the validation day) and scores each alone (`--no-run`: these rows only, without the selected set; `--extra`:
+  also the experimental sets of EXTRA_SETS).
 Every model is scored on the test day against the truth: log loss, gap closed = (LL_prior - LL_model) /
 (LL_prior - LL_truth) with the fit window's install rate as the prior, and calibration ratio mean(p) / mean(y).
 The summary names each row's worst world: the lowest gap closed and the calibration ratio farthest from 1.
@@ -30,7 +32,6 @@ from gbmcvr.context import Context
 from gbmcvr.data.ingest import ingest
 from gbmcvr.data.profile import SHARECHAT
 from gbmcvr.data.synth import WORLDS, World, write_synth
-from gbmcvr.fe.select import candidate_raw
 from gbmcvr.fe.spec import only_families
 from gbmcvr.gbm.train import train_gbm
 from gbmcvr.models import registry
@@ -49,17 +50,17 @@ BENCH_WORLDS: dict[str, tuple[World, tuple[str, ...], int]] = {
     "shift-down": (WORLDS["shift-down"], (), 3),
     "weak-users": (WORLDS["weak-users"], ("f_13", "f_71", "f_72"), 4),
 }
-SETS = {"raw columns": "raw", "default set": "default", "label-free set": "labelfree", "selected set": SELECTED}
+SETS = {"raw columns": "raw", "default set": "default", "selected set": SELECTED}
+EXTRA_SETS = {"past-days target": "pastdays"}  # with --extra: the default set, target encodings of earlier days
 
 
 def set_features(set_name: str) -> dict[str, Any] | None:
-    """The `[features]` table of a bench set: raw columns, or the default set plus the label-free key families
-    (novelty and same-day counts over the discovered entities, which see the test day's own rows)."""
+    """The `[features]` table of a bench set (None: the set's own, the default or the selected one): raw
+    columns, or the default set with its target encodings from earlier days only (no same-day labels)."""
     if set_name == "raw":
         return only_families({"clean": {}})
-    if set_name == "labelfree":
-        raw = candidate_raw(SHARECHAT)
-        return {k: v for k, v in raw.items() if k not in ("lagged", "entity_target", "categorical")}
+    if set_name == "pastdays":
+        return {"target": {"scheme": "past_days"}}
     return None
 
 
@@ -107,8 +108,11 @@ def run_rows(
     return rows
 
 
-def world_quality(root: Path, name: str, scale: float, gbm: dict[str, Any], with_run: bool = True) -> dict[str, Any]:
-    """Every row of the table for one world (without `gbmcvr run` and the selected set unless `with_run`)."""
+def world_quality(
+    root: Path, name: str, scale: float, gbm: dict[str, Any], with_run: bool = True, extra: bool = False
+) -> dict[str, Any]:
+    """Every row of the table for one world (without `gbmcvr run` and the selected set unless `with_run`; with
+    the experimental sets of EXTRA_SETS when `extra`)."""
     knobs, user_columns, seed = BENCH_WORLDS[name]
     data, wd = root / name / "data", Workdir(root / name / "work")
     if not (data / "truth" / "test_truth.parquet").is_file():
@@ -127,7 +131,7 @@ def world_quality(root: Path, name: str, scale: float, gbm: dict[str, Any], with
     rows: dict[str, dict[str, Any]] = {}
     if with_run:
         rows |= run_rows(wd, data, name, seed, gbm, truth, (ll_prior, ll_truth), out)
-    for label, set_name in SETS.items():
+    for label, set_name in (SETS | (EXTRA_SETS if extra else {})).items():
         if set_name == SELECTED and not with_run:
             continue
         raw = {"data": str(data), "seed": seed, "feature_set": set_name, "gbm": gbm}
@@ -169,6 +173,7 @@ def main() -> None:
     parser.add_argument("--worlds", nargs="+", default=list(BENCH_WORLDS), choices=list(BENCH_WORLDS))
     parser.add_argument("--scale", type=float, default=0.05)
     parser.add_argument("--no-run", action="store_true", help="only the sets' e2e and ts (no `gbmcvr run`)")
+    parser.add_argument("--extra", action="store_true", help=f"also the sets {', '.join(EXTRA_SETS)}")
     parser.add_argument("--learning-rate", type=float, default=0.1, help="same for every model (bench budget)")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -176,7 +181,7 @@ def main() -> None:
     gbm |= {s: {"learning_rate": args.learning_rate} for s in ("e2e", "ts_like", "ts_install")}
     results = []
     for name in args.worlds:
-        results.append(world_quality(args.root, name, args.scale, gbm, not args.no_run))
+        results.append(world_quality(args.root, name, args.scale, gbm, not args.no_run, args.extra))
         print(json.dumps({"bench": "quality", "scale": args.scale, **results[-1]}), flush=True)
     summary = {"bench": "quality-worst", "scale": args.scale, "worlds": args.worlds, "worst": worst(results)}
     summary["seconds"] = round(time.perf_counter() - start, 1)
