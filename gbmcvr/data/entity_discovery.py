@@ -122,10 +122,12 @@ def _shuffled(codes: pl.DataFrame, seed: int) -> pl.DataFrame:
 
 def _joint(codes: pl.DataFrame, columns: tuple[str, ...] | list[str], cards: dict[str, int]) -> pl.Series:
     """The joint value of `columns` as one dense integer code per row."""
-    key = pl.lit(0, dtype=pl.UInt64)
+    key, bound = pl.lit(0, dtype=pl.UInt64), 1  # every value of `key` is below `bound`
     for col in columns:
-        key = (key * cards[col] + pl.col(col)).rank("dense").cast(pl.UInt64)
-    return codes.select(key.alias("key")).to_series()
+        if bound * cards[col] >= 2**63:  # re-rank (one sort) only when the mixed-radix code would overflow
+            key, bound = key.rank("dense").cast(pl.UInt64), codes.height + 1
+        key, bound = key * cards[col] + pl.col(col), bound * cards[col]
+    return codes.select(key.rank("dense").cast(pl.UInt64).alias("key")).to_series()
 
 
 def _entropy(expr: pl.Expr) -> pl.Expr:
