@@ -122,3 +122,21 @@ def test_a_synth_world_with_the_user_planted_elsewhere():
 def test_synth_refuses_unknown_user_columns():
     with pytest.raises(UserError, match="f_1"):
         check_user_columns(("f_1",))
+
+
+def test_joint_key_is_a_dense_code_of_the_value_tuples():
+    """Equal keys exactly where the value tuples are equal, codes 1..d, also past the mixed-radix overflow."""
+    from gbmcvr.data.entity_discovery import _encode, _joint
+
+    rng = np.random.default_rng(3)
+    frame = pl.DataFrame({f"c{i}": rng.integers(0, [2, 3, 500, 7, 4000, 5][i % 6], 3000) for i in range(14)})
+    codes, cards = _encode(frame, frame.columns)
+    for columns in (frame.columns[:2], frame.columns, frame.columns[::-1]):
+        key = _joint(codes, columns, cards).to_numpy()
+        tuples = list(zip(*(frame[c].to_list() for c in columns), strict=True))
+        naive = {t: k for k, t in enumerate(sorted(set(tuples)), start=1)}
+        assert sorted(set(key)) == list(range(1, len(naive) + 1))
+        first = {}
+        for t, k in zip(tuples, key, strict=True):
+            assert first.setdefault(k, t) == t  # one tuple per key
+        assert len(first) == len(naive)  # one key per tuple
