@@ -37,6 +37,7 @@ __all__ = ["LIKE", "SPLIT", "BuildResult", "build", "read_manifest"]
 FEATURE_VERSION = 5
 # rows per Parquet row group: the batches the model stages read (Polars' own would follow its morsels)
 ROW_GROUP_ROWS = 1 << 18
+FEATURE_CODEC = "lz4"  # Parquet codec of the feature tables
 # the table families, in the order their columns appear in the feature tables
 TABLE_FAMILIES: tuple[type[TableFamily], ...] = (
     CountFamily,
@@ -335,7 +336,7 @@ def build(
             keep = [id_col, day, *feature_cols] + (label_cols if split != "test" else [])
             # streamed: rows are joined and encoded in batches, the encoding spread over the cores
             attached.select(base.slice(offset, n).lazy(), keep).sink_parquet(
-                tmp / f"{split}.parquet", compression="lz4", statistics=False, row_group_size=ROW_GROUP_ROWS
+                tmp / f"{split}.parquet", compression=FEATURE_CODEC, statistics=False, row_group_size=ROW_GROUP_ROWS
             )
             if split == "test" and profile.test_day not in days[split]:
                 # a rehearsal test day (backtest plan): its labels are kept aside, never in the feature table
