@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gbmcvr.atomic import atomic_dir, write_json
@@ -449,9 +450,16 @@ class _Split:
 
 
 def _write_split(
-    files: list[Path], target: Path, profile: Profile, is_test: bool, first_id: int, progress: Callable[[str], None]
+    files: list[Path],
+    target: Path,
+    profile: Profile,
+    is_test: bool,
+    first_id: int,
+    progress: Callable[[str], None],
+    fingerprint: _Fingerprint,
 ) -> _Split:
-    """Read, check and append each file to `target` (one row group per file): memory holds one file at a time."""
+    """Read, check and append each file to `target` (one row group per file), hashing it into `fingerprint` as it
+    grows: memory holds one file at a time."""
     id_col, day_col = profile.id_column, profile.day_column
     columns = [id_col, day_col, *profile.feature_columns, *([] if is_test else profile.label_columns)]
     keys, truths, rows = [], [], 0
@@ -484,7 +492,7 @@ def _write_split(
                     )
                 if written is not None:
                     written.result()
-                written = pool.submit(writer.write_table, table, row_group_size=table.num_rows)
+                written = pool.submit(_append, writer, table, fingerprint, target)
                 keys.append(frame.select(id_col, day_col))
                 rows += frame.height
                 done_bytes += path.stat().st_size
@@ -501,7 +509,15 @@ def _write_split(
                 written.exception()
             if writer is not None:
                 writer.close()
+    fingerprint.catch_up(target)  # the footer
     return _Split(rows, pl.concat(keys), pl.concat(truths, how="diagonal_relaxed") if truths else None)
+
+
+def _append(writer: pq.ParquetWriter, table: pa.Table, fingerprint: _Fingerprint, target: Path) -> None:
+    """Write `table` as one row group and hash what it added to the file (on the writer's thread, beside the
+    parsing of the next file)."""
+    writer.write_table(table, row_group_size=table.num_rows)
+    fingerprint.catch_up(target)
 
 
 def _truth(frame: pl.DataFrame, profile: Profile) -> pl.DataFrame:
@@ -514,13 +530,27 @@ def _truth(frame: pl.DataFrame, profile: Profile) -> pl.DataFrame:
     )
 
 
-def _fingerprint(paths: list[Path]) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for path in paths:
+class _Fingerprint:
+    """blake2b of the raw store's files in order, taken while they are written: each file is hashed up to its
+    current size after every row group (Parquet only appends), so no second pass reads them back."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.blake2b(digest_size=16)
+        self.path: Path | None = None
+        self.offset = 0
+
+    def catch_up(self, path: Path) -> None:
+        """Hash the bytes `path` gained since the last call (a new path starts at its first byte)."""
+        if path != self.path:
+            self.path, self.offset = path, 0
         with path.open("rb") as fh:
+            fh.seek(self.offset)
             while chunk := fh.read(1 << 22):
-                digest.update(chunk)
-    return digest.hexdigest()
+                self.digest.update(chunk)
+            self.offset = fh.tell()
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
 
 
 def ingest(
@@ -537,8 +567,9 @@ def _ingest(data_dir: Path, profile: Profile, out: Path, progress: Callable[[str
     id_col, day_col = profile.id_column, profile.day_column
     with atomic_dir(Path(out)) as tmp:
         written = [tmp / "train.parquet", tmp / "test.parquet"]
-        train = _write_split(train_files, written[0], profile, False, 0, progress)
-        test = _write_split(test_files, written[1], profile, True, train.rows, progress)
+        fingerprint = _Fingerprint()
+        train = _write_split(train_files, written[0], profile, False, 0, progress, fingerprint)
+        test = _write_split(test_files, written[1], profile, True, train.rows, progress, fingerprint)
         ids = pl.concat([train.keys[id_col], test.keys[id_col]])
         if ids.null_count():
             raise UserError(f"{data_dir}: row id column '{id_col}' has empty values")
@@ -557,7 +588,7 @@ def _ingest(data_dir: Path, profile: Profile, out: Path, progress: Callable[[str
                 "data_dir": str(Path(data_dir).resolve()),
                 "sources": source_listing(train_files + test_files),
                 "rows": {"train": train.rows, "test": test.rows},
-                "fingerprint": _fingerprint(written),
+                "fingerprint": fingerprint.hexdigest(),
             },
         )
         progress(f"wrote raw store ({train.rows:,} train rows, {test.rows:,} test rows)")

@@ -37,6 +37,7 @@ __all__ = ["LIKE", "SPLIT", "BuildResult", "build", "read_manifest"]
 FEATURE_VERSION = 5
 # rows per Parquet row group: the batches the model stages read (Polars' own would follow its morsels)
 ROW_GROUP_ROWS = 1 << 18
+FEATURE_CODEC = "lz4"  # Parquet codec of the feature tables
 # the table families, in the order their columns appear in the feature tables
 TABLE_FAMILIES: tuple[type[TableFamily], ...] = (
     CountFamily,
@@ -116,12 +117,13 @@ def _vocabularies(
 
 def _dense_codes(frame: pl.DataFrame, vocab: dict[str, pl.DataFrame], cats: list[str]) -> pl.DataFrame:
     """Replace hashed categorical codes by their index in the sorted vocabulary (null stays null)."""
-    out = []
-    for col in cats:
-        values = vocab[col][col].drop_nulls()
-        codes = values.search_sorted(frame[col], side="left").cast(pl.Int32)
-        out.append(pl.when(frame[col].is_null()).then(None).otherwise(codes).alias(col))
-    return frame.with_columns(out)
+    # expressions, so the columns' binary searches run side by side on the cores
+    return frame.with_columns(
+        pl.when(pl.col(col).is_not_null())
+        .then(pl.lit(vocab[col][col].drop_nulls()).search_sorted(pl.col(col), side="left").cast(pl.Int32))
+        .alias(col)
+        for col in cats
+    )
 
 
 class _Recorder:
@@ -344,7 +346,7 @@ def build(
             keep = [id_col, day, *feature_cols] + (label_cols if split != "test" else [])
             # streamed: rows are joined and encoded in batches, the encoding spread over the cores
             attached.select(base.slice(offset, n).lazy(), keep).sink_parquet(
-                tmp / f"{split}.parquet", compression="lz4", statistics=False, row_group_size=ROW_GROUP_ROWS
+                tmp / f"{split}.parquet", compression=FEATURE_CODEC, statistics=False, row_group_size=ROW_GROUP_ROWS
             )
             if split == "test" and profile.test_day not in days[split]:
                 # a rehearsal test day (backtest plan): its labels are kept aside, never in the feature table

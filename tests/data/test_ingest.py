@@ -1,4 +1,6 @@
 import gzip
+import hashlib
+import json
 import shutil
 
 import numpy as np
@@ -264,3 +266,13 @@ def test_dictionary_only_for_columns_with_few_distinct_values(data, tmp_path):
         "smooth": "none",
         "steps": "zstd",
     }
+
+
+def test_fingerprint_is_the_digest_of_the_written_files(data, tmp_path):
+    """The fingerprint hashed while the files grow equals one read of the finished files (train, then test)."""
+    raw = tmp_path / "raw"
+    ingest(data, SHARECHAT, raw)
+    digest = hashlib.blake2b(digest_size=16)
+    for name in ("train.parquet", "test.parquet"):
+        digest.update((raw / name).read_bytes())
+    assert json.loads((raw / "manifest.json").read_text())["fingerprint"] == digest.hexdigest()
