@@ -193,7 +193,8 @@ def test_show_default(capsys):
     assert code == 0 and "[features.target]" in out and 'scheme = "oof"' in out
 
 
-KEY_SPEC = {
+KEY_SPEC = {  # the declared group `u` (random columns: it identifies no one, so discovery would drop it)
+    "entities": "profile",
     "categorical": {"native_max": 4, "codes_max": 5},
     "novelty": {"keys": [["u"], ["a", "c"]]},
     "lagged": {"keys": [["u"], ["u", "c"]], "windows": [1, 2], "n_min": 10},

@@ -45,7 +45,7 @@ def setup(tmp_path):
 
 
 def _select(root, raw, profile, opts=OPTS):
-    raw_spec = candidate_raw(profile)
+    raw_spec = candidate_raw(profile, "profile")  # the declared `u` (random columns: discovery would drop it)
     build(raw, profile, feature_spec(rehearsal_build(raw_spec), profile, "t"), CANDIDATE_SET, PLAN, root / "features")
     return run_selection(load_tables(root / "features", CANDIDATE_SET, PLAN), opts, requirements(raw_spec))
 
