@@ -53,7 +53,7 @@ from gbmcvr.tomlfile import read_toml
 CANDIDATE_SET = "candidates"
 PLAN = "backtest"
 SEARCHED = ("date", "cross", "count", "group", "target", "novelty", "lagged", "daycount", "entity_target")
-DEFAULT_ON = ("date", "cross", "count", "group", "target", "novelty", "daycount")
+DEFAULT_ON = ("date", "cross", "count", "group", "target")
 # categorical handling options: (native_max, codes_max) by vocabulary size
 HANDLING = {"native": (20000, 0), "small-native": (8, 0), "codes": (1, 0), "encodings-only": (1, 1000)}
 DEFAULT_HANDLING = "codes"

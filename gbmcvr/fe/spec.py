@@ -412,15 +412,11 @@ def config_feature_spec(raw: dict[str, Any] | None, profile: Profile, where: str
 
 
 def generic_default(profile: Profile) -> dict[str, Any]:
-    """A default for any profile: cleaning, date cycle, counts and target encoding of its first categoricals,
-    and the label-free novelty and same-day counts of those and of the entity groups found in the data."""
+    """A default for any profile: cleaning, date cycle, counts and target encoding of its first categoricals."""
     cats = list(profile.kept(profile.categorical))[:6]
-    keys = [[c] for c in cats[:3]]
     return {
         "clean": {},
         "date": {},
         "count": {"columns": cats},
         "target": {"columns": cats, "targets": list(TARGETS), "n_min": 100, "folds": 5},
-        "novelty": {"keys": keys, "over_entities": True},
-        "daycount": {"keys": keys, "distinct": cats[:2], "over_entities": True},
     }
