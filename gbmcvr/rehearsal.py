@@ -89,15 +89,17 @@ class Weights:
     effective_rows: float  # Kish effective sample size, sum(w)^2 / sum(w^2)
 
 
-def density_weights(rows: pl.DataFrame, target: pl.DataFrame, columns: list[str], seed: int) -> Weights:
+def density_weights(
+    rows: pl.DataFrame, target: pl.DataFrame, columns: list[str], seed: int, threads: int = 0
+) -> Weights:
     """w = p/(1-p) * n_rows/n_target from a label-free LightGBM telling `rows` from `target` rows on `columns`,
     cross-fitted on two halves (each row is scored by the classifier that did not see it), clipped to
-    WEIGHT_CLIP and normalised to mean 1."""
+    WEIGHT_CLIP and normalised to mean 1. `threads`: LightGBM's (0: every core; small data uses one)."""
     x = pl.concat([rows.select(columns), target.select(columns)], how="vertical_relaxed").to_numpy()
     y = np.r_[np.zeros(rows.height), np.ones(target.height)]
     half = np.random.default_rng(seed).permutation(len(y)) % 2
     p = np.empty(len(y))
-    params = {**ADVERSARIAL_PARAMS, "seed": seed, "num_threads": 1 if len(y) < 50_000 else 0}
+    params = {**ADVERSARIAL_PARAMS, "seed": seed, "num_threads": 1 if len(y) < 50_000 else threads}
     for k in (0, 1):
         fit = half != k
         booster = lgb.train(

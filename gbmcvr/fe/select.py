@@ -369,7 +369,7 @@ class Proxy:
         """Weight the rehearsal rows by their density ratio toward `target`'s rows (raw feature columns only)."""
         raw = [c for c in self.features if self.family.get(c) in ("clean", "categorical", "binary")]
         rows = pl.concat([frame.select(raw) for frame in self.rehearsal], how="vertical_relaxed")
-        found = rehearsal.density_weights(rows, target, raw, self.opts.seed)
+        found = rehearsal.density_weights(rows, target, raw, self.opts.seed, self.opts.threads)
         self.weights = found.weights
         return found
 

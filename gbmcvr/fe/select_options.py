@@ -23,7 +23,7 @@ class SelectOptions:
         3  # the selection day and the last fit days before it, each scored by a proxy fitted before it
     )
     weighting: str = "none"  # none | density (rehearsal rows weighted by their resemblance to the holdout day's rows)
-    threads: int = 0  # the proxy's LightGBM threads; 0: OpenMP's default (every core), set the free ones when shared
+    threads: int = 0  # LightGBM threads of the proxy and the density weights; 0: every core (set the free ones)
     seed: int = 42
 
 

@@ -239,7 +239,7 @@ def test_the_default_set_stays_unless_leaving_it_wins_by_two_standard_errors() -
 
 
 def test_the_proxy_uses_the_threads_the_options_give(monkeypatch) -> None:
-    """`[select] threads` reaches the proxy's LightGBM (0 leaves OpenMP's default: every core)."""
+    """`[select] threads` reaches the proxy's and the density weights' LightGBM (0: every core)."""
     from types import SimpleNamespace
 
     from gbmcvr.fe import select
@@ -251,3 +251,18 @@ def test_the_proxy_uses_the_threads_the_options_give(monkeypatch) -> None:
         proxy = SimpleNamespace(columns=lambda _: (["a"], []), label="y", opts=SelectOptions(threads=threads))
         select.Proxy.train(proxy, Choice((), "codes"), rows)
     assert seen == [1, 0]
+    # the density weights toward the holdout day use them too (above 50k rows; below, one thread)
+    from gbmcvr import rehearsal
+
+    class _Half:
+        def predict(self, x):
+            return np.full(len(x), 0.5)
+
+    used: list[int] = []
+    monkeypatch.setattr(rehearsal.lgb, "train", lambda params, *a, **k: used.append(params["num_threads"]) or _Half())
+    big, small = pl.DataFrame({"a": np.arange(60_000.0)}), pl.DataFrame({"a": np.arange(100.0)})
+    rehearsal.density_weights(big, big, ["a"], seed=0, threads=1)
+    rehearsal.density_weights(small, small, ["a"], seed=0, threads=0)
+    assert used == [1, 1, 1, 1]
+    rehearsal.density_weights(big, big, ["a"], seed=0, threads=0)
+    assert used[-2:] == [0, 0]
