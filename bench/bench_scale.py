@@ -1,11 +1,12 @@
-"""Benchmark: how ingest, features and one e2e training grow with the data (JSON lines, then a summary).
+"""Benchmark: how synth, ingest, features and one e2e training grow with the data (JSON lines, then a summary).
 
 Each step of each scale runs in its own process, so every peak RSS belongs to that step alone. The summary
 fits log(seconds) = a + b log(rows) per step: b near 1 is linear growth.
 
 Usage: python bench/bench_scale.py --root DIR [--scales 0.3 1.0 3.0] [--rounds 300]
-    [--dialects int intfloat hashed noisy crlf gzip] [--steps ingest features e2e]
-(the issue's scales; 3.0 needs ~7 GB of disk under DIR and most of an hour on 2 cores). Every dialect
+    [--dialects int intfloat hashed noisy crlf gzip] [--steps synth ingest features e2e] [--keep]
+(the issue's scales; 3.0 needs ~7 GB of disk under DIR and most of an hour on 2 cores). Without the `synth` step a
+scale's data folder is reused when an earlier `--keep` run left it (else generated, unmeasured). Every dialect
 (gbmcvr.data.dialects) of each scale runs every step; the summary names each dialect's ingest at the largest
 scale and the worst one.
 """
@@ -32,10 +33,15 @@ from gbmcvr.stages import build_features, train
 from gbmcvr.workdir import Workdir
 
 step, data, work, rounds = sys.argv[1], Path(sys.argv[2]), Workdir(Path(sys.argv[3])), int(sys.argv[4])
+scale = float(sys.argv[5])
 cfg = config_from_dict({"gbm": {"num_boost_round": rounds, "early_stopping_rounds": 50, "log_every": 0}}, "bench")
 ctx = Context(work, cfg)
 start = time.perf_counter()
-if step == "ingest":
+if step == "synth":
+    from gbmcvr.data.synth import write_synth
+    made = write_synth(data, scale, force=True)
+    rows = made.train_rows + made.test_rows
+elif step == "ingest":
     rows = ingest(data, SHARECHAT, work.raw)
     rows = rows.train_rows + rows.test_rows
 elif step == "features":
@@ -48,13 +54,13 @@ print(json.dumps({"step": step, "rows": rows, "seconds": round(time.perf_counter
 """
 
 
-STEPS = ("ingest", "features", "e2e")
+STEPS = ("synth", "ingest", "features", "e2e")
 
 
-def run_step(step: str, data: Path, work: Path, rounds: int) -> dict:
+def run_step(step: str, data: Path, work: Path, rounds: int, scale: float = 1.0) -> dict:
     """One step in a fresh interpreter; its last stdout line is the JSON result."""
     out = subprocess.run(
-        [sys.executable, "-c", STEP, step, str(data), str(work), str(rounds)],
+        [sys.executable, "-c", STEP, step, str(data), str(work), str(rounds), str(scale)],
         check=True,
         capture_output=True,
         text=True,
@@ -95,6 +101,27 @@ def dialect_summary(rows: list[dict]) -> dict:
     return summary
 
 
+def report(row: dict, log: Path | None) -> None:
+    """Print one step's JSON line (and append it to `log`)."""
+    line = json.dumps({"bench": "scale", **row})
+    print(line, flush=True)
+    if log is not None:
+        with log.open("a") as f:
+            f.write(line + "\n")
+
+
+def logged(log: Path) -> dict[str, list[dict]]:
+    """Every step's rows in `log`, the last one per (step, scale, dialect)."""
+    last: dict[tuple, dict] = {}
+    for line in log.read_text().splitlines():
+        row = json.loads(line)
+        last[(row["step"], row["scale"], row["dialect"])] = row
+    results: dict[str, list[dict]] = {}
+    for row in last.values():
+        results.setdefault(row["step"], []).append(row)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", type=Path, required=True)
@@ -102,39 +129,46 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=300, help="e2e boosting rounds (early stopping may end sooner)")
     parser.add_argument("--keep", action="store_true", help="keep each scale's data and work folders")
     parser.add_argument("--dialects", nargs="+", default=["int"], help="data dialects (gbmcvr.data.dialects)")
-    parser.add_argument("--steps", nargs="+", default=["ingest", "features", "e2e"], choices=STEPS)
+    parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
+    parser.add_argument(
+        "--log", type=Path, help="JSON-lines file: each row is appended, and the summary covers every row in it"
+    )
     args = parser.parse_args()
     results: dict[str, list[dict]] = {step: [] for step in args.steps}
     for scale in args.scales:
         data = args.root / f"data-{scale}"
-        subprocess.run(
-            [sys.executable, "-m", "gbmcvr", "synth", str(data), "--scale", str(scale), "--force"],
-            check=True,
-            capture_output=True,
-        )
+        if "synth" in results:
+            row = {"scale": scale, "dialect": "int", **run_step("synth", data, args.root, args.rounds, scale)}
+            results["synth"].append(row)
+            report(row, args.log)
+        elif not (data / ".gbmcvr-synth").is_file():
+            run_step("synth", data, args.root, args.rounds, scale)
         for dialect in args.dialects:
             source, work = dialect_data(data, dialect), args.root / f"work-{scale}-{dialect}"
-            for step in results:
+            for step in (s for s in results if s != "synth"):
                 row = {"scale": scale, "dialect": dialect, **run_step(step, source, work, args.rounds)}
                 results[step].append(row)
-                print(json.dumps({"bench": "scale", **row}), flush=True)
+                report(row, args.log)
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
                 if source != data:
                     shutil.rmtree(source, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(data, ignore_errors=True)
+    if args.log is not None:
+        results = logged(args.log)
     summary = {}
     for step, rows in results.items():
-        if len(args.scales) > 1:
+        if len({r["scale"] for r in rows}) > 1:
             summary[step] = {"max_peak_rss_mb": max(r["peak_rss_mb"] for r in rows)}
-            for dialect in args.dialects:
+            for dialect in args.dialects if step != "synth" else ["int"]:
                 mine = [r for r in rows if r["dialect"] == dialect]
                 x, y = np.log([r["rows"] for r in mine]), np.log([r["seconds"] for r in mine])
                 summary[step][f"time_exponent_{dialect}"] = round(float(np.polyfit(x, y, 1)[0]), 2)
     if "ingest" in results:
         summary["ingest_dialects"] = dialect_summary(results["ingest"])
-    print(json.dumps({"bench": "scale-summary", "scales": args.scales, **summary}))
+    scales = sorted({r["scale"] for rows in results.values() for r in rows})
+    print(json.dumps({"bench": "scale-summary", "scales": scales, **summary}))
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ def synth(
     check_world(spec)
     progress(f"generating scale {scale} (seed {seed}, world {world}) into {out_dir}")
     planted = tuple(c.strip() for c in user_columns.split(",") if c.strip())
-    result = write_synth(out_dir, scale, seed, force, planted, spec)
+    result = write_synth(out_dir, scale, seed, force, planted, spec, progress=progress)
     out.print(
         f"wrote {result.train_rows:,} train rows (30 files) and {result.test_rows:,} test rows to {out_dir}; "
         f"truth log loss on the test day = {result.truth_logloss:.5f}"

@@ -16,6 +16,8 @@ fewer installs); the install rate drifts from day to day; and users have a laten
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from gbmcvr.atomic import atomic_dir
 from gbmcvr.data.profile import SHARECHAT
 from gbmcvr.errors import UserError
 from gbmcvr.metrics import log_loss
+from gbmcvr.progress import counted
 
 TRAIN_ROWS = 3_485_852
 TEST_ROWS = 160_973
@@ -78,6 +81,11 @@ USER_CATEGORICAL = {
 }
 AD_CATEGORICAL = {2: 120, 3: 40, 19: 15, 20: 6, 21: 30, 22: 10}
 ADS, ADVERTISERS = 5200, 630
+FEATURE_COLUMNS = [f"f_{i}" for i in range(80)]
+TRAIN_COLUMNS = [*FEATURE_COLUMNS, "is_clicked", "is_installed"]
+HEAD_ROWS = 200_000  # the first train rows whose logits set the label shifts
+# above this many train rows the streamed writer spills its per-file buckets to disk instead of keeping them
+SPILL_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -318,23 +326,58 @@ class _World:
         return cols
 
 
-def _draw_labels(rng: np.random.Generator, p_like: np.ndarray, p_igl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    like = rng.random(len(p_like)) < p_like
-    installed = like & (rng.random(len(p_like)) < p_igl)
-    clicked = like & (~installed | (rng.random(len(p_like)) < CLICK_GIVEN_INSTALL))
+def _labels(uniforms: list[np.ndarray], p_like: np.ndarray, p_igl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Click and install labels from three uniform draws per row (like, install given like, click given install)."""
+    like = uniforms[0] < p_like
+    installed = like & (uniforms[1] < p_igl)
+    clicked = like & (~installed | (uniforms[2] < CLICK_GIVEN_INSTALL))
     return clicked.astype(np.int64), installed.astype(np.int64)
 
 
+def _draw_labels(rng: np.random.Generator, p_like: np.ndarray, p_igl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Click and install labels, each of the three uniform draws one block over all rows."""
+    return _labels([rng.random(len(p_like)) for _ in range(3)], p_like, p_igl)
+
+
+def _generator_at(state: dict, draws: int) -> np.random.Generator:
+    """A generator in PCG64 `state` moved on by `draws` 64-bit draws (a jump, not the draws), keeping the buffered
+    32-bit half of `state` as the draws of doubles would: so one block of a long draw can be made on its own."""
+    bits = np.random.PCG64()
+    bits.state = state
+    bits.advance(draws)
+    moved = bits.state
+    moved["has_uint32"], moved["uinteger"] = state["has_uint32"], state["uinteger"]
+    bits.state = moved
+    return np.random.Generator(bits)
+
+
+def _labels_at(
+    state: dict, total: int, offset: int, p_like: np.ndarray, p_igl: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_draw_labels` from `state` over `total` rows, for the rows from `offset` on only (each block jumped to)."""
+    n = len(p_like)
+    return _labels([_generator_at(state, k * total + offset).random(n) for k in range(3)], p_like, p_igl)
+
+
+def _set_probabilities(cols: dict[str, np.ndarray], shifts: tuple[float, float]) -> None:
+    """Replace the rows' like and install logits by their probabilities under the label shifts, in place."""
+    cols["_p_like"] = sigmoid(cols.pop("_like_logit") + shifts[0])
+    cols["_p_igl"] = sigmoid(cols.pop("_install_logit") + shifts[1])
+
+
 def _frame(cols: dict[str, np.ndarray], columns: list[str]) -> pl.DataFrame:
+    """The written frame of `columns` from numpy columns (see `_typed`)."""
+    return _typed(pl.DataFrame({c: cols[c] for c in columns}), columns)
+
+
+def _typed(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """`columns` of `frame` as written: NaN becomes a missing value, and integer-role columns are Int64."""
     integer = {SHARECHAT.row_id, SHARECHAT.day, *SHARECHAT.categorical, *SHARECHAT.binary, *SHARECHAT.labels}
-    return pl.DataFrame(
-        [
-            pl.Series(c, cols[c]).fill_nan(None).cast(pl.Int64)
-            if c in integer
-            else pl.Series(c, cols[c]).fill_nan(None)
-            for c in columns
-        ]
-    )
+    exprs = []
+    for c in columns:
+        expr = pl.col(c).fill_nan(None) if frame.schema[c].is_float() else pl.col(c)
+        exprs.append(expr.cast(pl.Int64) if c in integer else expr)
+    return frame.select(exprs)
 
 
 def _plant_users(splits: tuple[dict[str, np.ndarray], ...], user_columns: tuple[str, ...], seed: int) -> None:
@@ -386,11 +429,9 @@ def generate(
     del parts
     test = latent.day(TEST_DAY, n_test, True)
 
-    like_shift = intercept(train["_like_logit"][:200_000], LIKE_RATE)
-    install_shift = intercept(train["_install_logit"][:200_000], INSTALL_RATE / LIKE_RATE)
+    shifts = _label_shifts(train["_like_logit"][:HEAD_ROWS], train["_install_logit"][:HEAD_ROWS])
     for cols in (train, test):
-        cols["_p_like"] = sigmoid(cols.pop("_like_logit") + like_shift)
-        cols["_p_igl"] = sigmoid(cols.pop("_install_logit") + install_shift)
+        _set_probabilities(cols, shifts)
         cols["is_clicked"], cols["is_installed"] = _draw_labels(rng, cols["_p_like"], cols["_p_igl"])
 
     # duplicates: the same impression logged twice; a few copies carry a conflicting install label
@@ -404,17 +445,29 @@ def generate(
 
     ids = rng.permutation(len(train["f_1"]) + n_test).astype(np.int64) + 10_000
     train["f_0"], test["f_0"] = ids[: len(train["f_1"])], ids[len(train["f_1"]) :]
-    shift_rng = np.random.default_rng([seed, TEST_DAY])
-    keep = (test["is_installed"] == 0) | (shift_rng.random(len(test["f_1"])) < TEST_DAY_INSTALL_KEEP)
-    test = {c: v[keep] for c, v in test.items()}
+    test = _keep_test_rows(test, seed)
     if user_columns:
         _plant_users((train, test), tuple(user_columns), seed)
+    return _frame(train, TRAIN_COLUMNS), _frame(test, FEATURE_COLUMNS), _truth(test)
+
+
+def _label_shifts(like_head: np.ndarray, install_head: np.ndarray) -> tuple[float, float]:
+    """Logit shifts that give the target like and install-given-like rates, from the first train rows' logits."""
+    return intercept(like_head, LIKE_RATE), intercept(install_head, INSTALL_RATE / LIKE_RATE)
+
+
+def _keep_test_rows(test: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """The test rows that are logged: every uninstalled one, `TEST_DAY_INSTALL_KEEP` of the installed ones."""
+    shift_rng = np.random.default_rng([seed, TEST_DAY])
+    keep = (test["is_installed"] == 0) | (shift_rng.random(len(test["f_1"])) < TEST_DAY_INSTALL_KEEP)
+    return {c: v[keep] for c, v in test.items()}
+
+
+def _truth(test: dict[str, np.ndarray]) -> pl.DataFrame:
+    """Per logged test row: its labels and its true install and like probabilities (after the label shift)."""
     p_install = test["_p_like"] * test["_p_igl"]
     p_install = p_install * TEST_DAY_INSTALL_KEEP / (p_install * TEST_DAY_INSTALL_KEEP + 1 - p_install)
-    feature_cols = [f"f_{i}" for i in range(80)]
-    train_frame = _frame(train, [*feature_cols, "is_clicked", "is_installed"])
-    test_frame = _frame(test, feature_cols)
-    truth = pl.DataFrame(
+    return pl.DataFrame(
         {
             "row_id": test["f_0"],
             "is_clicked": test["is_clicked"],
@@ -423,7 +476,6 @@ def generate(
             "p_like": test["_p_like"],
         }
     )
-    return train_frame, test_frame, truth
 
 
 SYNTH_MARKER = ".gbmcvr-synth"
@@ -470,6 +522,129 @@ def named_world(name: str) -> World:
     return WORLDS[name]
 
 
+class _Buckets:
+    """Rows bound for each train file, gathered day by day: held in memory, or spilled to Parquet fragments under
+    `spill` (large data) so that only one day's rows are in memory at once."""
+
+    def __init__(self, spill: Path | None) -> None:
+        self.spill = spill
+        self.parts: dict[int, list[pl.DataFrame | Path]] = {}
+        if spill is not None:
+            spill.mkdir()
+
+    def put(self, file: int, rows: pl.DataFrame) -> None:
+        """Add rows to file `file`'s bucket."""
+        parts = self.parts.setdefault(file, [])
+        if self.spill is None:
+            parts.append(rows)
+            return
+        path = self.spill / f"{file:02d}-{len(parts):04d}.parquet"
+        rows.write_parquet(path, compression="lz4", statistics=False)
+        parts.append(path)
+
+    def take(self, file: int) -> pl.DataFrame:
+        """Every row put in file `file`'s bucket, which is emptied (its fragments deleted)."""
+        parts = self.parts.pop(file, [])
+        frames = [pl.read_parquet(p) if isinstance(p, Path) else p for p in parts]
+        for p in parts:
+            if isinstance(p, Path):
+                p.unlink()
+        return pl.concat(frames)
+
+
+def _put_rows(buckets: _Buckets, rows: pl.DataFrame, slots: np.ndarray, bounds: np.ndarray) -> None:
+    """Send rows to the buckets of the train files their output slots fall in (file i holds bounds[i]..)."""
+    files = np.searchsorted(bounds, slots, side="right") - 1
+    rows = rows.with_columns(pl.Series(SLOT, slots), pl.Series("_file", files))
+    for (file,), part in rows.partition_by("_file", as_dict=True, include_key=False).items():
+        buckets.put(int(file), part)
+
+
+SLOT = "_slot"
+
+
+def _write_streamed(
+    tmp: Path, scale: float, seed: int, world: World, progress: Callable[[str], None], spill_rows: int
+) -> tuple[int, float, dict[str, np.ndarray]]:
+    """Write the 30 train files of `generate(scale, seed, (), world)` to `tmp/train` with the same bytes, one day's
+    rows in memory at a time; return the train row count, its install rate and the logged test rows.
+
+    `generate` draws everything from one generator in one order: the days, the test day, three label blocks over
+    all train rows, the duplicates and a shuffle of all rows. Here a first pass draws the days only to record the
+    generator's state at each day's start (and the first rows' logits, which set the label shifts); a second pass
+    draws each day again from its state, jumps to its rows' label draws, and sends every row to the bucket of the
+    file the shuffle puts it in; each file is then its bucket in shuffled order."""
+    check_world(world)
+    rng = np.random.default_rng(seed)
+    latent = _World(rng, scale, world)
+    n_train, n_test = max(int(round(TRAIN_ROWS * scale)), 220), max(int(round(TEST_ROWS * scale)), 10)
+    n_dup = int(round(DUPLICATES * scale))
+    per_day = [int(k) for k in rng.multinomial(n_train - n_dup, np.full(len(TRAIN_DAYS), 1 / len(TRAIN_DAYS)))]
+    n_rows = sum(per_day)
+    states, heads = [], []
+    with counted(progress, "synth: days drawn", len(TRAIN_DAYS), "days") as task:
+        for i, (day, n) in enumerate(zip(TRAIN_DAYS, per_day, strict=True)):
+            states.append(rng.bit_generator.state)
+            cols = latent.day(day, n, False)
+            heads.append((cols["_like_logit"][:HEAD_ROWS], cols["_install_logit"][:HEAD_ROWS]))
+            task.update(i + 1)
+    test = latent.day(TEST_DAY, n_test, True)
+    shifts = _label_shifts(*(np.concatenate(h)[:HEAD_ROWS] for h in zip(*heads, strict=True)))
+    del heads
+    label_state = rng.bit_generator.state
+    # the test rows' labels follow the three train blocks; the generator then goes on from after them
+    test_rng = _generator_at(label_state, 3 * n_rows)
+    _set_probabilities(test, shifts)
+    test["is_clicked"], test["is_installed"] = _draw_labels(test_rng, test["_p_like"], test["_p_igl"])
+    rng.bit_generator.state = test_rng.bit_generator.state
+    src = rng.choice(n_rows, size=n_dup, replace=False)
+    conflict = rng.choice(n_dup, size=min(n_dup, int(round(CONFLICTING * scale))), replace=False)
+    total = n_rows + n_dup
+    slots = np.empty(total, dtype=np.int64)
+    slots[rng.permutation(total)] = np.arange(total)
+    ids = rng.permutation(total + n_test).astype(np.int64) + 10_000
+    bounds = np.linspace(0, total, TRAIN_FILES + 1).astype(int)
+
+    buckets = _Buckets(tmp / ".spill" if total > spill_rows else None)
+    duplicated, offset = [], 0
+    row_columns = [c for c in TRAIN_COLUMNS if c != SHARECHAT.row_id]
+    with counted(progress, "synth: days written", len(TRAIN_DAYS), "days") as task:
+        for i, (day, n) in enumerate(zip(TRAIN_DAYS, per_day, strict=True)):
+            rng.bit_generator.state = states[i]
+            cols = latent.day(day, n, False)
+            _set_probabilities(cols, shifts)
+            cols["is_clicked"], cols["is_installed"] = _labels_at(
+                label_state, n_rows, offset, cols["_p_like"], cols["_p_igl"]
+            )
+            rows = pl.DataFrame({c: cols[c] for c in row_columns})
+            del cols
+            copied = np.flatnonzero((src >= offset) & (src < offset + n))
+            duplicated.append(rows[src[copied] - offset].with_columns(pl.Series("_copy", copied)))
+            _put_rows(buckets, rows, slots[offset : offset + n], bounds)
+            offset += n
+            task.update(i + 1)
+    # duplicates: the same impression logged twice; a few copies carry a conflicting install label
+    dup = pl.concat(duplicated).sort("_copy").drop("_copy")
+    installed = dup["is_installed"].to_numpy().copy()
+    installed[conflict] = 1 - installed[conflict]
+    _put_rows(buckets, dup.with_columns(pl.Series("is_installed", installed)), slots[n_rows:], bounds)
+    del dup, duplicated
+
+    installs = 0
+    with counted(progress, "synth: train files", TRAIN_FILES, "files") as task:
+        for file in range(TRAIN_FILES):
+            part = buckets.take(file).sort(SLOT)
+            part = part.with_columns(pl.Series(SHARECHAT.row_id, ids[part[SLOT].to_numpy()]))
+            frame = _typed(part, TRAIN_COLUMNS)
+            frame.write_csv(tmp / "train" / f"{file:012d}.csv", separator="\t", null_value="")
+            installs += int(frame["is_installed"].sum())
+            task.update(file + 1)
+    if buckets.spill is not None:
+        shutil.rmtree(buckets.spill)
+    test["f_0"] = ids[total:]
+    return total, installs / total, _keep_test_rows(test, seed)
+
+
 def write_synth(
     out: Path,
     scale: float = 1.0,
@@ -477,12 +652,17 @@ def write_synth(
     force: bool = False,
     user_columns: tuple[str, ...] = (),
     world: World = WORLDS["base"],
+    progress: Callable[[str], None] = lambda _: None,
+    spill_rows: int = SPILL_ROWS,
 ) -> SynthResult:
     """Write train/ (30 TSV files), test/ (one file) and truth/ (test_truth.parquet, the world's knobs) under
-    `out`, atomically."""
+    `out`, atomically.
+
+    The train files are written day by day (`_write_streamed`), so memory follows one day's rows, not the data;
+    planted user columns shuffle every user-level column across all rows, so those data are made in memory."""
     check_synth_target(out, force)
     check_user_columns(tuple(user_columns))
-    train, test, truth = generate(scale, seed, tuple(user_columns), world)
+    check_world(world)
     planted = f", user columns {','.join(user_columns)}" if user_columns else ""
     knobs = {"scale": scale, "seed": seed, "user_columns": list(user_columns), **asdict(world)}
     with atomic_dir(Path(out)) as tmp:
@@ -490,15 +670,21 @@ def write_synth(
         (tmp / "train").mkdir()
         (tmp / "test").mkdir()
         (tmp / "truth").mkdir()
-        bounds = np.linspace(0, train.height, TRAIN_FILES + 1).astype(int)
-        for i in range(TRAIN_FILES):
-            part = train.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i]))
-            part.write_csv(tmp / "train" / f"{i:012d}.csv", separator="\t", null_value="")
+        if user_columns:
+            train, test, truth = generate(scale, seed, tuple(user_columns), world)
+            train_rows, rate = train.height, float(train["is_installed"].mean())
+            bounds = np.linspace(0, train.height, TRAIN_FILES + 1).astype(int)
+            for i in range(TRAIN_FILES):
+                part = train.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i]))
+                part.write_csv(tmp / "train" / f"{i:012d}.csv", separator="\t", null_value="")
+            del train
+        else:
+            train_rows, rate, test_rows = _write_streamed(tmp, scale, seed, world, progress, spill_rows)
+            test, truth = _frame(test_rows, FEATURE_COLUMNS), _truth(test_rows)
         test.write_csv(tmp / "test" / f"{0:012d}.csv", separator="\t", null_value="")
         truth.write_parquet(tmp / "truth" / "test_truth.parquet")
-        rate = float(train["is_installed"].mean())
         (tmp / "truth" / "train_rate.json").write_text(json.dumps({"install_rate": rate}) + "\n")
         (tmp / "truth" / "world.json").write_text(json.dumps(knobs, indent=1) + "\n")
     return SynthResult(
-        train.height, test.height, log_loss(truth["is_installed"].to_numpy(), truth["p_install"].to_numpy())
+        train_rows, test.height, log_loss(truth["is_installed"].to_numpy(), truth["p_install"].to_numpy())
     )

@@ -4,6 +4,7 @@ from dataclasses import asdict
 
 import numpy as np
 import polars as pl
+import polars.testing
 import pytest
 
 from gbmcvr.data.synth import CONFLICTING, DUPLICATES, WORLDS, World, generate, write_synth
@@ -181,3 +182,23 @@ def test_synth_world_flags(tmp_path, capsys):
     assert code == 0, err
     knobs = json.loads((tmp_path / "d" / "truth" / "world.json").read_text())
     assert knobs == {**asdict(WORLDS["shift-down"]), "user_signal": 0.5, "scale": 0.002, "seed": 0, "user_columns": []}
+
+
+@pytest.mark.parametrize("spill_rows", [0, 10**9])
+def test_streamed_files_are_the_bytes_of_generate(tmp_path, spill_rows):
+    # write_synth draws day by day (spilling per-file buckets to disk or not); its files are generate()'s bytes
+    world = WORLDS["new-ads-better"]
+    result = write_synth(tmp_path / "d", 0.004, 7, world=world, spill_rows=spill_rows)
+    train, test, truth = generate(0.004, 7, world=world)
+    assert (result.train_rows, result.test_rows) == (train.height, test.height)
+    files = sorted((tmp_path / "d" / "train").iterdir())
+    bounds = np.linspace(0, train.height, len(files) + 1).astype(int)
+    for i, path in enumerate(files):
+        part = train.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i]))
+        assert path.read_bytes() == part.write_csv(separator="\t", null_value="").encode()
+    written = (tmp_path / "d" / "test" / "000000000000.csv").read_bytes()
+    assert written == test.write_csv(separator="\t", null_value="").encode()
+    pl.testing.assert_frame_equal(pl.read_parquet(tmp_path / "d" / "truth" / "test_truth.parquet"), truth)
+    rate = json.loads((tmp_path / "d" / "truth" / "train_rate.json").read_text())["install_rate"]
+    assert rate == float(train["is_installed"].mean())
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [".gbmcvr-synth", "test", "train", "truth"]
