@@ -6,7 +6,8 @@ fits log(seconds) = a + b log(rows) per step: b near 1 is linear growth.
 Usage: python bench/bench_scale.py --root DIR [--scales 0.3 1.0 3.0] [--rounds 300]
     [--dialects int intfloat hashed noisy crlf gzip] [--steps synth ingest features e2e] [--keep]
 (the issue's scales; 3.0 needs ~7 GB of disk under DIR and most of an hour on 2 cores). Without the `synth` step a
-scale's data folder is reused when an earlier `--keep` run left it (else generated, unmeasured). Every dialect
+scale's data folder is reused when an earlier `--keep` run left it (else generated, unmeasured); without `ingest`
+too, the work folder's raw store is reused and the data folder is not needed. Every dialect
 (gbmcvr.data.dialects) of each scale runs every step; the summary names each dialect's ingest at the largest
 scale and the worst one.
 """
@@ -141,7 +142,7 @@ def main() -> None:
             row = {"scale": scale, "dialect": "int", **run_step("synth", data, args.root, args.rounds, scale)}
             results["synth"].append(row)
             report(row, args.log)
-        elif not (data / ".gbmcvr-synth").is_file():
+        elif "ingest" in results and not (data / ".gbmcvr-synth").is_file():
             run_step("synth", data, args.root, args.rounds, scale)
         for dialect in args.dialects:
             source, work = dialect_data(data, dialect), args.root / f"work-{scale}-{dialect}"

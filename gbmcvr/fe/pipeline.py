@@ -1,8 +1,10 @@
 """Build the feature tables of a plan from the raw store: fit / valid / test Parquet plus a manifest.
 
-One pass materialises the plan's rows with cleaned numericals, dense categorical codes, the date cycle
-and the crosses; small per-key tables (counts, group statistics, target encodings) are computed from it;
-each split is then written by a streaming join of those tables, so memory stays near one copy of the data.
+One streamed pass writes the plan's rows with cleaned numericals, dense categorical codes, the date cycle and
+the folds to a temporary Parquet file (the crosses are attached to each scan of it); small per-key tables
+(counts, group statistics, target encodings) are computed from scans of the columns they need; each split is
+then written by a streaming join of those tables. Memory follows the per-key tables and a few columns, not
+the rows.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from gbmcvr.atomic import atomic_dir, write_json
@@ -37,6 +40,7 @@ __all__ = ["LIKE", "SPLIT", "BuildResult", "build", "read_manifest"]
 FEATURE_VERSION = 5
 # rows per Parquet row group: the batches the model stages read (Polars' own would follow its morsels)
 ROW_GROUP_ROWS = 1 << 18
+ROWS_FILE = "_rows.parquet"  # the plan's prepared rows, written while a plan builds and removed before it completes
 # the table families, in the order their columns appear in the feature tables
 TABLE_FAMILIES: tuple[type[TableFamily], ...] = (
     CountFamily,
@@ -114,6 +118,17 @@ def _vocabularies(
     return vocab
 
 
+def _dense_exprs(vocab: dict[str, pl.DataFrame], cats: list[str]) -> list[pl.Expr]:
+    """`_dense_codes` as expressions (they stream): each raw value is in its vocabulary, built from every raw row,
+    so its index there is its position in the sorted values (null stays null)."""
+    out = []
+    for col in cats:
+        values = vocab[col][col].drop_nulls()
+        codes = pl.Series(np.arange(len(values), dtype=np.int32))
+        out.append(pl.col(col).replace_strict(values, codes, default=None, return_dtype=pl.Int32))
+    return out
+
+
 def _dense_codes(frame: pl.DataFrame, vocab: dict[str, pl.DataFrame], cats: list[str]) -> pl.DataFrame:
     """Replace hashed categorical codes by their index in the sorted vocabulary (null stays null)."""
     out = []
@@ -154,15 +169,6 @@ def _base_frame(raw_dir: Path, profile: Profile, plan: str) -> tuple[pl.LazyFram
     frame = pl.concat(parts, how="diagonal_relaxed")
     click, install = profile.labels
     return frame.with_columns(((pl.col(click) == 1) | (pl.col(install) == 1)).cast(pl.Int8).alias(LIKE)), days
-
-
-def _split_slices(base: pl.DataFrame, days: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, int]]:
-    """(offset, rows) of each split: the plan's rows are concatenated split by split."""
-    runs = base.select(pl.col(SPLIT).rle()).unnest(SPLIT)
-    if runs["value"].to_list() != list(days):
-        raise AssertionError(f"plan rows are not grouped by split: {runs['value'].to_list()}")
-    lengths = runs["len"].to_list()
-    return {s: (sum(lengths[:i]), lengths[i]) for i, s in enumerate(days)}
 
 
 def _key_lists(spec: FeatureSpec) -> list[tuple[str, ...]]:
@@ -273,76 +279,81 @@ def build(
             f"date: {day} mod {spec.date.cycle}" + (" (sin/cos)" if name.endswith(("sin", "cos")) else ""),
         )
     folds = next((part.folds for part in (spec.target, spec.entity_target) if part is not None), 5)
-    base = lf.with_columns(*exprs, fold_expr(id_col, folds), **date_cols).collect()
-    sizes = base.group_by(SPLIT).len()
-    rows = {s: int(sizes.filter(pl.col(SPLIT) == s)["len"].sum()) for s in days}
-    for split, n in rows.items():
-        if n == 0:
-            raise UserError(
-                f"plan '{plan}': the {split} split (days {', '.join(map(str, days[split]))}) has no rows in {raw_dir}"
-            )
-    rec.done("clean+date")
-
     vocab = _vocabularies(_scan_raw(raw_dir), profile, spec, Path(out_root) / feature_set / "vocab", fingerprint)
-    base = _dense_codes(base, vocab, cats)
+    lf = lf.with_columns(*exprs, fold_expr(id_col, folds), **date_cols).with_columns(_dense_exprs(vocab, cats))
     for col in cats:
         rec.add(col, "categorical", f"categorical: index of {col} in the sorted vocabulary of all raw rows")
     for col in binary:
         rec.add(col, "binary", f"binary: {col}")
-    cross_cols = []
-    if spec.cross:
-        cross_lookups = []
-        for pair in spec.cross.pairs:
-            name = cross_name(pair)
-            # the vocabulary holds raw values: give it the dense codes the rows now carry
-            table = _dense_codes(vocab[name], vocab, [c for c in pair if c in cats])
-            cross_lookups.append(Lookup(tuple(pair), table, lambda v, n=name: {n: v(n).cast(pl.Int32)}))
-            rec.add(name, "cross", f"cross: code of ({', '.join(pair)}) in vocab/{name}.parquet")
-            cross_cols.append(name)
-        # every cross in one pass over the key columns only; the rows' other columns are not copied
-        keys = list(dict.fromkeys(c for pair in spec.cross.pairs for c in pair))
-        attached = Attached(cross_lookups, key_ranges(base, keys))
-        base = base.hstack(attached.select(base.lazy().select(keys), cross_cols).collect())
-        rec.done("cross")
-
-    ctx = Context(profile, base, days)
-    lookups: list[Lookup] = []
-    for family in families:
-        lookups += family.lookups(ctx)
-        for name, recipe in family.recipes().items():
-            rec.add(name, family.name, recipe)
-        rec.done(family.name)
-    del ctx
-
-    cardinality = {
-        **{c: vocab[c].height for c in cats},
-        **{c: vocab[c].height for c in cross_cols},
-        **dict.fromkeys(binary, 2),
-        **{c: spec.date.cycle for c in date_cols if not c.endswith(("sin", "cos"))},
-    }
-    codes_max = spec.categorical.codes_max
-    encoded_only = {c for c in [*cats, *cross_cols] if codes_max and cardinality[c] > codes_max}
-    feature_cols = [
-        *[c for c in [*cats, *binary, *nums, *date_cols, *cross_cols] if c not in encoded_only],
-        *[c for c, (family, _) in rec.recipes.items() if family in derived],
-    ]
     label_cols = [*profile.labels, LIKE]
     manifest_cols: list[dict[str, str]] = []
     with atomic_dir(out) as tmp:
-        ranges = key_ranges(base, [k for lookup in lookups for k in lookup.keys])
-        for split, (offset, n) in _split_slices(base, days).items():
+        # the plan's rows are written once (streamed) and scanned from there: the families and the split writers
+        # read only the columns they need, so memory follows a few columns and the per-key tables, not the rows
+        rows_path = tmp / ROWS_FILE
+        lf.sink_parquet(rows_path, compression="lz4", statistics=False, row_group_size=ROW_GROUP_ROWS)
+        rows_lf = pl.scan_parquet(rows_path, glob=False)
+        sizes = rows_lf.group_by(SPLIT).len().collect()
+        rows = {s: int(sizes.filter(pl.col(SPLIT) == s)["len"].sum()) for s in days}
+        for split, n in rows.items():
+            if n == 0:
+                raise UserError(
+                    f"plan '{plan}': the {split} split (days {', '.join(map(str, days[split]))}) has no rows in "
+                    f"{raw_dir}"
+                )
+        rec.done("clean+date")
+        cross_cols = []
+        if spec.cross:
+            cross_lookups = []
+            for pair in spec.cross.pairs:
+                name = cross_name(pair)
+                # the vocabulary holds raw values: give it the dense codes the rows now carry
+                table = _dense_codes(vocab[name], vocab, [c for c in pair if c in cats])
+                cross_lookups.append(Lookup(tuple(pair), table, lambda v, n=name: {n: v(n).cast(pl.Int32)}))
+                rec.add(name, "cross", f"cross: code of ({', '.join(pair)}) in vocab/{name}.parquet")
+                cross_cols.append(name)
+            keys = list(dict.fromkeys(c for pair in spec.cross.pairs for c in pair))
+            attached = Attached(cross_lookups, key_ranges(rows_lf, keys))
+            # attached to every scan of the rows (a gather on the key columns), never stored
+            rows_lf = attached.select(rows_lf, [*rows_lf.collect_schema().names(), *cross_cols])
+            rec.done("cross")
+
+        ctx = Context(profile, rows_lf, days)
+        lookups: list[Lookup] = []
+        for family in families:
+            lookups += family.lookups(ctx)
+            for name, recipe in family.recipes().items():
+                rec.add(name, family.name, recipe)
+            rec.done(family.name)
+        del ctx
+
+        cardinality = {
+            **{c: vocab[c].height for c in cats},
+            **{c: vocab[c].height for c in cross_cols},
+            **dict.fromkeys(binary, 2),
+            **{c: spec.date.cycle for c in date_cols if not c.endswith(("sin", "cos"))},
+        }
+        codes_max = spec.categorical.codes_max
+        encoded_only = {c for c in [*cats, *cross_cols] if codes_max and cardinality[c] > codes_max}
+        feature_cols = [
+            *[c for c in [*cats, *binary, *nums, *date_cols, *cross_cols] if c not in encoded_only],
+            *[c for c, (family, _) in rec.recipes.items() if family in derived],
+        ]
+        ranges = key_ranges(rows_lf, [k for lookup in lookups for k in lookup.keys])
+        for split in days:
             attached = Attached([lk.on_days(day, days[split]) for lk in lookups if lk.serves(split)], ranges)
             keep = [id_col, day, *feature_cols] + (label_cols if split != "test" else [])
-            # streamed: rows are joined and encoded in batches, the encoding spread over the cores
-            attached.select(base.slice(offset, n).lazy(), keep).sink_parquet(
+            # streamed: rows are read, joined and encoded in batches, the encoding spread over the cores
+            attached.select(rows_lf.filter(pl.col(SPLIT) == split), keep).sink_parquet(
                 tmp / f"{split}.parquet", compression="lz4", statistics=False, row_group_size=ROW_GROUP_ROWS
             )
             if split == "test" and profile.test_day not in days[split]:
                 # a rehearsal test day (backtest plan): its labels are kept aside, never in the feature table
-                base.lazy().filter(pl.col(SPLIT) == split).select(id_col, day, *label_cols).sink_parquet(
+                rows_lf.filter(pl.col(SPLIT) == split).select(id_col, day, *label_cols).sink_parquet(
                     tmp / TEST_LABELS, compression="lz4"
                 )
             progress(f"features: wrote {split}.parquet ({rows[split]:,} rows)")
+        rows_path.unlink()
         schema = pl.read_parquet_schema(tmp / "fit.parquet")
         categorical = set(cardinality)
         # categorical handling by vocabulary size: native LightGBM categoricals only for small vocabularies
