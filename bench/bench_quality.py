@@ -1,13 +1,15 @@
 """Benchmark: test-day quality on several generated worlds (JSON per world, the worst world, then a table).
 
 Usage: python bench/bench_quality.py --root DIR [--worlds base users-elsewhere shift-down ...] [--scale 0.05]
+       [--no-run] [--extra]
 For each world (a `gbmcvr synth` world, where the user identity lives and a seed; see WORLDS below) it generates
 the data with its truth, ingests it, then
 - runs `gbmcvr run` with `select = true` and `calibration = weights = "auto"` (the rehearsal days choose), and
   submits the same runs once more with the fixed `scaling` + `simplex` post-processing (rows "run auto",
   "run fixed");
 - trains e2e and ts on the raw columns, the default set and the selected set (validate plan, early stopping on
-  the validation day) and scores each alone.
+  the validation day) and scores each alone (`--no-run`: these rows only, without the selected set; `--extra`:
+  also the experimental sets of EXTRA_SETS).
 Every model is scored on the test day against the truth: log loss, gap closed = (LL_prior - LL_model) /
 (LL_prior - LL_truth) with the fit window's install rate as the prior, and calibration ratio mean(p) / mean(y).
 The summary names each row's worst world: the lowest gap closed and the calibration ratio farthest from 1.
@@ -49,6 +51,17 @@ BENCH_WORLDS: dict[str, tuple[World, tuple[str, ...], int]] = {
     "weak-users": (WORLDS["weak-users"], ("f_13", "f_71", "f_72"), 4),
 }
 SETS = {"raw columns": "raw", "default set": "default", "selected set": SELECTED}
+EXTRA_SETS = {"past-days target": "pastdays"}  # with --extra: the default set, target encodings of earlier days
+
+
+def set_features(set_name: str) -> dict[str, Any] | None:
+    """The `[features]` table of a bench set (None: the set's own, the default or the selected one): raw
+    columns, or the default set with its target encodings from earlier days only (no same-day labels)."""
+    if set_name == "raw":
+        return only_families({"clean": {}})
+    if set_name == "pastdays":
+        return {"target": {"scheme": "past_days"}}
+    return None
 
 
 def scores(y: np.ndarray, p: np.ndarray, ll_prior: float, ll_truth: float) -> dict[str, float]:
@@ -61,8 +74,45 @@ def scores(y: np.ndarray, p: np.ndarray, ll_prior: float, ll_truth: float) -> di
     }
 
 
-def world_quality(root: Path, name: str, scale: float, gbm: dict[str, Any]) -> dict[str, Any]:
-    """Every row of the table for one world."""
+def run_rows(
+    wd: Workdir,
+    data: Path,
+    name: str,
+    seed: int,
+    gbm: dict[str, Any],
+    truth: pl.DataFrame,
+    lls: tuple[float, float],
+    out: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Rows "run auto" and "run fixed": `gbmcvr run` with select, and its runs submitted with fixed post-processing."""
+    start = time.perf_counter()
+    ll_prior, ll_truth = lls
+    rows: dict[str, dict[str, Any]] = {}
+    submit_raw = {"calibration": "auto", "weights": "auto", "name": "auto"}
+    cfg = config_from_dict({"data": str(data), "seed": seed, "select": True, "gbm": gbm, "submit": submit_raw}, name)
+    ctx = Context(wd, cfg, print)
+    result = run_pipeline(ctx, data=data)
+    backtest = result.submission.result.backtest or {}
+    run_cfg = config_from_dict({"data": str(data), "seed": seed, "gbm": gbm, "feature_set": SELECTED}, name)
+    fixed = submit_options({"calibration": "scaling", "weights": "simplex", "name": "fixed"}, "bench")
+    fixed_tsv = submit(Context(wd, run_cfg, print), list(cfg.models), opts=fixed, overwrite=True).tsv
+    for label, tsv in (("run auto", result.submission.tsv), ("run fixed", fixed_tsv)):
+        frame = sub.read(tsv).join(truth, left_on="RowId", right_on="row_id", how="inner")
+        rows[label] = scores(
+            frame["is_installed_right"].to_numpy(), frame["is_installed"].to_numpy(), ll_prior, ll_truth
+        )
+    rows["run auto"]["chose"] = f"{backtest.get('calibration')} + {backtest.get('weights')}"
+    out["run_seconds"] = round(time.perf_counter() - start, 1)
+    report = json.loads((wd.features / f"{SELECTED}-selection" / "report.json").read_text())
+    out["selected"] = report.get("choice", report.get("chosen"))
+    return rows
+
+
+def world_quality(
+    root: Path, name: str, scale: float, gbm: dict[str, Any], with_run: bool = True, extra: bool = False
+) -> dict[str, Any]:
+    """Every row of the table for one world (without `gbmcvr run` and the selected set unless `with_run`; with
+    the experimental sets of EXTRA_SETS when `extra`)."""
     knobs, user_columns, seed = BENCH_WORLDS[name]
     data, wd = root / name / "data", Workdir(root / name / "work")
     if not (data / "truth" / "test_truth.parquet").is_file():
@@ -78,32 +128,15 @@ def world_quality(root: Path, name: str, scale: float, gbm: dict[str, Any]) -> d
     out: dict[str, Any] = {"world": name, "seed": seed, "user_columns": list(user_columns), "knobs": vars(knobs)}
     out["test_day"] = {"rows": len(y_all), "prior_logloss": round(ll_prior, 5), "truth_logloss": round(ll_truth, 5)}
 
-    start = time.perf_counter()
-    submit_raw = {"calibration": "auto", "weights": "auto", "name": "auto"}
-    cfg = config_from_dict({"data": str(data), "seed": seed, "select": True, "gbm": gbm, "submit": submit_raw}, name)
-    ctx = Context(wd, cfg, print)
-    result = run_pipeline(ctx, data=data)
-    backtest = result.submission.result.backtest or {}
-    run_cfg = config_from_dict({"data": str(data), "seed": seed, "gbm": gbm, "feature_set": SELECTED}, name)
-    fixed = submit_options({"calibration": "scaling", "weights": "simplex", "name": "fixed"}, "bench")
-    fixed_tsv = submit(Context(wd, run_cfg, print), list(cfg.models), opts=fixed, overwrite=True).tsv
     rows: dict[str, dict[str, Any]] = {}
-    for label, tsv in (("run auto", result.submission.tsv), ("run fixed", fixed_tsv)):
-        frame = sub.read(tsv).join(truth, left_on="RowId", right_on="row_id", how="inner")
-        rows[label] = scores(
-            frame["is_installed_right"].to_numpy(), frame["is_installed"].to_numpy(), ll_prior, ll_truth
-        )
-    rows["run auto"]["chose"] = f"{backtest.get('calibration')} + {backtest.get('weights')}"
-    out["run_seconds"] = round(time.perf_counter() - start, 1)
-    report = json.loads((wd.features / f"{SELECTED}-selection" / "report.json").read_text())
-    out["selected"] = report.get("choice", report.get("chosen"))
-    entities = wd.raw / "entities.json"
-    out["entities"] = json.loads(entities.read_text()).get("groups") if entities.is_file() else None
-
-    for label, set_name in SETS.items():
+    if with_run:
+        rows |= run_rows(wd, data, name, seed, gbm, truth, (ll_prior, ll_truth), out)
+    for label, set_name in (SETS | (EXTRA_SETS if extra else {})).items():
+        if set_name == SELECTED and not with_run:
+            continue
         raw = {"data": str(data), "seed": seed, "feature_set": set_name, "gbm": gbm}
-        if set_name == "raw":
-            raw["features"] = only_families({"clean": {}})
+        if (features := set_features(set_name)) is not None:
+            raw["features"] = features
         set_cfg = config_from_dict(raw, name)
         set_ctx = Context(wd, set_cfg, print)
         build_features(set_ctx, plan="validate")
@@ -115,6 +148,8 @@ def world_quality(root: Path, name: str, scale: float, gbm: dict[str, Any]) -> d
             p = run.preds.filter(pl.col("split") == "test")["p"].to_numpy()
             rows[f"{label} / {kind}"] = {**scores(y, p, ll_prior, ll_truth), "columns": len(tables.features())}
     out["rows"] = rows
+    entities = wd.raw / "entities.json"
+    out["entities"] = json.loads(entities.read_text()).get("groups") if entities.is_file() else None
     return out
 
 
@@ -137,6 +172,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--worlds", nargs="+", default=list(BENCH_WORLDS), choices=list(BENCH_WORLDS))
     parser.add_argument("--scale", type=float, default=0.05)
+    parser.add_argument("--no-run", action="store_true", help="only the sets' e2e and ts (no `gbmcvr run`)")
+    parser.add_argument("--extra", action="store_true", help=f"also the sets {', '.join(EXTRA_SETS)}")
     parser.add_argument("--learning-rate", type=float, default=0.1, help="same for every model (bench budget)")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -144,7 +181,7 @@ def main() -> None:
     gbm |= {s: {"learning_rate": args.learning_rate} for s in ("e2e", "ts_like", "ts_install")}
     results = []
     for name in args.worlds:
-        results.append(world_quality(args.root, name, args.scale, gbm))
+        results.append(world_quality(args.root, name, args.scale, gbm, not args.no_run, args.extra))
         print(json.dumps({"bench": "quality", "scale": args.scale, **results[-1]}), flush=True)
     summary = {"bench": "quality-worst", "scale": args.scale, "worlds": args.worlds, "worst": worst(results)}
     summary["seconds"] = round(time.perf_counter() - start, 1)
@@ -156,9 +193,10 @@ def main() -> None:
         print(f"| {label} | " + " | ".join(cells) + f" | {w['gap_closed']:.3f} / {w['calibration_ratio']:.3f} |")
     print("(each cell: test-day gap closed / calibration ratio)")
     for r in results:
-        print(
-            f"{r['world']}: selected {r['selected']}; run auto chose {r['rows']['run auto']['chose']}; entities {r['entities']}"
+        chose = (
+            f"selected {r['selected']}; run auto chose {r['rows']['run auto']['chose']}; " if "selected" in r else ""
         )
+        print(f"{r['world']}: {chose}entities {r['entities']}")
 
 
 if __name__ == "__main__":

@@ -359,7 +359,8 @@ def backtest_choice(
     pooled = {pair: np.concatenate([p[pair] for p in day_preds]) for pair in pairs}
     y = np.concatenate(day_labels)
     base_rate = float(read_metrics(ctx.wd.run(runs[0], plans[0]))["base_rate"])
-    rows = bt.score_candidates(pooled, y, base_rate)
+    row_days = np.concatenate([np.full(len(labels), day) for day, labels in zip(days, day_labels, strict=True)])
+    rows = bt.score_candidates(pooled, y, base_rate, row_days)
     for r in rows:
         pair = (r["calibration"], r["weights"])
         r["per_day"] = {
@@ -371,7 +372,7 @@ def backtest_choice(
     simplest = rows[0]
     evidence = (
         f"wins over '{simplest['calibration']}', '{simplest['weights']}' by {simplest['gap']:.5f} "
-        f"(paired SE {simplest['gap_se']:.5f})"
+        f"(paired SE {simplest['gap_se']:.5f}, clustered by day)"
         if choice != (simplest["calibration"], simplest["weights"])
         else f"the simplest candidate: nothing beat it by more than {bt.SIGNIFICANCE:g} standard errors"
     )

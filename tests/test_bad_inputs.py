@@ -252,6 +252,12 @@ CASES = [
         2,
         ("[select]", "weighting must be one of none, density", "'adversarial'"),
     ),
+    Case(
+        "[select] negative threads",
+        _config_case("[select]\nthreads = -1\n"),
+        2,
+        ("[select]", "threads must be 0 (every core) or a positive count, got -1"),
+    ),
     Case("unknown pruner", _config_case('[tune]\npruner = "fast"\n'), 2, ("pruner", "'fast'")),
     Case("invalid TOML", _config_case("seed = = 1\n"), 2, ("other.toml", "invalid TOML")),
     # files

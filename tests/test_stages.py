@@ -13,4 +13,4 @@ def test_feature_set_file_is_used_when_the_config_has_no_features_table(tmp_path
     cfg = PipelineConfig(feature_set="other")
     assert feature_spec_of(cfg, wd) == default_spec(cfg.load_profile())
     inline = PipelineConfig(feature_set="mine", features={"count": {"columns": ["f_2"]}})
-    assert feature_spec_of(inline, wd).novelty is None
+    assert feature_spec_of(inline, wd).novelty == default_spec(cfg.load_profile()).novelty  # not the file's

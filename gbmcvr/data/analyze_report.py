@@ -16,6 +16,8 @@ from gbmcvr.data import analyze as an
 from gbmcvr.data.ingest import ingest
 from gbmcvr.data.profile import Profile, load_profile
 from gbmcvr.errors import UserError
+from gbmcvr.fe import entity_groups
+from gbmcvr.fe.pipeline import raw_fingerprint
 
 ADVERSARIAL_SAMPLE = 100_000  # rows per side: the held-out AUC's standard error is then ~0.002
 SAMPLE_ROWS = 300_000  # rows for base-value detection and dependency candidates (checked on all rows)
@@ -37,8 +39,10 @@ def analyze_frames(
     profile: Profile,
     seed: int = 0,
     progress: Callable[[str], None] = lambda _: None,
+    entities: an.DiscoveryReport | None = None,
 ) -> dict[str, Any]:
-    """Every section's frame and its seconds for one dataset (bins and samples learned with `seed`)."""
+    """Every section's frame and its seconds for one dataset (bins and samples learned with `seed`); `entities`
+    is the raw store's stored discovery when there is one (the groups the key families use), else it runs here."""
     features = list(profile.feature_columns)
     kept = list(profile.kept(profile.feature_columns))
     day = profile.day_column
@@ -89,7 +93,7 @@ def analyze_frames(
     discovery: dict[str, an.DiscoveryReport] = {}
 
     def entity_discovery() -> pl.DataFrame:
-        discovery["report"] = an.entity_discovery(train, test, profile, ENTITY_SAMPLE, seed)
+        discovery["report"] = entities or an.entity_discovery(train, test, profile, ENTITY_SAMPLE, seed)
         return discovery["report"].frame()
 
     timed("entity_discovery", entity_discovery)
@@ -315,10 +319,11 @@ def write_report(
     source: str,
     seed: int = 0,
     progress: Callable[[str], None] = lambda _: None,
+    entities: an.DiscoveryReport | None = None,
 ) -> dict[str, Any]:
     """Analyze and write `out/` atomically: analyze.md, analyze.json and the PNG plots."""
     start = time.perf_counter()
-    result = analyze_frames(train, test, profile, seed, progress)
+    result = analyze_frames(train, test, profile, seed, progress, entities)
     s = result["sections"]
     with atomic_dir(Path(out)) as tmp:
         plot_per_day(s["per_day"], tmp / "per_day.png")
@@ -382,8 +387,17 @@ def analyze_store(
     profile = load_profile(profile_spec)
     if data is None:
         train, test = read_raw(raw)
-        return write_report(train, test, profile, out, str(raw), seed, progress)
+        return write_report(
+            train, test, profile, out, str(raw), seed, progress, stored_entities(raw, profile, progress)
+        )
     with tempfile.TemporaryDirectory(prefix="gbmcvr-analyze-") as tmp:
         ingest(Path(data), profile, Path(tmp) / "raw", progress)
         train, test = read_raw(Path(tmp) / "raw")
-    return write_report(train, test, profile, out, str(data), seed, progress)
+        entities = stored_entities(Path(tmp) / "raw", profile, progress)
+    return write_report(train, test, profile, out, str(data), seed, progress, entities)
+
+
+def stored_entities(raw: Path, profile: Profile, progress: Callable[[str], None]) -> an.DiscoveryReport:
+    """The raw store's entity discovery, as `gbmcvr features` stores and uses it (made and stored if missing)."""
+    record = entity_groups.stored_or_discovered(raw, profile, raw_fingerprint(raw), progress)
+    return entity_groups.report_of(record)

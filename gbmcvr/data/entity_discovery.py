@@ -377,8 +377,10 @@ def discover_entities(
         if all(c in codes.columns for c in group)
     ]
     evidence += declared
-    groups = {**profile.entities, **discovered}
-    overruled = tuple(name for name in profile.entities if groups[name] != profile.entities[name])
+    identifies_no_one = {e.name for e in declared if not e.is_key}
+    kept = {name: tuple(g) for name, g in profile.entities.items() if name not in identifies_no_one}
+    groups = {**kept, **discovered}  # a declared group that identifies no one is dropped, not keyed on
+    overruled = tuple(name for name in profile.entities if groups.get(name) != tuple(profile.entities[name]))
     return DiscoveryReport(
         groups=groups,
         evidence=tuple(evidence),
@@ -386,8 +388,3 @@ def discover_entities(
         columns_searched=tuple(searchable),
         overruled=overruled,
     )
-
-
-def entity_groups_to_use(frame: pl.DataFrame, profile: Profile, seed: int = 0) -> dict[str, tuple[str, ...]]:
-    """The entity groups the feature families should use: discovered ones where found, else the profile's."""
-    return discover_entities(frame, profile, seed=seed).groups

@@ -115,17 +115,22 @@ def mtdm_kaml_config(raw: dict[str, Any], where: str) -> KamlConfig:
     return KamlConfig(mtdm_config(raw, where), **kaml_options(raw.get("kaml", {}), f"{where}.kaml"))
 
 
+def task_loss_weights(raw: dict[str, Any], where: str) -> dict[str, float]:
+    """The ctr/cvr/ctcvr loss weights of a multi-task model (those not given are 1), each a number >= 0."""
+    check_keys(raw, ["ctr", "cvr", "ctcvr"], where)
+    for task, weight in raw.items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            raise UserError(f"{where}: '{task}' must be a number >= 0, got {weight!r}")
+    return {"ctr": 1.0, "cvr": 1.0, "ctcvr": 1.0, **raw}
+
+
 def mtdm_config(raw: dict[str, Any], where: str) -> MtdmConfig:
     """Parse and check the `[mtdm]` section (its `kaml` table checked by `kaml_options`, not part of it)."""
     if "kaml" in raw:
         kaml_options(raw["kaml"], f"{where}.kaml")
     kwargs = typed_fields(MtdmConfig, {k: v for k, v in raw.items() if k != "kaml"}, where)
     if "loss_weights" in kwargs:
-        check_keys(kwargs["loss_weights"], ["ctr", "cvr", "ctcvr"], f"{where}.loss_weights")
-        for task, weight in kwargs["loss_weights"].items():
-            if isinstance(weight, bool) or not isinstance(weight, int | float):
-                raise UserError(f"{where}.loss_weights: '{task}' must be a number, got {weight!r}")
-        kwargs["loss_weights"] = {"ctr": 1.0, "cvr": 1.0, "ctcvr": 1.0, **kwargs["loss_weights"]}
+        kwargs["loss_weights"] = task_loss_weights(kwargs["loss_weights"], f"{where}.loss_weights")
     cfg = MtdmConfig(**kwargs)
     check_mtdm(cfg, where)
     return cfg

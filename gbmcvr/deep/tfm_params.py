@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gbmcvr.deep.params import task_loss_weights
 from gbmcvr.errors import UserError
-from gbmcvr.tomlfile import check_keys, typed_fields
+from gbmcvr.tomlfile import typed_fields
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,7 @@ def tfm_config(raw: dict[str, Any], where: str) -> TfmConfig:
     """Parse and check the `[tfm]` section: unknown keys, wrong types and values out of range are errors."""
     kwargs = typed_fields(TfmConfig, raw, where)
     if "loss_weights" in kwargs:
-        check_keys(kwargs["loss_weights"], ["ctr", "cvr", "ctcvr"], f"{where}.loss_weights")
-        for task, weight in kwargs["loss_weights"].items():
-            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-                raise UserError(f"{where}.loss_weights: '{task}' must be a number >= 0, got {weight!r}")
-        kwargs["loss_weights"] = {"ctr": 1.0, "cvr": 1.0, "ctcvr": 1.0, **kwargs["loss_weights"]}
+        kwargs["loss_weights"] = task_loss_weights(kwargs["loss_weights"], f"{where}.loss_weights")
     cfg = TfmConfig(**kwargs)
     check_tfm(cfg, where)
     return cfg

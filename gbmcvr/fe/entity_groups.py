@@ -20,13 +20,13 @@ import numpy as np
 import polars as pl
 
 from gbmcvr.atomic import write_json
-from gbmcvr.data.entity_discovery import SAMPLE_ROWS, discover_entities
+from gbmcvr.data.entity_discovery import SAMPLE_ROWS, DiscoveryReport, GroupEvidence, discover_entities
 from gbmcvr.data.profile import Profile
 from gbmcvr.errors import UserError
 from gbmcvr.stored import load_json_object
 
 FILE = "entities.json"
-VERSION = 1
+VERSION = 2  # 2: a declared group that identifies no one is dropped
 SEED = 0  # the sample and the independence baseline: fixed, so the groups do not follow the config's seed
 
 
@@ -66,6 +66,7 @@ def discover(raw_dir: Path, profile: Profile, fingerprint: str) -> dict[str, Any
         "groups": {name: list(group) for name, group in report.groups.items()},
         "overruled": list(report.overruled),
         "rows": report.rows,
+        "columns_searched": list(report.columns_searched),
         "seconds": round(time.perf_counter() - start, 2),
         "evidence": [asdict(e) for e in report.evidence],
     }
@@ -88,6 +89,18 @@ def stored_or_discovered(
     record = discover(raw_dir, profile, fingerprint)
     write_json(path, record)
     return record
+
+
+def report_of(record: dict[str, Any]) -> DiscoveryReport:
+    """A stored discovery record as the report analyze renders, so that analyze shows the groups features use."""
+    evidence = tuple(GroupEvidence(**{**e, "columns": tuple(e["columns"])}) for e in record.get("evidence", []))
+    return DiscoveryReport(
+        groups={name: tuple(group) for name, group in record["groups"].items()},
+        evidence=evidence,
+        rows=int(record.get("rows", 0)),
+        columns_searched=tuple(record.get("columns_searched", ())),
+        overruled=tuple(record.get("overruled", ())),
+    )
 
 
 def describe(record: dict[str, Any], profile: Profile) -> str:

@@ -32,7 +32,7 @@ from gbmcvr.fe.groupstats import GroupFamily
 from gbmcvr.fe.lagged import LaggedFamily
 from gbmcvr.fe.lookup import Attached, Lookup, key_ranges
 from gbmcvr.fe.novelty import NoveltyFamily
-from gbmcvr.fe.spec import FeatureSpec, cross_name, is_entity_name
+from gbmcvr.fe.spec import FeatureSpec, cross_name, is_entity_name, wants_entities, with_entity_keys
 from gbmcvr.fe.target import EntityTargetFamily, TargetFamily, fold_expr
 from gbmcvr.stored import check_parquet, load_json_object
 
@@ -190,7 +190,7 @@ def entity_profile(
     """The profile with the entity groups the spec's key families use (`fe/entity_groups.py`); unchanged when
     the spec names no entity. An entity name that neither discovery nor the profile gives is a UserError."""
     named = list(dict.fromkeys(c for key in _key_lists(spec) for c in key if is_entity_name(c, profile)))
-    if not named:
+    if not named and not wants_entities(spec):
         return profile
     resolved = entity_groups.resolve(raw_dir, profile, spec.entities, raw_fingerprint(raw_dir), progress)
     missing = [n for n in named if n not in resolved.entities]
@@ -201,6 +201,14 @@ def entity_profile(
             f'"{spec.entities}": {known}); use one of them'
         )
     return resolved
+
+
+def keyed(
+    raw_dir: Path, profile: Profile, spec: FeatureSpec, progress: Callable[[str], None] = lambda _: None
+) -> tuple[Profile, FeatureSpec]:
+    """The profile with the entity groups the build uses and the spec with `over_entities` keys spelled out."""
+    resolved = entity_profile(raw_dir, profile, spec, progress)
+    return resolved, with_entity_keys(spec, resolved)
 
 
 def recipe_hash(spec: FeatureSpec, profile: Profile) -> str:
@@ -216,7 +224,8 @@ def recipe_hash(spec: FeatureSpec, profile: Profile) -> str:
 
 def current_recipe_hash(raw_dir: Path, profile: Profile, spec: FeatureSpec) -> str:
     """The recipe hash tables built now from the raw store would carry (entity groups resolved as build does)."""
-    return recipe_hash(spec, entity_profile(raw_dir, profile, spec))
+    resolved, spelled = keyed(raw_dir, profile, spec)
+    return recipe_hash(spelled, resolved)
 
 
 def stale_reason(manifest: dict, raw_dir: Path, profile: Profile, spec: FeatureSpec) -> str | None:
@@ -244,7 +253,7 @@ def build(
     start = time.perf_counter()
     raw_dir, out = Path(raw_dir), Path(out_root) / feature_set / plan
     fingerprint = raw_fingerprint(raw_dir)
-    profile = entity_profile(raw_dir, profile, spec, progress)
+    profile, spec = keyed(raw_dir, profile, spec, progress)
     used = _entities_used(spec, profile)
     config_hash = recipe_hash(spec, profile)
     manifest_path = out / "manifest.json"

@@ -53,7 +53,7 @@ from gbmcvr.tomlfile import read_toml
 CANDIDATE_SET = "candidates"
 PLAN = "backtest"
 SEARCHED = ("date", "cross", "count", "group", "target", "novelty", "lagged", "daycount", "entity_target")
-DEFAULT_ON = ("date", "cross", "count", "group", "target")
+DEFAULT_ON = ("date", "cross", "count", "group", "target", "novelty", "daycount")
 # categorical handling options: (native_max, codes_max) by vocabulary size
 HANDLING = {"native": (20000, 0), "small-native": (8, 0), "codes": (1, 0), "encodings-only": (1, 1000)}
 DEFAULT_HANDLING = "codes"
@@ -337,7 +337,7 @@ class Proxy:
     def train(self, choice: Choice, rows: pl.DataFrame) -> lgb.Booster:
         """The proxy for a choice fitted on `rows`."""
         cols, native = self.columns(choice)
-        params = {**PROXY_PARAMS, "seed": self.opts.seed, "num_threads": 0}
+        params = {**PROXY_PARAMS, "seed": self.opts.seed, "num_threads": self.opts.threads}
         data = lgb.Dataset(
             rows.select(cols), label=rows[self.label].to_numpy(), categorical_feature=native, free_raw_data=True
         )

@@ -23,6 +23,7 @@ class SelectOptions:
         3  # the selection day and the last fit days before it, each scored by a proxy fitted before it
     )
     weighting: str = "none"  # none | density (rehearsal rows weighted by their resemblance to the holdout day's rows)
+    threads: int = 0  # the proxy's LightGBM threads; 0: OpenMP's default (every core), set the free ones when shared
     seed: int = 42
 
 
@@ -31,6 +32,8 @@ def check_select_options(opts: SelectOptions, where: str) -> SelectOptions:
     for name in ("rounds", "proxy_rows", "max_fits", "rehearsal_days"):
         if getattr(opts, name) < 1:
             raise UserError(f"{where}: {name} must be at least 1, got {getattr(opts, name)}")
+    if opts.threads < 0:
+        raise UserError(f"{where}: threads must be 0 (every core) or a positive count, got {opts.threads}")
     if not opts.significance > 0:
         raise UserError(f"{where}: significance must be positive, got {opts.significance}")
     if opts.weighting not in WEIGHTINGS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,7 @@ class NoveltySpec:
 
     keys: tuple[tuple[str, ...], ...] = ()
     stats: tuple[str, ...] = ("days_since_first", "new_on_day", "active_days")
+    over_entities: bool = False  # also one key per entity group the build uses (discovered in the data)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ class DayCountSpec:
 
     keys: tuple[tuple[str, ...], ...] = ()
     distinct: tuple[str, ...] = ()
+    over_entities: bool = False  # also each entity group the build uses, as a key and as a distinct count
 
 
 @dataclass(frozen=True)
@@ -375,6 +377,26 @@ def only_families(tables: dict[str, Any]) -> dict[str, Any]:
     return {**{f: False for f in FAMILIES if f not in ALWAYS_ON}, **tables}
 
 
+def wants_entities(spec: FeatureSpec) -> bool:
+    """Whether a family keys on every entity group the build uses (`over_entities`), whatever they are."""
+    return any(part is not None and part.over_entities for part in (spec.novelty, spec.daycount))
+
+
+def with_entity_keys(spec: FeatureSpec, profile: Profile) -> FeatureSpec:
+    """The spec with `over_entities` spelled out: each entity group of `profile` (as the build resolved them)
+    becomes a key of novelty and day counts, and a distinct count of day counts, before the declared keys."""
+    ents = tuple((e,) for e in profile.entities)
+    parts: dict[str, Any] = {}
+    if spec.novelty is not None and spec.novelty.over_entities:
+        keys = tuple(dict.fromkeys((*ents, *spec.novelty.keys)))
+        parts["novelty"] = replace(spec.novelty, keys=keys, over_entities=False)
+    if spec.daycount is not None and spec.daycount.over_entities:
+        keys = tuple(dict.fromkeys((*ents, *spec.daycount.keys)))
+        distinct = tuple(dict.fromkeys((*profile.entities, *spec.daycount.distinct)))
+        parts["daycount"] = replace(spec.daycount, keys=keys, distinct=distinct, over_entities=False)
+    return replace(spec, **parts) if parts else spec
+
+
 def is_entity_name(name: str, profile: Profile) -> bool:
     """Whether a key names an entity: one the profile declares, or (unless a column has that name) one that
     discovery may name (`user`, the ad's `ad`, `entity_2`, ...)."""
@@ -390,11 +412,15 @@ def config_feature_spec(raw: dict[str, Any] | None, profile: Profile, where: str
 
 
 def generic_default(profile: Profile) -> dict[str, Any]:
-    """A default for any profile: cleaning, date cycle, counts and target encoding of its first categoricals."""
+    """A default for any profile: cleaning, date cycle, counts and target encoding of its first categoricals,
+    and the label-free novelty and same-day counts of those and of the entity groups found in the data."""
     cats = list(profile.kept(profile.categorical))[:6]
+    keys = [[c] for c in cats[:3]]
     return {
         "clean": {},
         "date": {},
         "count": {"columns": cats},
         "target": {"columns": cats, "targets": list(TARGETS), "n_min": 100, "folds": 5},
+        "novelty": {"keys": keys, "over_entities": True},
+        "daycount": {"keys": keys, "distinct": cats[:2], "over_entities": True},
     }

@@ -21,6 +21,7 @@ from gbmcvr.post.calibrate import Calibrator, prior_shift
 from gbmcvr.post.ensemble import Ensemble
 from gbmcvr.post.options import CALIBRATIONS, ENSEMBLES, parse_weights, split_calibration
 from gbmcvr.post.shift import em_prior, match_mean, trend_rate
+from gbmcvr.rehearsal import pooled_gain
 
 
 @dataclass(frozen=True)
@@ -148,11 +149,13 @@ def candidate_predictions(
 
 
 def score_candidates(
-    preds: dict[tuple[str, str], np.ndarray], y_target: np.ndarray, base_rate: float
+    preds: dict[tuple[str, str], np.ndarray], y_target: np.ndarray, base_rate: float, days: np.ndarray | None = None
 ) -> list[dict[str, Any]]:
     """Backtest table: each candidate's target-day log loss, NCE, calibration ratio and mean prediction, and
-    its log-loss gap to the best candidate with the gap's paired standard error over the rows."""
+    its log-loss gap to the best candidate with the gap's paired standard error, clustered by rehearsal day
+    (`days`, one label per row; a calibration that helps on one day and hurts on another is not evidence)."""
     y = np.asarray(y_target, dtype=np.float64)
+    days = np.zeros(len(y), dtype=np.int64) if days is None else np.asarray(days)
     losses = {}
     rows = []
     for (calibration, weights), p in preds.items():
@@ -171,9 +174,9 @@ def score_candidates(
         )
     best = losses[choose(rows)]
     for row in rows:
-        gap = losses[row["calibration"], row["weights"]] - best
-        row["gap"] = float(gap.mean())
-        row["gap_se"] = float(gap.std(ddof=1) / np.sqrt(len(gap))) if len(gap) > 1 else float("nan")
+        gap = pooled_gain(losses[row["calibration"], row["weights"]], best, days)
+        row["gap"] = gap.mean
+        row["gap_se"] = gap.se if len(y) > 1 else float("nan")
     return rows
 
 

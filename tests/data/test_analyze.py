@@ -187,7 +187,9 @@ def test_analyze_command_writes_the_report(tmp_path, capsys):
     assert "## Drift" in (report / "analyze.md").read_text()
     assert "## Entity discovery" in (report / "analyze.md").read_text()
     assert {r["source"] for r in data["sections"]["entity_discovery"]} <= {"discovered", "declared"}
-    assert "entities" in data["summary"]
+    stored = json.loads((raw / "entities.json").read_text())  # analyze shows the groups the key families use
+    assert data["summary"]["entities"] == stored["groups"]
+    assert data["summary"]["entities_overruled"] == stored["overruled"]
 
 
 def test_analyze_without_a_raw_store_is_a_user_error(tmp_path, capsys):

@@ -86,9 +86,10 @@ def test_no_user_in_independent_columns():
     frame, profile = _world(users="none")
     report = discover_entities(frame, profile)
     assert not any(e.is_key for e in report.evidence if e.method == "repetition")
-    # nothing found: the profile's declaration stays, flagged by its check
-    assert report.groups["user"] == profile.entities["user"]
-    assert "user" not in report.overruled
+    # nothing found, and the declared group identifies no one: it is dropped (no key family keys on noise)
+    assert not _evidence(report, "declared", "user").is_key
+    assert "user" not in report.groups and "user" in report.overruled
+    assert "ad" in report.groups["item"]  # the ad, found by its functional dependency
 
 
 def test_the_declared_check_flags_a_group_that_identifies_no_one():

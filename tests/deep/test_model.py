@@ -152,6 +152,9 @@ def test_precision_option_and_threads():
         mtdm_config({"precision": "fp16"}, "cfg")
     with pytest.raises(UserError, match="threads must be >= 0"):
         mtdm_config({"threads": -1}, "cfg")
+    with pytest.raises(UserError, match=r"cfg.loss_weights: 'cvr' must be a number >= 0, got -1"):
+        mtdm_config({"loss_weights": {"cvr": -1}}, "cfg")  # a negative weight would reward a worse fit
+    assert mtdm_config({"loss_weights": {"cvr": 0}}, "cfg").loss_weights == {"ctr": 1.0, "cvr": 0, "ctcvr": 1.0}
 
 
 def test_state_dict_round_trips_with_weights_only(tmp_path):

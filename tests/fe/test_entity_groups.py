@@ -103,6 +103,31 @@ def test_other_groups_make_the_tables_stale(planted, tmp_path):
     assert stale_reason(_manifest(result), raw, other, declared) is not None
 
 
+def test_over_entities_keys_on_every_group_discovery_finds(planted):
+    """`over_entities` (the default set's novelty and day counts) builds exactly what naming each discovered
+    group by hand builds, and names the groups in the manifest."""
+    root, raw = planted
+    implicit = {
+        "novelty": {"keys": [["f_2"]], "over_entities": True},
+        "daycount": {"keys": [["f_2"]], "distinct": ["f_4"], "over_entities": True},
+    }
+    a, spec = _build(root, raw, SHARECHAT, implicit, name="implicit")
+    record = json.loads((raw / entity_groups.FILE).read_text())
+    names = [[name] for name in record["groups"]]
+    assert ["user"] in names
+    explicit = {
+        "novelty": {"keys": [*names, ["f_2"]]},
+        "daycount": {"keys": [*names, ["f_2"]], "distinct": [*(n[0] for n in names), "f_4"]},
+    }
+    b, _ = _build(root, raw, SHARECHAT, explicit, name="explicit")
+    assert set(_manifest(a)["entities"]) == set(record["groups"])
+    for split in ("fit", "valid", "test"):
+        left, right = pl.read_parquet(a.out / f"{split}.parquet"), pl.read_parquet(b.out / f"{split}.parquet")
+        assert "nov_k_user_new_on_day" in left.columns and "dc_k_user_rows" in left.columns
+        assert left.equals(right), split
+    assert stale_reason(_manifest(a), raw, SHARECHAT, spec) is None
+
+
 def test_an_entity_name_discovery_does_not_give_is_one_line(planted):
     root, raw = planted
     spec = feature_spec({"novelty": {"keys": [["entity_7"]]}}, SHARECHAT, "test")  # a name discovery may give

@@ -125,7 +125,7 @@ def test_select_command_writes_a_feature_set_the_pipeline_builds(small_work, tmp
 
 
 class _FakeProxy:
-    """Per-row losses by family set: `novelty` helps by a noise-sized amount, `lagged` by a clear one."""
+    """Per-row losses by family set: `entity_target` helps by a noise-sized amount, `lagged` by a clear one."""
 
     def __init__(self, rng) -> None:
         self.fits = 0
@@ -140,7 +140,7 @@ class _FakeProxy:
     def score(self, choice):
         self.fits += 1
         losses = self.base.copy()
-        if "novelty" in choice.families:
+        if "entity_target" in choice.families:
             losses = losses - 0.0005 + self.noise  # mean gain 0.0005, SE ~0.0007: noise
         if "lagged" in choice.families:
             losses = losses - 0.01  # every row better: many standard errors
@@ -156,11 +156,11 @@ def test_a_family_that_wins_by_less_than_two_standard_errors_is_not_taken() -> N
 
     from gbmcvr.fe.select import DEFAULT_ON, SelectOptions, search
 
-    families = (*DEFAULT_ON, "novelty", "lagged")
+    families = (*DEFAULT_ON, "entity_target", "lagged")
     selection = search(_FakeProxy(np.random.default_rng(0)), families, {}, SelectOptions(max_fits=30))
-    assert "lagged" in selection.choice.families and "novelty" not in selection.choice.families
-    novelty = next(s for s in selection.steps if s["step"] == "add novelty")
-    assert not novelty["kept"] and abs(novelty["gain"]) < 2 * novelty["se"]
+    assert "lagged" in selection.choice.families and "entity_target" not in selection.choice.families
+    noise = next(s for s in selection.steps if s["step"] == "add entity_target")
+    assert not noise["kept"] and abs(noise["gain"]) < 2 * noise["se"]
 
 
 def test_each_rehearsal_day_is_scored_by_a_proxy_fitted_on_earlier_days_only(setup, monkeypatch):
@@ -227,7 +227,7 @@ def test_the_default_set_stays_unless_leaving_it_wins_by_two_standard_errors() -
     """A default family whose removal changes nothing beyond noise stays; one whose removal wins clearly goes."""
     from gbmcvr.fe.select import DEFAULT_ON, search
 
-    families = (*DEFAULT_ON, "novelty", "lagged")
+    families = (*DEFAULT_ON, "entity_target", "lagged")
     kept = search(_FakeProxy(np.random.default_rng(1)), families, {}, SelectOptions(max_fits=30))
     assert set(DEFAULT_ON) <= set(kept.choice.families)
     drop_group = next(s for s in kept.steps if s["step"] == "drop group")
@@ -236,3 +236,18 @@ def test_the_default_set_stays_unless_leaving_it_wins_by_two_standard_errors() -
     proxy.count_cost = 0.01
     dropped = search(proxy, families, {}, SelectOptions(max_fits=30))
     assert "count" not in dropped.choice.families and "group" in dropped.choice.families
+
+
+def test_the_proxy_uses_the_threads_the_options_give(monkeypatch) -> None:
+    """`[select] threads` reaches the proxy's LightGBM (0 leaves OpenMP's default: every core)."""
+    from types import SimpleNamespace
+
+    from gbmcvr.fe import select
+
+    seen: list[int] = []
+    monkeypatch.setattr(select.lgb, "train", lambda params, *a, **k: seen.append(params["num_threads"]))
+    rows = pl.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "y": [0, 1, 0, 1]})
+    for threads in (1, 0):
+        proxy = SimpleNamespace(columns=lambda _: (["a"], []), label="y", opts=SelectOptions(threads=threads))
+        select.Proxy.train(proxy, Choice((), "codes"), rows)
+    assert seen == [1, 0]

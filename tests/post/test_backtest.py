@@ -96,9 +96,9 @@ def _choose_recording(root, monkeypatch, flip=False):
     """Run the backtest choice; return what the scorer was given and the choice."""
     seen = {}
 
-    def recording_score(preds, y_target, base_rate):
+    def recording_score(preds, y_target, base_rate, days=None):
         seen["preds"] = preds
-        return SCORE(preds, y_target, base_rate)
+        return SCORE(preds, y_target, base_rate, days)
 
     monkeypatch.setattr(bt, "score_candidates", recording_score)
     wd = _fake_workdir(root, flip_day66=flip)
@@ -200,3 +200,22 @@ def test_a_choice_that_wins_by_less_than_two_standard_errors_is_not_taken():
     rows = bt.score_candidates({("none", "equal"): base, ("platt", "equal"): better}, y, 0.2)
     assert bt.decide(rows) == ("platt", "equal")
     assert rows[0]["gap"] > 2 * rows[0]["gap_se"]
+
+
+def test_a_calibration_that_helps_on_one_day_and_hurts_on_another_is_not_taken():
+    """Row-level SE would call the pooled gain significant; days that disagree widen the day-clustered SE."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    y = (rng.random(2 * n) < 0.2).astype(np.int8)
+    days = np.repeat([64, 65], n)
+    base = np.full(2 * n, 0.2)
+    # a level correction that wins clearly on day 64 and loses on day 65 by a bit less
+    shifted = np.where(days == 64, np.where(y == 1, 0.35, 0.15), np.where(y == 1, 0.12, 0.22))
+    pooled = {("none", "equal"): base, ("scaling", "equal"): shifted}
+    rows = bt.score_candidates(pooled, y, 0.2, days)
+    none = rows[0]
+    diff = -(y * np.log(base) + (1 - y) * np.log1p(-base)) + (y * np.log(shifted) + (1 - y) * np.log1p(-shifted))
+    row_se = diff.std(ddof=1) / np.sqrt(diff.size)
+    assert none["gap"] == pytest.approx(diff.mean()) and none["gap"] > 2 * row_se  # "significant" by rows
+    assert none["gap_se"] > 2 * row_se and bt.decide(rows) == ("none", "equal")  # not by days
+    assert bt.decide(bt.score_candidates(pooled, y, 0.2)) == ("scaling", "equal")  # one pooled day: taken
