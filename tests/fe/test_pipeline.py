@@ -275,7 +275,7 @@ def _one_shot(root, raw, profile, spec_table, plan="validate"):
     from gbmcvr.fe.target import fold_expr
 
     spec = feature_spec(spec_table, profile, "test")
-    profile = pipe.entity_profile(raw, profile, spec)
+    profile, spec = pipe.keyed(raw, profile, spec)
     used = pipe._entities_used(spec, profile)
     lf, days = pipe._base_frame(raw, profile, plan)
     lf = entities.with_keys(lf, profile, used) if used else lf
@@ -307,11 +307,18 @@ def _one_shot(root, raw, profile, spec_table, plan="validate"):
 
 
 @pytest.mark.parametrize("plan", ["validate", "backtest"])
-def test_streamed_build_equals_the_one_shot_tables(keyed, plan):
+def test_streamed_build_equals_the_one_shot_tables(tmp_path, plan):
     # build() writes the plan's rows once and learns and applies every table from scans of them; its tables are
     # exactly those of the whole plan held in memory
-    root, raw, profile = keyed
-    spec = {**SPEC, **KEY_SPEC, "target": {**SPEC["target"], "columns": ["a", "x_a_b", "u"]}}
+    root = tmp_path
+    raw, profile = tiny_raw(tmp_path, rows_per_day=80)
+    keyed_spec = {
+        "categorical": {"native_max": 4, "codes_max": 5},
+        "novelty": {"keys": [["a"], ["a", "c"]]},
+        "lagged": {"keys": [["a"], ["a", "c"]], "windows": [1, 2], "n_min": 10},
+        "daycount": {"keys": [["a"]], "distinct": ["c"]},
+    }
+    spec = {**SPEC, **keyed_spec}
     _build(root, raw, profile, spec, plan=plan)
     expected = _one_shot(root, raw, profile, spec, plan)
     for split, frame in expected.items():
