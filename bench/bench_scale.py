@@ -58,14 +58,19 @@ print(json.dumps({"step": step, "rows": rows, "seconds": round(time.perf_counter
 STEPS = ("synth", "ingest", "features", "e2e")
 
 
-def run_step(step: str, data: Path, work: Path, rounds: int, scale: float = 1.0) -> dict:
-    """One step in a fresh interpreter; its last stdout line is the JSON result."""
-    out = subprocess.run(
-        [sys.executable, "-c", STEP, step, str(data), str(work), str(rounds), str(scale)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+def run_step(step: str, data: Path, work: Path, rounds: int, scale: float = 1.0, limit: float | None = None) -> dict:
+    """One step in a fresh interpreter; its last stdout line is the JSON result (`timed_out` when it ran past
+    `limit` seconds and was stopped: on a shared machine a step may not hold it for long)."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", STEP, step, str(data), str(work), str(rounds), str(scale)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=limit,
+        )
+    except subprocess.TimeoutExpired:
+        return {"step": step, "timed_out": True, "seconds": limit}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -132,6 +137,9 @@ def main() -> None:
     parser.add_argument("--dialects", nargs="+", default=["int"], help="data dialects (gbmcvr.data.dialects)")
     parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
     parser.add_argument(
+        "--step-timeout", type=float, help="stop a step after this many seconds (reported as timed out)"
+    )
+    parser.add_argument(
         "--log", type=Path, help="JSON-lines file: each row is appended, and the summary covers every row in it"
     )
     args = parser.parse_args()
@@ -139,7 +147,11 @@ def main() -> None:
     for scale in args.scales:
         data = args.root / f"data-{scale}"
         if "synth" in results:
-            row = {"scale": scale, "dialect": "int", **run_step("synth", data, args.root, args.rounds, scale)}
+            row = {
+                "scale": scale,
+                "dialect": "int",
+                **run_step("synth", data, args.root, args.rounds, scale, args.step_timeout),
+            }
             results["synth"].append(row)
             report(row, args.log)
         elif "ingest" in results and not (data / ".gbmcvr-synth").is_file():
@@ -147,7 +159,11 @@ def main() -> None:
         for dialect in args.dialects:
             source, work = dialect_data(data, dialect), args.root / f"work-{scale}-{dialect}"
             for step in (s for s in results if s != "synth"):
-                row = {"scale": scale, "dialect": dialect, **run_step(step, source, work, args.rounds)}
+                row = {
+                    "scale": scale,
+                    "dialect": dialect,
+                    **run_step(step, source, work, args.rounds, scale, args.step_timeout),
+                }
                 results[step].append(row)
                 report(row, args.log)
             if not args.keep:
@@ -158,15 +174,19 @@ def main() -> None:
             shutil.rmtree(data, ignore_errors=True)
     if args.log is not None:
         results = logged(args.log)
+    results = {step: [r for r in rows if not r.get("timed_out")] for step, rows in results.items()}
     summary = {}
     for step, rows in results.items():
         if len({r["scale"] for r in rows}) > 1:
-            summary[step] = {"max_peak_rss_mb": max(r["peak_rss_mb"] for r in rows)}
+            summary[step] = {
+                "max_peak_rss_mb": max(r["peak_rss_mb"] for r in rows),
+                "scales": sorted({r["scale"] for r in rows}),
+            }
             for dialect in args.dialects if step != "synth" else ["int"]:
                 mine = [r for r in rows if r["dialect"] == dialect]
                 x, y = np.log([r["rows"] for r in mine]), np.log([r["seconds"] for r in mine])
                 summary[step][f"time_exponent_{dialect}"] = round(float(np.polyfit(x, y, 1)[0]), 2)
-    if "ingest" in results:
+    if results.get("ingest"):
         summary["ingest_dialects"] = dialect_summary(results["ingest"])
     scales = sorted({r["scale"] for rows in results.values() for r in rows})
     print(json.dumps({"bench": "scale-summary", "scales": scales, **summary}))
