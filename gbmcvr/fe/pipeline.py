@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.data.profile import Profile
@@ -171,6 +172,38 @@ def _base_frame(raw_dir: Path, profile: Profile, plan: str) -> tuple[pl.LazyFram
     return frame.with_columns(((pl.col(click) == 1) | (pl.col(install) == 1)).cast(pl.Int8).alias(LIKE)), days
 
 
+def _write_chunked(
+    attached: Attached,
+    prepared: Callable[[pl.LazyFrame], pl.LazyFrame],
+    rows_path: Path,
+    columns: list[str],
+    offset: int,
+    n: int,
+    path: Path,
+) -> None:
+    """Write `columns` of the rows file's rows offset..offset+n (`prepared`: dense codes and crosses), attached one
+    of its row groups at a time, so memory follows one row group of the output, whatever the rows' count."""
+    source = pq.ParquetFile(rows_path)
+    writer = None
+    try:
+        start = 0
+        for group in range(source.metadata.num_row_groups):
+            length = source.metadata.row_group(group).num_rows
+            lo, hi = max(start, offset), min(start + length, offset + n)
+            start += length
+            if lo >= hi:
+                continue
+            batch = pl.from_arrow(source.read_row_group(group)).slice(lo - (start - length), hi - lo)
+            part = attached.select(prepared(batch.lazy()), columns).collect()
+            table = part.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="lz4", write_statistics=False)
+            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
 def _key_lists(spec: FeatureSpec) -> list[tuple[str, ...]]:
     """Every key of the families that may name entities."""
     return [
@@ -289,7 +322,7 @@ def build(
         )
     folds = next((part.folds for part in (spec.target, spec.entity_target) if part is not None), 5)
     vocab = _vocabularies(_scan_raw(raw_dir), profile, spec, Path(out_root) / feature_set / "vocab", fingerprint)
-    lf = lf.with_columns(*exprs, fold_expr(id_col, folds), **date_cols).with_columns(_dense_exprs(vocab, cats))
+    lf = lf.with_columns(*exprs, fold_expr(id_col, folds), **date_cols)
     for col in cats:
         rec.add(col, "categorical", f"categorical: index of {col} in the sorted vocabulary of all raw rows")
     for col in binary:
@@ -301,7 +334,10 @@ def build(
         # read only the columns they need, so memory follows a few columns and the per-key tables, not the rows
         rows_path = tmp / ROWS_FILE
         lf.sink_parquet(rows_path, compression="lz4", statistics=False, row_group_size=ROW_GROUP_ROWS)
-        rows_lf = pl.scan_parquet(rows_path, glob=False)
+        # dense codes are applied to every scan (a lookup Polars' streaming sink would not stream)
+        dense = _dense_exprs(vocab, cats)
+        rows_lf = pl.scan_parquet(rows_path, glob=False).with_columns(dense)
+        prepared: Callable[[pl.LazyFrame], pl.LazyFrame] = lambda frame: frame.with_columns(dense)  # noqa: E731
         sizes = rows_lf.group_by(SPLIT).len().collect()
         rows = {s: int(sizes.filter(pl.col(SPLIT) == s)["len"].sum()) for s in days}
         for split, n in rows.items():
@@ -324,7 +360,9 @@ def build(
             keys = list(dict.fromkeys(c for pair in spec.cross.pairs for c in pair))
             attached = Attached(cross_lookups, key_ranges(rows_lf, keys))
             # attached to every scan of the rows (a gather on the key columns), never stored
-            rows_lf = attached.select(rows_lf, [*rows_lf.collect_schema().names(), *cross_cols])
+            names = [*rows_lf.collect_schema().names(), *cross_cols]
+            rows_lf = attached.select(rows_lf, names)
+            prepared = lambda frame, a=attached, n=names: a.select(frame.with_columns(dense), n)  # noqa: E731
             rec.done("cross")
 
         ctx = Context(profile, rows_lf, days)
@@ -349,13 +387,12 @@ def build(
             *[c for c, (family, _) in rec.recipes.items() if family in derived],
         ]
         ranges = key_ranges(rows_lf, [k for lookup in lookups for k in lookup.keys])
-        for split in days:
+        offset = 0
+        for split in days:  # the rows file holds the splits one after another, in this order
             attached = Attached([lk.on_days(day, days[split]) for lk in lookups if lk.serves(split)], ranges)
             keep = [id_col, day, *feature_cols] + (label_cols if split != "test" else [])
-            # streamed: rows are read, joined and encoded in batches, the encoding spread over the cores
-            attached.select(rows_lf.filter(pl.col(SPLIT) == split), keep).sink_parquet(
-                tmp / f"{split}.parquet", compression="lz4", statistics=False, row_group_size=ROW_GROUP_ROWS
-            )
+            _write_chunked(attached, prepared, rows_path, keep, offset, rows[split], tmp / f"{split}.parquet")
+            offset += rows[split]
             if split == "test" and profile.test_day not in days[split]:
                 # a rehearsal test day (backtest plan): its labels are kept aside, never in the feature table
                 rows_lf.filter(pl.col(SPLIT) == split).select(id_col, day, *label_cols).sink_parquet(
