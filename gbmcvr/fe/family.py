@@ -24,21 +24,22 @@ TARGET_SHORT = {"is_installed": "inst", "is_like": "like", "install_given_like":
 
 @dataclass(frozen=True)
 class Context:
-    """What a family sees: the profile and the plan's rows, materialised once."""
+    """What a family sees: the profile and the plan's rows, written once (a scan: a family reads the columns it
+    needs, so memory follows those columns, not the whole table)."""
 
     profile: Profile
-    rows: pl.DataFrame  # every row of the plan: feature columns, labels, `_split`, `_fold`, entity keys
+    rows: pl.LazyFrame  # every row of the plan: feature columns, labels, `_split`, `_fold`, entity keys
     days: dict[str, tuple[int, ...]]
 
     @property
     def fit(self) -> pl.LazyFrame:
         """The fit window's rows (the only rows whose labels a family may read)."""
-        return self.rows.lazy().filter(pl.col(SPLIT) == "fit")
+        return self.rows.filter(pl.col(SPLIT) == "fit")
 
     @property
     def all(self) -> pl.LazyFrame:
         """Every row of the plan, the unlabeled test day included."""
-        return self.rows.lazy()
+        return self.rows
 
     def label(self, target: str) -> str:
         """The column holding a target: `is_like` is derived, the others are the profile's labels."""

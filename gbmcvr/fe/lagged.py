@@ -180,7 +180,7 @@ class LaggedFamily:
                 sums[tuple(cols)] = RunningSums(per_day_sums(labelled, cols, day, labels), cols, day, wanted)
             pairs = window_map(ctx.days["fit"], all_days, window, day)
             table, prior = windowed_table(sums[tuple(cols)], pairs, all_days, self.spec.n_min, prefix)
-            dtype = ctx.rows.schema[day]
+            dtype = ctx.rows.collect_schema()[day]
             table = table.with_columns(pl.col(day).cast(dtype))
             prior = prior.with_columns(pl.col(day).cast(dtype))
             out.append(Lookup((*cols, day), table, _with_prior(prior, day)))

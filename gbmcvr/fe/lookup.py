@@ -43,13 +43,17 @@ class Lookup:
         return replace(self, table=self.table.filter(pl.col(day).is_in(list(days))))
 
 
-def key_ranges(frame: pl.DataFrame, columns: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """(min, max) of each integer column of `frame` among `columns` (columns with no value are left out)."""
-    ints = [c for c in dict.fromkeys(columns) if c in frame.columns and frame.schema[c].is_integer()]
+def key_ranges(frame: pl.DataFrame | pl.LazyFrame, columns: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(min, max) of each integer column of `frame` among `columns` (columns with no value are left out); a
+    LazyFrame is read for those columns only."""
+    schema = frame.collect_schema()
+    ints = [c for c in dict.fromkeys(columns) if c in schema and schema[c].is_integer()]
     if not ints:
         return {}
-    row = frame.select(
-        *[pl.col(c).min().alias(f"{c}:lo") for c in ints], *[pl.col(c).max().alias(f"{c}:hi") for c in ints]
+    row = (
+        frame.lazy()
+        .select(*[pl.col(c).min().alias(f"{c}:lo") for c in ints], *[pl.col(c).max().alias(f"{c}:hi") for c in ints])
+        .collect()
     )
     out = {}
     for c in ints:

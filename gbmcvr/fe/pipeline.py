@@ -1,8 +1,10 @@
 """Build the feature tables of a plan from the raw store: fit / valid / test Parquet plus a manifest.
 
-One pass materialises the plan's rows with cleaned numericals, dense categorical codes, the date cycle
-and the crosses; small per-key tables (counts, group statistics, target encodings) are computed from it;
-each split is then written by a streaming join of those tables, so memory stays near one copy of the data.
+One pass prepares the plan's rows with cleaned numericals, dense categorical codes, the date cycle, the folds and
+the crosses; small per-key tables (counts, group statistics, target encodings) are computed from the columns they
+need; each split is then written by a streaming join of those tables. The prepared rows are held in memory while
+they fit (STREAM_ROWS); above that they are streamed to a temporary Parquet file and scanned, so memory follows
+the per-key tables and one row group, not the rows.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.data.profile import Profile
@@ -38,6 +42,11 @@ FEATURE_VERSION = 5
 # rows per Parquet row group: the batches the model stages read (Polars' own would follow its morsels)
 ROW_GROUP_ROWS = 1 << 18
 FEATURE_CODEC = "lz4"  # Parquet codec of the feature tables
+ROWS_FILE = "_rows.parquet"  # the plan's prepared rows, written while a plan builds and removed before it completes
+# raw rows above which a plan's rows are streamed through a Parquet file instead of held in memory: in memory the
+# build peaks near 0.8 KB a row (2.9 GB at the challenge's 3.6 M rows), so this bounds it near 7 GB; streamed it
+# is ~2.5x slower but its peak follows the per-key tables, not the rows. Both give the same tables.
+STREAM_ROWS = 8_000_000
 # the table families, in the order their columns appear in the feature tables
 TABLE_FAMILIES: tuple[type[TableFamily], ...] = (
     CountFamily,
@@ -115,6 +124,17 @@ def _vocabularies(
     return vocab
 
 
+def _dense_exprs(vocab: dict[str, pl.DataFrame], cats: list[str]) -> list[pl.Expr]:
+    """`_dense_codes` as expressions (they stream): each raw value is in its vocabulary, built from every raw row,
+    so its index there is its position in the sorted values (null stays null)."""
+    out = []
+    for col in cats:
+        values = vocab[col][col].drop_nulls()
+        codes = pl.Series(np.arange(len(values), dtype=np.int32))
+        out.append(pl.col(col).replace_strict(values, codes, default=None, return_dtype=pl.Int32))
+    return out
+
+
 def _dense_codes(frame: pl.DataFrame, vocab: dict[str, pl.DataFrame], cats: list[str]) -> pl.DataFrame:
     """Replace hashed categorical codes by their index in the sorted vocabulary (null stays null)."""
     # expressions, so the columns' binary searches run side by side on the cores
@@ -158,13 +178,124 @@ def _base_frame(raw_dir: Path, profile: Profile, plan: str) -> tuple[pl.LazyFram
     return frame.with_columns(((pl.col(click) == 1) | (pl.col(install) == 1)).cast(pl.Int8).alias(LIKE)), days
 
 
-def _split_slices(base: pl.DataFrame, days: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, int]]:
-    """(offset, rows) of each split: the plan's rows are concatenated split by split."""
-    runs = base.select(pl.col(SPLIT).rle()).unnest(SPLIT)
-    if runs["value"].to_list() != list(days):
-        raise AssertionError(f"plan rows are not grouped by split: {runs['value'].to_list()}")
-    lengths = runs["len"].to_list()
-    return {s: (sum(lengths[:i]), lengths[i]) for i, s in enumerate(days)}
+def _cross_lookups(
+    spec: FeatureSpec, vocab: dict[str, pl.DataFrame], cats: list[str], rec: _Recorder
+) -> tuple[list[Lookup], list[str]]:
+    """Each cross's lookup from its key columns' dense codes to its own code, and the crosses' names."""
+    lookups, names = [], []
+    for pair in spec.cross.pairs if spec.cross else ():
+        name = cross_name(pair)
+        # the vocabulary holds raw values: give it the dense codes the rows carry
+        table = _dense_codes(vocab[name], vocab, [c for c in pair if c in cats])
+        lookups.append(Lookup(tuple(pair), table, lambda v, n=name: {n: v(n).cast(pl.Int32)}))
+        rec.add(name, "cross", f"cross: code of ({', '.join(pair)}) in vocab/{name}.parquet")
+        names.append(name)
+    return lookups, names
+
+
+class _MemoryRows:
+    """The plan's prepared rows (dense codes, crosses) held in memory: the fast way while they fit."""
+
+    def __init__(
+        self,
+        lf: pl.LazyFrame,
+        vocab: dict[str, pl.DataFrame],
+        cats: list[str],
+        crosses: tuple[list[Lookup], list[str]],
+        days: dict[str, tuple[int, ...]],
+        _path: Path,
+    ) -> None:
+        base = _dense_codes(lf.collect(), vocab, cats)
+        lookups, names = crosses
+        if lookups:
+            # every cross in one pass over the key columns only; the rows' other columns are not copied
+            keys = list(dict.fromkeys(k for lookup in lookups for k in lookup.keys))
+            attached = Attached(lookups, key_ranges(base, keys))
+            base = base.hstack(attached.select(base.lazy().select(keys), names).collect())
+        self.base, self.lf = base, base.lazy()
+        runs = base.select(pl.col(SPLIT).rle()).unnest(SPLIT)
+        found = runs["value"].to_list()
+        if not set(found) <= set(days) or len(found) != len(set(found)):
+            raise AssertionError(f"plan rows are not grouped by split: {found}")
+        lengths = dict(zip(found, runs["len"].to_list(), strict=True))
+        self.rows = {s: lengths.get(s, 0) for s in days}
+        self.offsets = {s: sum(self.rows[t] for t in list(days)[: list(days).index(s)]) for s in days}
+
+    def write(self, attached: Attached, columns: list[str], split: str, path: Path) -> None:
+        """Stream one split's rows through the joins into `path` (encoded in batches, spread over the cores)."""
+        rows = self.base.slice(self.offsets[split], self.rows[split]).lazy()
+        attached.select(rows, columns).sink_parquet(
+            path, compression=FEATURE_CODEC, statistics=False, row_group_size=ROW_GROUP_ROWS
+        )
+
+    def close(self) -> None:
+        self.base, self.lf = None, None
+
+
+class _StreamedRows:
+    """The plan's rows streamed once to a temporary Parquet file and scanned from there: every family and split
+    writer reads the columns it needs, dense codes and crosses applied per scan, so memory follows one row
+    group and the per-key tables, not the rows."""
+
+    def __init__(
+        self,
+        lf: pl.LazyFrame,
+        vocab: dict[str, pl.DataFrame],
+        cats: list[str],
+        crosses: tuple[list[Lookup], list[str]],
+        days: dict[str, tuple[int, ...]],
+        path: Path,
+    ) -> None:
+        self.path = path
+        lf.sink_parquet(path, compression="lz4", statistics=False, row_group_size=ROW_GROUP_ROWS)
+        # dense codes are applied to every scan (a lookup Polars' streaming sink would not stream)
+        dense = _dense_exprs(vocab, cats)
+        scan = pl.scan_parquet(path, glob=False).with_columns(dense)
+        self.prepare: Callable[[pl.LazyFrame], pl.LazyFrame] = lambda frame: frame.with_columns(dense)
+        lookups, crossed = crosses
+        if lookups:
+            keys = list(dict.fromkeys(k for lookup in lookups for k in lookup.keys))
+            names = [*scan.collect_schema().names(), *crossed]
+            attached = Attached(lookups, key_ranges(scan, keys))
+            # attached to every scan of the rows (a gather on the key columns), never stored
+            scan = attached.select(scan, names)
+            self.prepare = lambda frame: attached.select(frame.with_columns(dense), names)
+        self.lf = scan
+        sizes = scan.group_by(SPLIT).len().collect()
+        self.rows = {s: int(sizes.filter(pl.col(SPLIT) == s)["len"].sum()) for s in days}
+        # the rows file holds the splits one after another, in the plan's order
+        self.offsets = {s: sum(self.rows[t] for t in list(days)[: list(days).index(s)]) for s in days}
+
+    def write(self, attached: Attached, columns: list[str], split: str, path: Path) -> None:
+        """Write one split's `columns`, attached one row group of the rows file at a time."""
+        offset, n = self.offsets[split], self.rows[split]
+        source = pq.ParquetFile(self.path)
+        writer = None
+        try:
+            start = 0
+            for group in range(source.metadata.num_row_groups):
+                length = source.metadata.row_group(group).num_rows
+                lo, hi = max(start, offset), min(start + length, offset + n)
+                start += length
+                if lo >= hi:
+                    continue
+                batch = pl.from_arrow(source.read_row_group(group)).slice(lo - (start - length), hi - lo)
+                table = attached.select(self.prepare(batch.lazy()), columns).collect().to_arrow()
+                if writer is None:
+                    writer = pq.ParquetWriter(path, table.schema, compression=FEATURE_CODEC, write_statistics=False)
+                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    def close(self) -> None:
+        self.path.unlink()
+
+
+def _raw_rows(raw_dir: Path) -> int:
+    """Rows of the raw store (train and test), from its manifest."""
+    manifest = load_json_object(Path(raw_dir) / "manifest.json", "gbmcvr ingest DATA_DIR", ("rows",))
+    return sum(int(n) for n in manifest["rows"].values())
 
 
 def _key_lists(spec: FeatureSpec) -> list[tuple[str, ...]]:
@@ -244,8 +375,10 @@ def build(
     out_root: Path,
     progress: Callable[[str], None] = lambda _: None,
     force: bool = False,
+    stream: bool | None = None,
 ) -> BuildResult:
-    """Build (or reuse) `out_root/<feature_set>/<plan>/` for the given spec."""
+    """Build (or reuse) `out_root/<feature_set>/<plan>/` for the given spec; `stream` (default: above
+    STREAM_ROWS raw rows) streams the plan's rows through a file so that memory does not grow with them."""
     start = time.perf_counter()
     raw_dir, out = Path(raw_dir), Path(out_root) / feature_set / plan
     fingerprint = raw_fingerprint(raw_dir)
@@ -284,76 +417,64 @@ def build(
             f"date: {day} mod {spec.date.cycle}" + (" (sin/cos)" if name.endswith(("sin", "cos")) else ""),
         )
     folds = next((part.folds for part in (spec.target, spec.entity_target) if part is not None), 5)
-    base = lf.with_columns(*exprs, fold_expr(id_col, folds), **date_cols).collect()
-    sizes = base.group_by(SPLIT).len()
-    rows = {s: int(sizes.filter(pl.col(SPLIT) == s)["len"].sum()) for s in days}
-    for split, n in rows.items():
-        if n == 0:
-            raise UserError(
-                f"plan '{plan}': the {split} split (days {', '.join(map(str, days[split]))}) has no rows in {raw_dir}"
-            )
-    rec.done("clean+date")
-
     vocab = _vocabularies(_scan_raw(raw_dir), profile, spec, Path(out_root) / feature_set / "vocab", fingerprint)
-    base = _dense_codes(base, vocab, cats)
+    lf = lf.with_columns(*exprs, fold_expr(id_col, folds), **date_cols)
     for col in cats:
         rec.add(col, "categorical", f"categorical: index of {col} in the sorted vocabulary of all raw rows")
     for col in binary:
         rec.add(col, "binary", f"binary: {col}")
-    cross_cols = []
-    if spec.cross:
-        cross_lookups = []
-        for pair in spec.cross.pairs:
-            name = cross_name(pair)
-            # the vocabulary holds raw values: give it the dense codes the rows now carry
-            table = _dense_codes(vocab[name], vocab, [c for c in pair if c in cats])
-            cross_lookups.append(Lookup(tuple(pair), table, lambda v, n=name: {n: v(n).cast(pl.Int32)}))
-            rec.add(name, "cross", f"cross: code of ({', '.join(pair)}) in vocab/{name}.parquet")
-            cross_cols.append(name)
-        # every cross in one pass over the key columns only; the rows' other columns are not copied
-        keys = list(dict.fromkeys(c for pair in spec.cross.pairs for c in pair))
-        attached = Attached(cross_lookups, key_ranges(base, keys))
-        base = base.hstack(attached.select(base.lazy().select(keys), cross_cols).collect())
-        rec.done("cross")
-
-    ctx = Context(profile, base, days)
-    lookups: list[Lookup] = []
-    for family in families:
-        lookups += family.lookups(ctx)
-        for name, recipe in family.recipes().items():
-            rec.add(name, family.name, recipe)
-        rec.done(family.name)
-    del ctx
-
-    cardinality = {
-        **{c: vocab[c].height for c in cats},
-        **{c: vocab[c].height for c in cross_cols},
-        **dict.fromkeys(binary, 2),
-        **{c: spec.date.cycle for c in date_cols if not c.endswith(("sin", "cos"))},
-    }
-    codes_max = spec.categorical.codes_max
-    encoded_only = {c for c in [*cats, *cross_cols] if codes_max and cardinality[c] > codes_max}
-    feature_cols = [
-        *[c for c in [*cats, *binary, *nums, *date_cols, *cross_cols] if c not in encoded_only],
-        *[c for c, (family, _) in rec.recipes.items() if family in derived],
-    ]
+    crosses, cross_cols = _cross_lookups(spec, vocab, cats, rec)
     label_cols = [*profile.labels, LIKE]
     manifest_cols: list[dict[str, str]] = []
+    if stream is None:
+        stream = _raw_rows(raw_dir) > STREAM_ROWS
     with atomic_dir(out) as tmp:
-        ranges = key_ranges(base, [k for lookup in lookups for k in lookup.keys])
-        for split, (offset, n) in _split_slices(base, days).items():
+        rows_of = _StreamedRows if stream else _MemoryRows
+        prepared = rows_of(lf, vocab, cats, (crosses, cross_cols), days, tmp / ROWS_FILE)
+        rows = prepared.rows
+        for split, n in rows.items():
+            if n == 0:
+                raise UserError(
+                    f"plan '{plan}': the {split} split (days {', '.join(map(str, days[split]))}) has no rows in "
+                    f"{raw_dir}"
+                )
+        rec.done("clean+date")
+        if crosses:
+            rec.done("cross")
+
+        ctx = Context(profile, prepared.lf, days)
+        lookups: list[Lookup] = []
+        for family in families:
+            lookups += family.lookups(ctx)
+            for name, recipe in family.recipes().items():
+                rec.add(name, family.name, recipe)
+            rec.done(family.name)
+        del ctx
+
+        cardinality = {
+            **{c: vocab[c].height for c in cats},
+            **{c: vocab[c].height for c in cross_cols},
+            **dict.fromkeys(binary, 2),
+            **{c: spec.date.cycle for c in date_cols if not c.endswith(("sin", "cos"))},
+        }
+        codes_max = spec.categorical.codes_max
+        encoded_only = {c for c in [*cats, *cross_cols] if codes_max and cardinality[c] > codes_max}
+        feature_cols = [
+            *[c for c in [*cats, *binary, *nums, *date_cols, *cross_cols] if c not in encoded_only],
+            *[c for c, (family, _) in rec.recipes.items() if family in derived],
+        ]
+        ranges = key_ranges(prepared.lf, [k for lookup in lookups for k in lookup.keys])
+        for split in days:
             attached = Attached([lk.on_days(day, days[split]) for lk in lookups if lk.serves(split)], ranges)
             keep = [id_col, day, *feature_cols] + (label_cols if split != "test" else [])
-            # streamed: rows are joined and encoded in batches, the encoding spread over the cores
-            attached.select(base.slice(offset, n).lazy(), keep).sink_parquet(
-                tmp / f"{split}.parquet", compression=FEATURE_CODEC, statistics=False, row_group_size=ROW_GROUP_ROWS
-            )
+            prepared.write(attached, keep, split, tmp / f"{split}.parquet")
             if split == "test" and profile.test_day not in days[split]:
                 # a rehearsal test day (backtest plan): its labels are kept aside, never in the feature table
-                base.lazy().filter(pl.col(SPLIT) == split).select(id_col, day, *label_cols).sink_parquet(
+                prepared.lf.filter(pl.col(SPLIT) == split).select(id_col, day, *label_cols).sink_parquet(
                     tmp / TEST_LABELS, compression="lz4"
                 )
             progress(f"features: wrote {split}.parquet ({rows[split]:,} rows)")
+        prepared.close()
         schema = pl.read_parquet_schema(tmp / "fit.parquet")
         categorical = set(cardinality)
         # categorical handling by vocabulary size: native LightGBM categoricals only for small vocabularies

@@ -30,7 +30,7 @@ from scipy import special
 from gbmcvr.data.profile import Profile
 from gbmcvr.errors import UserError
 from gbmcvr.fe import entities
-from gbmcvr.fe.family import LIKE, SPLIT, TARGET_SHORT, Context
+from gbmcvr.fe.family import LIKE, TARGET_SHORT, Context
 from gbmcvr.fe.lookup import Lookup
 from gbmcvr.fe.spec import TargetSpec
 
@@ -218,23 +218,28 @@ class TargetFamily:
         """Per-category statistics from the fit window; fit rows get their out-of-fold (or earlier days') table."""
         t, day = self.spec, self.day
         window_key = FOLD if t.scheme == "oof" else day
-        needed = dict.fromkeys([*self.columns, LIKE, ctx.profile.install_label, FOLD, day])
-        fit_rows = ctx.rows.lazy().filter(pl.col(SPLIT) == "fit").select(*needed).collect()
         others = tuple(s for s in ctx.days if s != "fit")
-        out = []
-        for target, col, prefix in self._prefixes():
-            window = fit_rows.filter(pl.col(LIKE) == 1) if target == "install_given_like" else fit_rows
-            label = ctx.label(target)
-            enc = BetaTargetEncoder(col, prefix, t.n_min, t.stats, t.scheme, day)
-            enc.fit(window.select(*dict.fromkeys([col, label, FOLD, day])), label)
-            prior = {c: pl.lit(v, dtype=pl.Float32) for c, v in enc.prior_values().items()}
+        pairs: dict[tuple[str, str], list[Lookup]] = {}
+        for col in dict.fromkeys(c for _, c, _ in self._prefixes()):
+            # one column's fit rows at a time: memory follows one key, not every encoded column
+            needed = dict.fromkeys([col, LIKE, ctx.profile.install_label, FOLD, day])
+            fit_rows = ctx.fit.select(*needed).collect()
+            for target, _, prefix in (x for x in self._prefixes() if x[1] == col):
+                window = fit_rows.filter(pl.col(LIKE) == 1) if target == "install_given_like" else fit_rows
+                label = ctx.label(target)
+                enc = BetaTargetEncoder(col, prefix, t.n_min, t.stats, t.scheme, day)
+                enc.fit(window.select(*dict.fromkeys([col, label, FOLD, day])), label)
+                prior = {c: pl.lit(v, dtype=pl.Float32) for c, v in enc.prior_values().items()}
 
-            def outputs(v, prior=prior):
-                return {c: v(c).fill_null(p) for c, p in prior.items()}
+                def outputs(v, prior=prior):
+                    return {c: v(c).fill_null(p) for c, p in prior.items()}
 
-            out.append(Lookup((col, window_key), enc.window_table(), outputs, ("fit",)))
-            out.append(Lookup((col,), enc.table(), outputs, others))
-        return out
+                pairs[(target, col)] = [
+                    Lookup((col, window_key), enc.window_table(), outputs, ("fit",)),
+                    Lookup((col,), enc.table(), outputs, others),
+                ]
+            del fit_rows
+        return [lookup for target, col, _ in self._prefixes() for lookup in pairs[(target, col)]]
 
 
 class EntityTargetFamily(TargetFamily):

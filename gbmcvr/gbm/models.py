@@ -389,6 +389,16 @@ def predict_stage(model: StageModel, frame: pl.DataFrame) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def predict_split(kind: str, models: dict[str, StageModel], tables: FeatureTables, split: str) -> dict[str, np.ndarray]:
+    """`predict_kind` over a split's row batches (a lean split's row groups), so that one batch of its features is
+    in memory at a time, not the split."""
+    features = list(dict.fromkeys(f for m in models.values() for f in m.features))
+    parts = [predict_kind(kind, models, batch.load()) for batch in tables.batches(split, features)]
+    if not parts:
+        return predict_kind(kind, models, tables.frame(split, features))
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
 def predict_kind(kind: str, models: dict[str, StageModel], frame: pl.DataFrame) -> dict[str, np.ndarray]:
     """Prediction columns of a model kind: `p`, and for two-step `p_like`, `p_install_given_like`."""
     if KIND_STAGES[kind] == ("e2e",):

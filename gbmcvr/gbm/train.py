@@ -15,7 +15,7 @@ import polars as pl
 from gbmcvr import metrics
 from gbmcvr.compat import pyplot
 from gbmcvr.errors import UserError
-from gbmcvr.gbm.models import STAGES, StageModel, predict_kind, train_stage
+from gbmcvr.gbm.models import STAGES, StageModel, predict_kind, predict_split, train_stage
 from gbmcvr.gbm.params import KIND_STAGES, GbmConfig
 from gbmcvr.runs import prediction_table, read_run_meta
 from gbmcvr.schema import LIKE
@@ -74,7 +74,7 @@ def train_gbm(
         raise UserError(f"{tables.plan_dir}: training needs the validate plan (it has a valid split)")
     models = {s: stage_trainer(tables, STAGES[s], params[s], cfg, progress) for s in KIND_STAGES[kind]}
     ids = {s: tables.splits[s][tables.id_column].to_numpy() for s in ("valid", "test")}
-    pred = {s: predict_kind(kind, models, tables.frame(s)) for s in ("valid", "test")}
+    pred = {s: predict_split(kind, models, tables, s) for s in ("valid", "test")}
     refit: dict[str, StageModel] = {}
     if full_tables is not None:
         for s in KIND_STAGES[kind]:
@@ -86,7 +86,7 @@ def train_gbm(
                 f"{s}: refit on the full plan for {rounds} rounds ({m.best_iteration} x {n_full:,}/{m.fit_rows:,} rows)"
             )
             refit[s] = stage_trainer(full_tables, STAGES[s], params[s], cfg, progress, rounds=rounds)
-        pred["test"] = predict_kind(kind, refit, full_tables.frame("test"))
+        pred["test"] = predict_split(kind, refit, full_tables, "test")
         ids["test"] = full_tables.splits["test"][full_tables.id_column].to_numpy()
     result_metrics = valid_metrics(kind, tables, pred["valid"])
     result_metrics["learning_curve"] = {s: models[s].curve for s in KIND_STAGES[kind]}

@@ -14,7 +14,7 @@ from gbmcvr.context import Context
 from gbmcvr.data.split import backtest_depth, backtest_plan, is_backtest
 from gbmcvr.errors import UserError
 from gbmcvr.gbm import dask_train
-from gbmcvr.gbm.models import STAGES, binning_of, predict_kind, stage_data, train_stage
+from gbmcvr.gbm.models import STAGES, binning_of, predict_split, stage_data, train_stage
 from gbmcvr.gbm.params import (
     KIND_STAGES,
     GbmConfig,
@@ -128,7 +128,7 @@ class GbmKind:
         preds = run.preds
         if is_backtest(opts.plan) and refit:
             ids = {"test": tables.splits["test"][tables.id_column].to_numpy()}
-            first = prediction_table(ids, {"test": predict_kind(self.name, run.models, tables.frame("test"))})
+            first = prediction_table(ids, {"test": predict_split(self.name, run.models, tables, "test")})
             unrefit = first.select("row_id", "split", first["p"].alias(UNREFIT))
             preds = preds.join(unrefit, on=["row_id", "split"], how="left", maintain_order="left")
         return TrainedRun(

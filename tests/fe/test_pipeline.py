@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import polars as pl
+import polars.testing
 import pytest
 
 from gbmcvr.errors import UserError
@@ -261,3 +262,67 @@ def test_categorical_handling_by_vocabulary_size(keyed):
     assert [native[c] for c in ("a", "b", "c", "d", "e")] == [False, False, False, True, True]
     cardinality = {c["name"]: c.get("cardinality") for c in manifest["columns"]}
     assert (cardinality["a"], cardinality["b"]) == (4, 6)
+
+
+def _one_shot(root, raw, profile, spec_table, plan="validate"):
+    """The plan's tables as build() made them before it streamed: every row of the plan in one frame, the
+    families' tables learned from it, each split attached in one piece (the split tables' columns, in order)."""
+    from gbmcvr.fe import clean, entities
+    from gbmcvr.fe import pipeline as pipe
+    from gbmcvr.fe.dates import date_exprs
+    from gbmcvr.fe.family import SPLIT, Context
+    from gbmcvr.fe.lookup import Attached, Lookup, key_ranges
+    from gbmcvr.fe.spec import cross_name
+    from gbmcvr.fe.target import fold_expr
+
+    spec = feature_spec(spec_table, profile, "test")
+    profile, spec = pipe.keyed(raw, profile, spec)
+    used = pipe._entities_used(spec, profile)
+    lf, days = pipe._base_frame(raw, profile, plan)
+    lf = entities.with_keys(lf, profile, used) if used else lf
+    exprs = [*clean.clean_exprs(profile, spec.clean), fold_expr(profile.id_column, spec.target.folds)]
+    base = lf.with_columns(*exprs, **date_exprs(profile.day_column, spec.date)).collect()
+    vocab = pipe._vocabularies(
+        pipe._scan_raw(raw), profile, spec, root / "features" / "t" / "vocab", pipe.raw_fingerprint(raw)
+    )
+    cats = list(profile.kept(profile.categorical))
+    base = pipe._dense_codes(base, vocab, cats)
+    names = [cross_name(p) for p in spec.cross.pairs]
+    cross = [
+        Lookup(tuple(p), pipe._dense_codes(vocab[n], vocab, [c for c in p if c in cats]), lambda v, n=n: {n: v(n)})
+        for p, n in zip(spec.cross.pairs, names, strict=True)
+    ]
+    keys = list(dict.fromkeys(c for p in spec.cross.pairs for c in p))
+    crossed = Attached(cross, key_ranges(base, keys)).select(base.lazy().select(keys), names).collect()
+    base = base.hstack(crossed.select(pl.all().cast(pl.Int32)).get_columns())
+    ctx = Context(profile, base.lazy(), days)
+    families = [cls(getattr(spec, cls.name), profile) for cls in pipe.TABLE_FAMILIES if getattr(spec, cls.name)]
+    lookups = [lookup for family in families for lookup in family.lookups(ctx)]
+    ranges = key_ranges(base, [k for lookup in lookups for k in lookup.keys])
+    out = {}
+    for split, split_days in days.items():
+        attached = Attached([lk.on_days(profile.day_column, split_days) for lk in lookups if lk.serves(split)], ranges)
+        columns = _read(root, plan, split).columns
+        out[split] = attached.select(base.filter(pl.col(SPLIT) == split).lazy(), columns).collect()
+    return out
+
+
+@pytest.mark.parametrize(("plan", "stream"), [("validate", True), ("backtest", True), ("validate", False)])
+def test_streamed_build_equals_the_one_shot_tables(tmp_path, plan, stream):
+    # streamed, build() writes the plan's rows once and learns and applies every table from scans of them; held in
+    # memory, it attaches each split in batches: either way its tables are exactly those of the whole plan in
+    # one frame
+    root = tmp_path
+    raw, profile = tiny_raw(tmp_path, rows_per_day=80)
+    keyed_spec = {
+        "categorical": {"native_max": 4, "codes_max": 5},
+        "novelty": {"keys": [["a"], ["a", "c"]]},
+        "lagged": {"keys": [["a"], ["a", "c"]], "windows": [1, 2], "n_min": 10},
+        "daycount": {"keys": [["a"]], "distinct": ["c"]},
+    }
+    spec = {**SPEC, **keyed_spec}
+    _build(root, raw, profile, spec, plan=plan, stream=stream)
+    expected = _one_shot(root, raw, profile, spec, plan)
+    for split, frame in expected.items():
+        pl.testing.assert_frame_equal(_read(root, plan, split), frame, check_exact=True)
+    assert not list((root / "features" / "t" / plan).glob("_rows*"))
