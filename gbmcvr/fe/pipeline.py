@@ -293,9 +293,8 @@ class _StreamedRows:
 
 
 def _raw_rows(raw_dir: Path) -> int:
-    """Rows of the raw store (train and test), from its manifest."""
-    manifest = load_json_object(Path(raw_dir) / "manifest.json", "gbmcvr ingest DATA_DIR", ("rows",))
-    return sum(int(n) for n in manifest["rows"].values())
+    """Rows of the raw store (train and test), from its Parquet footers."""
+    return sum(pq.ParquetFile(Path(raw_dir) / name).metadata.num_rows for name in ("train.parquet", "test.parquet"))
 
 
 def _key_lists(spec: FeatureSpec) -> list[tuple[str, ...]]:
@@ -427,7 +426,10 @@ def build(
     label_cols = [*profile.labels, LIKE]
     manifest_cols: list[dict[str, str]] = []
     if stream is None:
-        stream = _raw_rows(raw_dir) > STREAM_ROWS
+        raw_rows = _raw_rows(raw_dir)
+        stream = raw_rows > STREAM_ROWS
+        if stream:
+            progress(f"features: {raw_rows:,} raw rows (over {STREAM_ROWS:,}): the plan's rows stream through a file")
     with atomic_dir(out) as tmp:
         rows_of = _StreamedRows if stream else _MemoryRows
         prepared = rows_of(lf, vocab, cats, (crosses, cross_cols), days, tmp / ROWS_FILE)

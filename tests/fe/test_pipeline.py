@@ -307,6 +307,20 @@ def _one_shot(root, raw, profile, spec_table, plan="validate"):
     return out
 
 
+def test_large_raw_stores_stream_their_rows(tiny, monkeypatch):
+    # above STREAM_ROWS raw rows the build streams (and says so); the tables are those of the in-memory build
+    root, raw, profile = tiny
+    _build(root, raw, profile, force=True)
+    in_memory = {s: _read(root, "validate", s) for s in ("fit", "valid", "test")}
+    monkeypatch.setattr("gbmcvr.fe.pipeline.STREAM_ROWS", 10)
+    lines = []
+    _build(root, raw, profile, force=True, progress=lines.append)
+    rows = pl.scan_parquet([raw / "train.parquet", raw / "test.parquet"]).select(pl.len()).collect().item()
+    assert f"features: {rows:,} raw rows (over 10): the plan's rows stream through a file" in lines
+    for split, frame in in_memory.items():
+        pl.testing.assert_frame_equal(_read(root, "validate", split), frame, check_exact=True)
+
+
 @pytest.mark.parametrize(("plan", "stream"), [("validate", True), ("backtest", True), ("validate", False)])
 def test_streamed_build_equals_the_one_shot_tables(tmp_path, plan, stream):
     # streamed, build() writes the plan's rows once and learns and applies every table from scans of them; held in
