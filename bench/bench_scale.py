@@ -6,8 +6,8 @@ fits log(seconds) = a + b log(rows) per step: b near 1 is linear growth.
 Usage: python bench/bench_scale.py --root DIR [--scales 0.3 1.0 3.0] [--rounds 300]
     [--dialects int intfloat hashed noisy crlf gzip] [--steps synth ingest features e2e] [--keep] [--repeat 3]
 (the issue's scales; 3.0 needs ~7 GB of disk under DIR and most of an hour on 2 cores). Without the `synth` step a
-scale's data folder is reused when an earlier `--keep` run left it (else generated, unmeasured); without `ingest`
-too, the work folder's raw store is reused and the data folder is not needed. Every dialect
+scale's data folder (and its dialects' folders) is reused when an earlier `--keep` run left it (else generated,
+unmeasured); without `ingest` too, the work folder's raw store is reused and the data folder is not needed. Every dialect
 (gbmcvr.data.dialects) of each scale runs every step (`--repeat` times, going round the dialects); the summary
 takes each step's fastest run, names each dialect's ingest at the largest scale and the worst one.
 """
@@ -75,10 +75,11 @@ def run_step(step: str, data: Path, work: Path, rounds: int, scale: float = 1.0,
 
 
 def dialect_data(data: Path, dialect: str) -> Path:
-    """The generated folder written in `dialect` beside it (the folder itself for `int`)."""
-    if dialect == "int":
-        return data
+    """The generated folder written in `dialect` beside it (the folder itself for `int`); one an earlier `--keep`
+    run left (written whole or not at all) is reused."""
     out = data.with_name(f"{data.name}-{dialect}")
+    if dialect == "int" or out.is_dir():
+        return data if dialect == "int" else out
     subprocess.run(
         [sys.executable, "-c", DIALECT, str(data), str(out), dialect], check=True, capture_output=True, text=True
     )
@@ -161,6 +162,8 @@ def main() -> None:
             }
             results["synth"].append(row)
             report(row, args.log)
+            for dialect in args.dialects:  # written from the data just replaced
+                shutil.rmtree(data.with_name(f"{data.name}-{dialect}"), ignore_errors=True)
         elif "ingest" in results and not (data / ".gbmcvr-synth").is_file():
             run_step("synth", data, args.root, args.rounds, scale)
         sources = {dialect: dialect_data(data, dialect) for dialect in args.dialects}
