@@ -201,25 +201,25 @@ class _MemoryRows:
         lf: pl.LazyFrame,
         vocab: dict[str, pl.DataFrame],
         cats: list[str],
-        crosses: tuple[list[Lookup], list[str]],
         days: dict[str, tuple[int, ...]],
         _path: Path,
     ) -> None:
-        base = _dense_codes(lf.collect(), vocab, cats)
-        lookups, names = crosses
-        if lookups:
-            # every cross in one pass over the key columns only; the rows' other columns are not copied
-            keys = list(dict.fromkeys(k for lookup in lookups for k in lookup.keys))
-            attached = Attached(lookups, key_ranges(base, keys))
-            base = base.hstack(attached.select(base.lazy().select(keys), names).collect())
-        self.base, self.lf = base, base.lazy()
-        runs = base.select(pl.col(SPLIT).rle()).unnest(SPLIT)
+        self.base = _dense_codes(lf.collect(), vocab, cats)
+        self.lf = self.base.lazy()
+        runs = self.base.select(pl.col(SPLIT).rle()).unnest(SPLIT)
         found = runs["value"].to_list()
         if not set(found) <= set(days) or len(found) != len(set(found)):
             raise AssertionError(f"plan rows are not grouped by split: {found}")
         lengths = dict(zip(found, runs["len"].to_list(), strict=True))
         self.rows = {s: lengths.get(s, 0) for s in days}
         self.offsets = {s: sum(self.rows[t] for t in list(days)[: list(days).index(s)]) for s in days}
+
+    def cross(self, lookups: list[Lookup], names: list[str]) -> None:
+        """Add the crosses' columns: every cross in one pass over the key columns only (the rest is not copied)."""
+        keys = list(dict.fromkeys(k for lookup in lookups for k in lookup.keys))
+        attached = Attached(lookups, key_ranges(self.base, keys))
+        self.base = self.base.hstack(attached.select(self.base.lazy().select(keys), names).collect())
+        self.lf = self.base.lazy()
 
     def write(self, attached: Attached, columns: list[str], split: str, path: Path) -> None:
         """Stream one split's rows through the joins into `path` (encoded in batches, spread over the cores)."""
@@ -242,7 +242,6 @@ class _StreamedRows:
         lf: pl.LazyFrame,
         vocab: dict[str, pl.DataFrame],
         cats: list[str],
-        crosses: tuple[list[Lookup], list[str]],
         days: dict[str, tuple[int, ...]],
         path: Path,
     ) -> None:
@@ -250,21 +249,20 @@ class _StreamedRows:
         lf.sink_parquet(path, compression="lz4", statistics=False, row_group_size=ROW_GROUP_ROWS)
         # dense codes are applied to every scan (a lookup Polars' streaming sink would not stream)
         dense = _dense_exprs(vocab, cats)
-        scan = pl.scan_parquet(path, glob=False).with_columns(dense)
+        self.lf = pl.scan_parquet(path, glob=False).with_columns(dense)
         self.prepare: Callable[[pl.LazyFrame], pl.LazyFrame] = lambda frame: frame.with_columns(dense)
-        lookups, crossed = crosses
-        if lookups:
-            keys = list(dict.fromkeys(k for lookup in lookups for k in lookup.keys))
-            names = [*scan.collect_schema().names(), *crossed]
-            attached = Attached(lookups, key_ranges(scan, keys))
-            # attached to every scan of the rows (a gather on the key columns), never stored
-            scan = attached.select(scan, names)
-            self.prepare = lambda frame: attached.select(frame.with_columns(dense), names)
-        self.lf = scan
-        sizes = scan.group_by(SPLIT).len().collect()
+        sizes = self.lf.group_by(SPLIT).len().collect()
         self.rows = {s: int(sizes.filter(pl.col(SPLIT) == s)["len"].sum()) for s in days}
         # the rows file holds the splits one after another, in the plan's order
         self.offsets = {s: sum(self.rows[t] for t in list(days)[: list(days).index(s)]) for s in days}
+
+    def cross(self, lookups: list[Lookup], names: list[str]) -> None:
+        """Attach the crosses to every scan of the rows (a gather on the key columns), never stored."""
+        keys = list(dict.fromkeys(k for lookup in lookups for k in lookup.keys))
+        attached = Attached(lookups, key_ranges(self.lf, keys))
+        columns, prepare = [*self.lf.collect_schema().names(), *names], self.prepare
+        self.lf = attached.select(self.lf, columns)
+        self.prepare = lambda frame: attached.select(prepare(frame), columns)
 
     def write(self, attached: Attached, columns: list[str], split: str, path: Path) -> None:
         """Write one split's `columns`, attached one row group of the rows file at a time."""
@@ -432,7 +430,7 @@ def build(
             progress(f"features: {raw_rows:,} raw rows (over {STREAM_ROWS:,}): the plan's rows stream through a file")
     with atomic_dir(out) as tmp:
         rows_of = _StreamedRows if stream else _MemoryRows
-        prepared = rows_of(lf, vocab, cats, (crosses, cross_cols), days, tmp / ROWS_FILE)
+        prepared = rows_of(lf, vocab, cats, days, tmp / ROWS_FILE)
         rows = prepared.rows
         for split, n in rows.items():
             if n == 0:
@@ -442,6 +440,7 @@ def build(
                 )
         rec.done("clean+date")
         if crosses:
+            prepared.cross(crosses, cross_cols)
             rec.done("cross")
 
         ctx = Context(profile, prepared.lf, days)
