@@ -35,6 +35,9 @@ from gbmcvr.workdir import Workdir
 
 step, data, work, rounds = sys.argv[1], Path(sys.argv[2]), Workdir(Path(sys.argv[3])), int(sys.argv[4])
 scale = float(sys.argv[5])
+if len(sys.argv) > 6:  # --stream-rows: where the feature build starts streaming its rows
+    import gbmcvr.fe.pipeline
+    gbmcvr.fe.pipeline.STREAM_ROWS = int(sys.argv[6])
 cfg = config_from_dict({"gbm": {"num_boost_round": rounds, "early_stopping_rounds": 50, "log_every": 0}}, "bench")
 ctx = Context(work, cfg)
 start = time.perf_counter()
@@ -58,12 +61,21 @@ print(json.dumps({"step": step, "rows": rows, "seconds": round(time.perf_counter
 STEPS = ("synth", "ingest", "features", "e2e")
 
 
-def run_step(step: str, data: Path, work: Path, rounds: int, scale: float = 1.0, limit: float | None = None) -> dict:
+def run_step(
+    step: str,
+    data: Path,
+    work: Path,
+    rounds: int,
+    scale: float = 1.0,
+    limit: float | None = None,
+    stream_rows: int | None = None,
+) -> dict:
     """One step in a fresh interpreter; its last stdout line is the JSON result (`timed_out` when it ran past
     `limit` seconds and was stopped: on a shared machine a step may not hold it for long)."""
     try:
         out = subprocess.run(
-            [sys.executable, "-c", STEP, step, str(data), str(work), str(rounds), str(scale)],
+            [sys.executable, "-c", STEP, step, str(data), str(work), str(rounds), str(scale)]
+            + ([] if stream_rows is None else [str(stream_rows)]),
             check=True,
             capture_output=True,
             text=True,
@@ -145,6 +157,9 @@ def main() -> None:
         "--step-timeout", type=float, help="stop a step after this many seconds (reported as timed out)"
     )
     parser.add_argument(
+        "--stream-rows", type=int, help="raw rows above which features stream (default: the toolkit's STREAM_ROWS)"
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="run each step this many times, round the dialects; report the fastest"
     )
     parser.add_argument(
@@ -175,7 +190,8 @@ def main() -> None:
                     row = {
                         "scale": scale,
                         "dialect": dialect,
-                        **run_step(step, source, work, args.rounds, scale, args.step_timeout),
+                        **({} if args.stream_rows is None else {"stream_rows": args.stream_rows}),
+                        **run_step(step, source, work, args.rounds, scale, args.step_timeout, args.stream_rows),
                     }
                     results[step].append(row)
                     report(row, args.log)
