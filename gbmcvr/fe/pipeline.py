@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
@@ -125,25 +124,32 @@ def _vocabularies(
 
 
 def _dense_exprs(vocab: dict[str, pl.DataFrame], cats: list[str]) -> list[pl.Expr]:
-    """`_dense_codes` as expressions (they stream): each raw value is in its vocabulary, built from every raw row,
-    so its index there is its position in the sorted values (null stays null)."""
-    out = []
-    for col in cats:
-        values = vocab[col][col].drop_nulls()
-        codes = pl.Series(np.arange(len(values), dtype=np.int32))
-        out.append(pl.col(col).replace_strict(values, codes, default=None, return_dtype=pl.Int32))
-    return out
-
-
-def _dense_codes(frame: pl.DataFrame, vocab: dict[str, pl.DataFrame], cats: list[str]) -> pl.DataFrame:
-    """Replace hashed categorical codes by their index in the sorted vocabulary (null stays null)."""
-    # expressions, so the columns' binary searches run side by side on the cores
-    return frame.with_columns(
+    """Each categorical's index in its sorted vocabulary (null stays null), as expressions: the columns' binary
+    searches run side by side on the cores, on a whole frame or on each scan of the rows."""
+    return [
         pl.when(pl.col(col).is_not_null())
         .then(pl.lit(vocab[col][col].drop_nulls()).search_sorted(pl.col(col), side="left").cast(pl.Int32))
         .alias(col)
         for col in cats
-    )
+    ]
+
+
+def _dense_codes(frame: pl.DataFrame, vocab: dict[str, pl.DataFrame], cats: list[str]) -> pl.DataFrame:
+    """Replace hashed categorical codes by their index in the sorted vocabulary (null stays null)."""
+    return frame.with_columns(_dense_exprs(vocab, cats))
+
+
+def _split_layout(
+    rows: pl.DataFrame | pl.LazyFrame, days: dict[str, tuple[int, ...]]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Rows and first row of each split: the plan's rows hold the splits one after another, in the plan's order."""
+    runs = rows.lazy().select(SPLIT).collect().rechunk().select(pl.col(SPLIT).rle()).unnest(SPLIT)
+    found = runs["value"].to_list()
+    if found != [s for s in days if s in found]:
+        raise AssertionError(f"plan rows are not grouped by split: {found}")
+    lengths = dict(zip(found, runs["len"].to_list(), strict=True))
+    counts = {s: lengths.get(s, 0) for s in days}
+    return counts, {s: sum(counts[t] for t in list(days)[: list(days).index(s)]) for s in days}
 
 
 class _Recorder:
@@ -202,17 +208,10 @@ class _MemoryRows:
         vocab: dict[str, pl.DataFrame],
         cats: list[str],
         days: dict[str, tuple[int, ...]],
-        _path: Path,
     ) -> None:
         self.base = _dense_codes(lf.collect(), vocab, cats)
         self.lf = self.base.lazy()
-        runs = self.base.select(pl.col(SPLIT).rle()).unnest(SPLIT)
-        found = runs["value"].to_list()
-        if not set(found) <= set(days) or len(found) != len(set(found)):
-            raise AssertionError(f"plan rows are not grouped by split: {found}")
-        lengths = dict(zip(found, runs["len"].to_list(), strict=True))
-        self.rows = {s: lengths.get(s, 0) for s in days}
-        self.offsets = {s: sum(self.rows[t] for t in list(days)[: list(days).index(s)]) for s in days}
+        self.rows, self.offsets = _split_layout(self.base, days)
 
     def cross(self, lookups: list[Lookup], names: list[str]) -> None:
         """Add the crosses' columns: every cross in one pass over the key columns only (the rest is not copied)."""
@@ -251,10 +250,7 @@ class _StreamedRows:
         dense = _dense_exprs(vocab, cats)
         self.lf = pl.scan_parquet(path, glob=False).with_columns(dense)
         self.prepare: Callable[[pl.LazyFrame], pl.LazyFrame] = lambda frame: frame.with_columns(dense)
-        sizes = self.lf.group_by(SPLIT).len().collect()
-        self.rows = {s: int(sizes.filter(pl.col(SPLIT) == s)["len"].sum()) for s in days}
-        # the rows file holds the splits one after another, in the plan's order
-        self.offsets = {s: sum(self.rows[t] for t in list(days)[: list(days).index(s)]) for s in days}
+        self.rows, self.offsets = _split_layout(pl.scan_parquet(path, glob=False), days)
 
     def cross(self, lookups: list[Lookup], names: list[str]) -> None:
         """Attach the crosses to every scan of the rows (a gather on the key columns), never stored."""
@@ -429,8 +425,9 @@ def build(
         if stream:
             progress(f"features: {raw_rows:,} raw rows (over {STREAM_ROWS:,}): the plan's rows stream through a file")
     with atomic_dir(out) as tmp:
-        rows_of = _StreamedRows if stream else _MemoryRows
-        prepared = rows_of(lf, vocab, cats, days, tmp / ROWS_FILE)
+        prepared = (
+            _StreamedRows(lf, vocab, cats, days, tmp / ROWS_FILE) if stream else _MemoryRows(lf, vocab, cats, days)
+        )
         rows = prepared.rows
         for split, n in rows.items():
             if n == 0:
