@@ -53,7 +53,8 @@ elif step == "features":
 else:
     run = train(ctx, "e2e", run_id="scale-e2e", overwrite=True)
     rows = run.params["e2e"]["fit_rows"]
-print(json.dumps({"step": step, "rows": rows, "seconds": round(time.perf_counter() - start, 2),
+    kept = {"dataset_rows": run.params["e2e"]["dataset_rows"]} if "dataset_rows" in run.params["e2e"] else {}
+print(json.dumps({"step": step, "rows": rows, **(kept if step == "e2e" else {}), "seconds": round(time.perf_counter() - start, 2),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 """
 

@@ -192,6 +192,8 @@ log_every = 100
 # refit = false               # true | "auto" (refit on the full plan where the backtest says it pays)
 # dask = "tcp://scheduler:8786"   # train on a Dask cluster (pip install "gbmcvr[dask]")
 # dataset_cache = true        # keep each stage's LightGBM Dataset binary in features/<set>/<plan>/lgb-cache/
+# max_dataset_gb = 6.0        # a larger fit Dataset (rows x inputs bytes) keeps every positive and a weighted
+                              # share of the negatives: bounds training memory at 10x the challenge
 # [gbm.e2e]                   # LightGBM parameters per model (override the built-in defaults)
 # learning_rate = 0.05
 # [gbm.ts_like]

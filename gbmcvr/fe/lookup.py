@@ -95,10 +95,10 @@ def _dense_values(table: pl.DataFrame, keys: tuple[str, ...], layout) -> Callabl
     """The table's value columns laid out by slot (null for slots no row of the table has)."""
     slots = math.prod(size for _, _, size in layout)
     where = table.select(_index_expr(layout)).to_series().to_numpy()
-    if np.unique(where).size != table.height:
-        raise ValueError(f"lookup table keyed by {list(keys)} has duplicate keys")
     pos = np.full(slots, -1, dtype=np.int64)
     pos[where] = np.arange(table.height)
+    if np.count_nonzero(pos >= 0) != table.height:  # two rows in one slot: the later overwrote the earlier
+        raise ValueError(f"lookup table keyed by {list(keys)} has duplicate keys")
     gather = pl.Series(pos).cast(pl.UInt32, strict=False)  # -1 -> null: slots without a table row
     return lambda c: table[c].gather(gather)
 

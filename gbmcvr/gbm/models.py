@@ -27,6 +27,7 @@ from gbmcvr.atomic import atomic_path
 from gbmcvr.errors import UserError
 from gbmcvr.gbm import callbacks
 from gbmcvr.gbm.params import KIND_STAGES, GbmConfig, lightgbm_message, probe
+from gbmcvr.gbm.sampling import EVERY_ROW, FitSample, budget_sample, describe
 from gbmcvr.schema import LIKE
 from gbmcvr.tables import FeatureTables, RowBatch
 
@@ -60,6 +61,7 @@ class StageModel:
     best_iteration: int
     fit_rows: int
     curve: list[float] = field(default_factory=list)  # the valid day's metric after each round (learning curve)
+    dataset_rows: int | None = None  # the fit rows its Dataset held, where a memory budget kept a sample
 
 
 def stage_features(tables: FeatureTables, stage: Stage) -> list[str]:
@@ -196,9 +198,23 @@ def _release_freed_memory() -> None:
         trim(0)
 
 
-def _sequences(tables: FeatureTables, split: str, stage: Stage, features: list[str]) -> tuple[list, _Decoded]:
-    """The stage's rows of a split as Sequences over blocks of its row batches, and the cache they share."""
-    keep = (tables.splits[split][LIKE] == 1).to_numpy() if stage.rows == "like" else None
+def _stage_mask(tables: FeatureTables, split: str, stage: Stage) -> np.ndarray | None:
+    """The split's rows a stage learns from, as a mask (None: every row)."""
+    return (tables.splits[split][LIKE] == 1).to_numpy() if stage.rows == "like" else None
+
+
+def _sequences(
+    tables: FeatureTables, split: str, stage: Stage, features: list[str], sample: FitSample = EVERY_ROW
+) -> tuple[list, _Decoded]:
+    """The stage's rows of a split (those `sample` keeps) as Sequences over blocks of its row batches, and the
+    cache they share."""
+    keep = _stage_mask(tables, split, stage)
+    if sample.keep is not None:
+        if keep is None:
+            keep = sample.keep
+        else:
+            keep = keep.copy()
+            keep[keep] = sample.keep
     cache = _Decoded()
     return [
         _BatchRows(cache, i, b, start, min(DECODE_ROWS, b.rows - start))
@@ -207,8 +223,11 @@ def _sequences(tables: FeatureTables, split: str, stage: Stage, features: list[s
     ], cache
 
 
-def _cache_path(tables: FeatureTables, stage: Stage, features: list[str], cats: list[str], params: dict) -> Path:
-    """Where the fit Dataset's binary lives: keyed by the feature tables (manifest), stage and Dataset params."""
+def _cache_path(
+    tables: FeatureTables, stage: Stage, features: list[str], cats: list[str], params: dict, sample: FitSample
+) -> Path:
+    """Where the fit Dataset's binary lives: keyed by the feature tables (manifest), stage, Dataset params and
+    the rows a memory budget keeps."""
     manifest = (tables.plan_dir / "manifest.json").read_bytes()
     key = {
         "lightgbm": lgb.__version__,
@@ -219,6 +238,7 @@ def _cache_path(tables: FeatureTables, stage: Stage, features: list[str], cats: 
         "features": features,
         "categorical": cats,
         "params": {k: params[k] for k in DATASET_PARAMS if k in params},
+        **({"sample": [sample.share, sample.uniform, params.get("seed", 0)]} if sample.sampled else {}),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return tables.plan_dir / CACHE_DIR / f"{stage.name}-{digest}.bin"
@@ -233,6 +253,7 @@ class StageData:
     features: list[str]
     fit_rows: int
     binning: dict[str, Any]
+    dataset_rows: int | None = None  # the rows kept under `[gbm] max_dataset_gb` (None: every fit row)
 
 
 def binning_of(params: dict[str, Any]) -> dict[str, Any]:
@@ -259,20 +280,26 @@ def stage_data(
     install = tables.install_label
     y_fit = stage_label(stage_rows(tables.splits["fit"], stage), stage, install)
     _check_label(y_fit, stage, "fit")
+    stage_rows_fit = len(y_fit)
+    sample = budget_sample(y_fit, len(features), cfg.max_dataset_gb, int(params.get("seed", 0)))
+    if sample.keep is not None:
+        progress(describe(stage.name, stage_rows_fit, len(features), cfg.max_dataset_gb, sample))
+        y_fit = y_fit[sample.keep]
     # the parameters lgb.train would construct the Dataset with (it merges them into the Dataset's own)
     dataset_params = {"max_bin": params.get("max_bin", 255), "verbosity": -1, **params}
     if reusable:
         dataset_params["feature_pre_filter"] = False
     path = None
     if cfg.dataset_cache and not tables.in_memory("fit", features):
-        path = _cache_path(tables, stage, features, cats, dataset_params)
+        path = _cache_path(tables, stage, features, cats, dataset_params, sample)
     dtrain = _load_binary(path, dataset_params, features, cats, reusable, progress) if path is not None else None
     if dtrain is None:
         progress(f"{stage.name}: constructing its Dataset ({len(y_fit):,} rows, {len(features)} features)")
-        seqs, cache = _sequences(tables, "fit", stage, features)
+        seqs, cache = _sequences(tables, "fit", stage, features, sample)
         dtrain = _BatchedDataset(
             seqs,
             label=y_fit,
+            weight=sample.weight,
             feature_name=features,
             categorical_feature=cats,
             free_raw_data=not reusable,
@@ -298,7 +325,8 @@ def stage_data(
             params=dataset_params,
         ).construct()
         cache.clear()
-    return StageData(dtrain, dvalid, features, len(y_fit), binning_of(params))
+    kept = len(y_fit) if sample.sampled else None
+    return StageData(dtrain, dvalid, features, stage_rows_fit, binning_of(params), kept)
 
 
 def _load_binary(
@@ -376,7 +404,8 @@ def train_stage(
         shown.close()
     best = booster.best_iteration if valid_sets and booster.best_iteration > 0 else booster.current_iteration()
     valid_curve = next(iter(curve.get("valid", {}).values()), [])
-    return StageModel(stage, booster, data.features, int(best), data.fit_rows, [float(v) for v in valid_curve])
+    curve_values = [float(v) for v in valid_curve]
+    return StageModel(stage, booster, data.features, int(best), data.fit_rows, curve_values, data.dataset_rows)
 
 
 def predict_stage(model: StageModel, frame: pl.DataFrame) -> np.ndarray:

@@ -64,6 +64,7 @@ class GbmConfig:
     refit: bool | str = False  # True, False, or "auto" (`gbmcvr run` follows the backtest's evidence)
     dask: str | None = None  # scheduler address: train on a Dask cluster (`gbmcvr train --dask`)
     dataset_cache: bool = True  # keep each stage's LightGBM Dataset binary under features/<set>/<plan>/lgb-cache
+    max_dataset_gb: float = 6.0  # a stage's binned fit Dataset above this trains on a negative sample (gbm/sampling.py)
 
     def params(self, stage: str, seed: int, override: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults, then the config's stage section, then an override (tuned or file), then the seed."""
@@ -275,6 +276,8 @@ def gbm_config(raw: dict[str, Any], where: str) -> GbmConfig:
     cfg = GbmConfig(**typed_fields(GbmConfig, scalars, where), stage_params=stage_params)
     if cfg.refit not in (True, False, "auto"):
         raise UserError(f"{where}: 'refit' must be true, false or \"auto\", got {cfg.refit!r}")
+    if not cfg.max_dataset_gb > 0:
+        raise UserError(f"{where}: max_dataset_gb must be above 0, got {cfg.max_dataset_gb!r}")
     for key in ("num_boost_round", "early_stopping_rounds"):
         if getattr(cfg, key) < 1:
             raise UserError(f"{where}: {key} must be at least 1, got {getattr(cfg, key)}")

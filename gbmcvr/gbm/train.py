@@ -95,6 +95,7 @@ def train_gbm(
             "params": params[s],
             "best_iteration": models[s].best_iteration,
             "fit_rows": models[s].fit_rows,
+            **({"dataset_rows": models[s].dataset_rows} if models[s].dataset_rows is not None else {}),
             **({"refit_iterations": refit[s].best_iteration, "refit_rows": refit[s].fit_rows} if refit else {}),
         }
         for s in KIND_STAGES[kind]
