@@ -66,21 +66,32 @@ def per_day_sums(labelled: pl.LazyFrame, key: list[str], day: str, targets: dict
 class RunningSums:
     """A key's running sums of rows and labels over the labelled days, and the (key, day) pairs rows look up:
     a window's sums are differences of two running sums (as-of joins), so every window's table holds only
-    the wanted pairs, never per-day x window rows. Built once per key, shared by its windows."""
+    the wanted pairs, never per-day x window rows. Built once per key, shared by its windows.
+
+    Only pairs whose day comes after the key's first labelled day can have a labelled row in their window;
+    the others (every pair of a key seen on one day only, the common case of a nearly unique key) are left
+    out before any sort, so the work follows the keys that repeat across days, not the rows."""
 
     def __init__(self, per_day: pl.DataFrame, key: list[str], day: str, wanted: pl.DataFrame) -> None:
         self.key, self.day, self.per_day = key, day, per_day
         self.values = [c for c in per_day.columns if c not in (*key, SOURCE)]
         dtype = per_day[SOURCE].dtype
+        first = per_day.group_by(key).agg(pl.col(SOURCE).min().alias("_first"))
+        wanted = (
+            wanted.select(*key, pl.col(day).cast(dtype))
+            .join(first, on=key, nulls_equal=True)
+            .filter(pl.col(day) > pl.col("_first"))
+            .drop("_first")
+        )
         # keys as one non-null integer (as-of joins match no null `by` value; keys may be null)
-        ids = pl.concat([per_day.select(key), wanted.select(key)]).unique().with_row_index(KEY_ID)
+        ids = wanted.select(key).unique().with_row_index(KEY_ID)
         self.running = (
             per_day.join(ids, on=key, nulls_equal=True)
             .sort(KEY_ID, SOURCE)
             .select(KEY_ID, SOURCE, pl.col(self.values).cum_sum().over(KEY_ID))
             .sort(SOURCE)
         )
-        self.wanted = wanted.select(*key, pl.col(day).cast(dtype)).join(ids, on=key, nulls_equal=True)
+        self.wanted = wanted.join(ids, on=key, nulls_equal=True)
 
 
 def windowed_table(

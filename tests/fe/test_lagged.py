@@ -8,12 +8,12 @@ FIT_DAYS = (1, 2, 3, 4, 5)
 ALL_DAYS = (1, 2, 3, 4, 5, 6, 7)
 
 
-def _rows(seed=0, n=300, nulls=False):
+def _rows(seed=0, n=300, nulls=False, keys=5):
     rng = np.random.default_rng(seed)
     frame = pl.DataFrame(
         {
             "day": np.sort(rng.integers(1, 8, n)),
-            "k": rng.integers(0, 5, n),
+            "k": rng.integers(0, keys, n),
             "y": rng.integers(0, 2, n),
         }
     )
@@ -37,10 +37,11 @@ def test_window_map():
     assert [s for d, s in pairs if d == 7] == [4, 5]  # after the fit window: the last labelled days
 
 
+@pytest.mark.parametrize("keys", [5, 250], ids=["repeated", "nearly-unique"])
 @pytest.mark.parametrize("nulls", [False, True], ids=["keys", "null-keys"])
 @pytest.mark.parametrize("wanted", [False, True], ids=["every-pair", "wanted-pairs"])
-def test_lagged_rates_match_a_naive_loop(nulls, wanted):
-    frame = _rows(nulls=nulls)
+def test_lagged_rates_match_a_naive_loop(nulls, wanted, keys):
+    frame = _rows(nulls=nulls, keys=keys)
     for window in (1, 3):
         out = _lagged(frame, window, wanted=wanted)
         rows = frame.rows()
