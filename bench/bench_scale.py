@@ -4,7 +4,8 @@ Each step of each scale runs in its own process, so every peak RSS belongs to th
 fits log(seconds) = a + b log(rows) per step: b near 1 is linear growth.
 
 Usage: python bench/bench_scale.py --root DIR [--scales 0.3 1.0 3.0] [--rounds 300]
-    [--dialects int intfloat hashed noisy crlf gzip] [--steps synth ingest features e2e] [--keep] [--repeat 3]
+    [--dialects int intfloat hashed noisy crlf gzip] [--steps synth ingest features candidates e2e]
+    [--entities profile|discovered] [--keep] [--repeat 3]
 (the issue's scales; 3.0 needs ~7 GB of disk under DIR and most of an hour on 2 cores). Without the `synth` step a
 scale's data folder (and its dialects' folders) is reused when an earlier `--keep` run left it (else generated,
 unmeasured); without `ingest` too, the work folder's raw store is reused and the data folder is not needed. Every dialect
@@ -34,10 +35,10 @@ from gbmcvr.stages import build_features, train
 from gbmcvr.workdir import Workdir
 
 step, data, work, rounds = sys.argv[1], Path(sys.argv[2]), Workdir(Path(sys.argv[3])), int(sys.argv[4])
-scale = float(sys.argv[5])
-if len(sys.argv) > 6:  # --stream-rows: where the feature build starts streaming its rows
+scale, stream_rows, entities = float(sys.argv[5]), sys.argv[6], sys.argv[7]
+if stream_rows != "-":  # --stream-rows: where the feature build starts streaming its rows
     import gbmcvr.fe.pipeline
-    gbmcvr.fe.pipeline.STREAM_ROWS = int(sys.argv[6])
+    gbmcvr.fe.pipeline.STREAM_ROWS = int(stream_rows)
 cfg = config_from_dict({"gbm": {"num_boost_round": rounds, "early_stopping_rounds": 50, "log_every": 0}}, "bench")
 ctx = Context(work, cfg)
 start = time.perf_counter()
@@ -50,6 +51,15 @@ elif step == "ingest":
     rows = rows.train_rows + rows.test_rows
 elif step == "features":
     rows = sum(build_features(ctx, plan="validate", force=True).rows.values())
+elif step == "candidates":  # what `gbmcvr select` builds before its search: groups, key bounds, candidate tables
+    from gbmcvr.data.profile import load_profile
+    from gbmcvr.fe import entity_groups, select as selection
+    from gbmcvr.fe.pipeline import build, raw_fingerprint
+    profile = load_profile("sharechat2023")
+    keyed = entity_groups.resolve(work.raw, profile, entities, raw_fingerprint(work.raw))
+    _, spec = selection.candidate_spec(work.raw, profile, keyed, entities, lambda line: print(line, file=sys.stderr))
+    built = build(work.raw, profile, spec, selection.CANDIDATE_SET, selection.PLAN, work.features, force=True)
+    rows = sum(built.rows.values())
 else:
     run = train(ctx, "e2e", run_id="scale-e2e", overwrite=True)
     rows = run.params["e2e"]["fit_rows"]
@@ -59,7 +69,7 @@ print(json.dumps({"step": step, "rows": rows, **(kept if step == "e2e" else {}),
 """
 
 
-STEPS = ("synth", "ingest", "features", "e2e")
+STEPS = ("synth", "ingest", "features", "candidates", "e2e")
 
 
 def run_step(
@@ -70,13 +80,14 @@ def run_step(
     scale: float = 1.0,
     limit: float | None = None,
     stream_rows: int | None = None,
+    entities: str = "profile",
 ) -> dict:
     """One step in a fresh interpreter; its last stdout line is the JSON result (`timed_out` when it ran past
     `limit` seconds and was stopped: on a shared machine a step may not hold it for long)."""
     try:
         out = subprocess.run(
             [sys.executable, "-c", STEP, step, str(data), str(work), str(rounds), str(scale)]
-            + ([] if stream_rows is None else [str(stream_rows)]),
+            + ["-" if stream_rows is None else str(stream_rows), entities],
             check=True,
             capture_output=True,
             text=True,
@@ -121,6 +132,21 @@ def dialect_summary(rows: list[dict]) -> dict:
     return summary
 
 
+def candidate_ratios(candidates: list[dict], features: list[dict]) -> dict:
+    """Per (scale, dialect): the candidate build's seconds over the default feature build's, and its peak."""
+    default = {(r["scale"], r["dialect"]): r["seconds"] for r in features}
+    return {
+        f"{r['scale']}-{r['dialect']}": {
+            "candidates_s": r["seconds"],
+            "features_s": default[(r["scale"], r["dialect"])],
+            "ratio": round(r["seconds"] / default[(r["scale"], r["dialect"])], 2),
+            "candidates_peak_rss_mb": r["peak_rss_mb"],
+        }
+        for r in candidates
+        if (r["scale"], r["dialect"]) in default
+    }
+
+
 def report(row: dict, log: Path | None) -> None:
     """Print one step's JSON line (and append it to `log`)."""
     line = json.dumps({"bench": "scale", **row})
@@ -161,6 +187,11 @@ def main() -> None:
         "--stream-rows", type=int, help="raw rows above which features stream (default: the toolkit's STREAM_ROWS)"
     )
     parser.add_argument(
+        "--entities",
+        default="profile",
+        help='candidates step: entity groups "profile" (declared; nearly unique per row on noisy data) or "discovered"',
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="run each step this many times, round the dialects; report the fastest"
     )
     parser.add_argument(
@@ -192,7 +223,9 @@ def main() -> None:
                         "scale": scale,
                         "dialect": dialect,
                         **({} if args.stream_rows is None else {"stream_rows": args.stream_rows}),
-                        **run_step(step, source, work, args.rounds, scale, args.step_timeout, args.stream_rows),
+                        **run_step(
+                            step, source, work, args.rounds, scale, args.step_timeout, args.stream_rows, args.entities
+                        ),
                     }
                     results[step].append(row)
                     report(row, args.log)
@@ -219,6 +252,8 @@ def main() -> None:
                 summary[step][f"time_exponent_{dialect}"] = round(float(np.polyfit(x, y, 1)[0]), 2)
     if results.get("ingest"):
         summary["ingest_dialects"] = dialect_summary(results["ingest"])
+    if results.get("candidates") and results.get("features"):
+        summary["candidates_vs_features"] = candidate_ratios(results["candidates"], results["features"])
     scales = sorted({r["scale"] for rows in results.values() for r in rows})
     print(json.dumps({"bench": "scale-summary", "scales": scales, **summary}))
 
