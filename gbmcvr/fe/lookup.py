@@ -103,6 +103,28 @@ def _dense_values(table: pl.DataFrame, keys: tuple[str, ...], layout) -> Callabl
     return lambda c: table[c].gather(gather)
 
 
+def _union_positions(
+    keys: tuple[str, ...], tables: list[pl.DataFrame], col: str
+) -> tuple[pl.DataFrame, list[pl.Series]]:
+    """Tables that share non-dense keys, joined onto rows once: the union of their keys numbered 0..u-1 (`col`),
+    and for each table the row holding each union key (null where it has none). A row then joins the union
+    once and gathers every table's values by its number, instead of joining every table."""
+    union = pl.concat([t.select(keys) for t in tables]).unique(maintain_order=True).with_row_index(col)
+    rows_of = []
+    for table in tables:
+        found = union.join(
+            table.select(keys).with_row_index("_row"),
+            on=list(keys),
+            how="left",
+            nulls_equal=True,
+            maintain_order="left",
+        )
+        if found.height != union.height:
+            raise ValueError(f"lookup table keyed by {list(keys)} has duplicate keys")
+        rows_of.append(found["_row"])
+    return union, rows_of
+
+
 class Attached:
     """Lookups made ready for one set of rows: dense tables laid out once, index columns named.
 
@@ -126,10 +148,13 @@ class Attached:
                     values = _dense_values(lk.table, keys, layout)
                     self.outputs |= lk.outputs(lambda c, v=values, ix=col: pl.lit(v(c)).gather(pl.col(ix)))
                 continue
-            for j, lk in enumerate(group):
-                col = f"{INDEX}{g}_{j}"
-                self.joins.append((keys, lk.table.select(keys).with_row_index(col)))
-                self.outputs |= lk.outputs(lambda c, t=lk.table, ix=col: pl.lit(t[c]).gather(pl.col(ix)))
+            col = f"{INDEX}{g}"
+            union, rows_of = _union_positions(keys, [lk.table for lk in group], col)
+            self.joins.append((keys, union))
+            for lk, rows in zip(group, rows_of, strict=True):
+                self.outputs |= lk.outputs(
+                    lambda c, t=lk.table, r=rows, ix=col: pl.lit(t[c].gather(r)).gather(pl.col(ix))
+                )
         self.index_columns = [*self.dense, *(positions.columns[0] for _, positions in self.joins)]
 
     def prepare(self, frame: pl.LazyFrame) -> pl.LazyFrame:
