@@ -199,13 +199,15 @@ class LaggedFamily:
 
 
 def _with_prior(prior: pl.DataFrame, day: str) -> Callable[[Value], dict[str, pl.Expr]]:
-    """Outputs of a lagged table: the key's values, or the prior values of the row's day."""
+    """Outputs of a lagged table: the key's values, or the prior values of the row's day (a gather from the
+    priors laid out by day, which the plan's few days keep small; a day without a prior gets null)."""
+    lo, hi = int(prior[day].min()), int(prior[day].max())
+    by_day = pl.DataFrame({day: pl.int_range(lo, hi + 1, eager=True).cast(prior[day].dtype)}).join(
+        prior, on=day, how="left", maintain_order="left"
+    )
+    slot = pl.when(pl.col(day).is_between(lo, hi)).then(pl.col(day) - lo)
 
     def outputs(v: Value) -> dict[str, pl.Expr]:
-        return {
-            c: v(c).fill_null(pl.col(day).replace_strict(prior[day], prior[c], default=None))
-            for c in prior.columns
-            if c != day
-        }
+        return {c: v(c).fill_null(pl.lit(by_day[c]).gather(slot)) for c in prior.columns if c != day}
 
     return outputs
