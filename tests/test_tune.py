@@ -224,7 +224,8 @@ def _tune_process(wd, url: str, *args: str, stderr=subprocess.DEVNULL) -> subpro
 
 
 def _wait_for(url: str, completed: int, running: int, deadline: float) -> list:
-    """Wait until the study has `completed` finished trials and `running` running ones; the running trials."""
+    """Wait until the study has `completed` finished trials and `running` running ones that have recorded their
+    process (a trial is RUNNING a moment before it records it); the running trials."""
     while time.time() < deadline:
         try:
             study = _study(url)
@@ -232,7 +233,7 @@ def _wait_for(url: str, completed: int, running: int, deadline: float) -> list:
             time.sleep(0.2)
             continue
         done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
-        now = study.get_trials(states=(TrialState.RUNNING,))
+        now = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "process" in t.user_attrs]
         if len(done) >= completed and len(now) >= running:
             return now
         time.sleep(0.05)
