@@ -28,6 +28,7 @@ class FitSample:
 
     @property
     def sampled(self) -> bool:
+        """Whether the Dataset keeps fewer rows than the stage has."""
         return self.keep is not None
 
 
