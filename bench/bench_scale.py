@@ -42,6 +42,7 @@ if stream_rows != "-":  # --stream-rows: where the feature build starts streamin
 cfg = config_from_dict({"gbm": {"num_boost_round": rounds, "early_stopping_rounds": 50, "log_every": 0}}, "bench")
 ctx = Context(work, cfg)
 start = time.perf_counter()
+kept = {}  # e2e: the fit rows its Dataset held, where the memory budget kept a sample
 if step == "synth":
     from gbmcvr.data.synth import write_synth
     made = write_synth(data, scale, force=True)
@@ -64,7 +65,7 @@ else:
     run = train(ctx, "e2e", run_id="scale-e2e", overwrite=True)
     rows = run.params["e2e"]["fit_rows"]
     kept = {"dataset_rows": run.params["e2e"]["dataset_rows"]} if "dataset_rows" in run.params["e2e"] else {}
-print(json.dumps({"step": step, "rows": rows, **(kept if step == "e2e" else {}), "seconds": round(time.perf_counter() - start, 2),
+print(json.dumps({"step": step, "rows": rows, **kept, "seconds": round(time.perf_counter() - start, 2),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 """
 

@@ -15,8 +15,3 @@ def build_vocab(frame: pl.LazyFrame, columns: tuple[str, ...], name: str) -> pl.
         .with_columns(pl.col(name).cast(pl.Int64))
         .collect()
     )
-
-
-def encode(frame: pl.LazyFrame, vocab: pl.DataFrame, columns: tuple[str, ...], name: str) -> pl.LazyFrame:
-    """Add the cross code column (null for a tuple missing from the vocabulary)."""
-    return frame.join(vocab.lazy(), on=list(columns), how="left", nulls_equal=True, maintain_order="left")
