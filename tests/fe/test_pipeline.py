@@ -6,7 +6,7 @@ import polars.testing
 import pytest
 
 from gbmcvr.errors import UserError
-from gbmcvr.fe.pipeline import build
+from gbmcvr.fe.pipeline import FEATURE_CODEC, _codecs, build
 from gbmcvr.fe.spec import feature_spec
 from tests.factories import run_cli, tiny_profile, tiny_raw
 
@@ -321,11 +321,15 @@ def test_large_raw_stores_stream_their_rows(tiny, monkeypatch):
         pl.testing.assert_frame_equal(_read(root, "validate", split), frame, check_exact=True)
 
 
-@pytest.mark.parametrize(("plan", "stream"), [("validate", True), ("backtest", True), ("validate", False)])
-def test_streamed_build_equals_the_one_shot_tables(tmp_path, plan, stream):
+@pytest.mark.parametrize(
+    ("plan", "stream", "group_rows"),
+    [("validate", True, 1 << 18), ("backtest", True, 37), ("validate", False, 1 << 18), ("validate", False, 37)],
+)
+def test_streamed_build_equals_the_one_shot_tables(tmp_path, monkeypatch, plan, stream, group_rows):
     # streamed, build() writes the plan's rows once and learns and applies every table from scans of them; held in
-    # memory, it attaches each split in batches: either way its tables are exactly those of the whole plan in
-    # one frame
+    # memory, it attaches each split in batches (row groups): either way its tables are exactly those of the whole
+    # plan in one frame
+    monkeypatch.setattr("gbmcvr.fe.pipeline.ROW_GROUP_ROWS", group_rows)
     root = tmp_path
     raw, profile = tiny_raw(tmp_path, rows_per_day=80)
     keyed_spec = {
@@ -340,3 +344,17 @@ def test_streamed_build_equals_the_one_shot_tables(tmp_path, plan, stream):
     for split, frame in expected.items():
         pl.testing.assert_frame_equal(_read(root, plan, split), frame, check_exact=True)
     assert not list((root / "features" / "t" / plan).glob("_rows*"))
+
+
+def test_feature_columns_are_compressed_only_where_it_pays():
+    # a column the codec shrinks by COMPRESS_GAIN or more keeps it; random floats, which it cannot shrink, do not
+    rng = np.random.default_rng(0)
+    n = 1 << 17
+    table = pl.DataFrame(
+        {
+            "repeats": np.repeat(np.arange(8, dtype=np.int32), n // 8),
+            "noise": rng.random(n).astype(np.float32),
+            "empty": pl.Series([None] * n, dtype=pl.Float32),
+        }
+    ).to_arrow()
+    assert _codecs(table) == {"repeats": FEATURE_CODEC, "noise": "none", "empty": FEATURE_CODEC}
