@@ -45,7 +45,7 @@ FEATURE_VERSION = 5
 ROW_GROUP_ROWS = 1 << 18
 FEATURE_CODEC = "lz4"  # Parquet codec of the feature tables' columns it shrinks by COMPRESS_GAIN or more
 COMPRESS_GAIN = 0.15
-CODEC_PROBE_ROWS = 1 << 16  # the first rows of a table that decide each column's codec
+CODEC_PROBE_ROWS = 1 << 14  # the first rows of a table that decide each column's codec
 ROWS_FILE = "_rows.parquet"  # the plan's prepared rows, written while a plan builds and removed before it completes
 # raw rows above which a plan's rows are streamed through a Parquet file instead of held in memory: in memory the
 # build peaks near 0.8 KB a row (2.9 GB at the challenge's 3.6 M rows), so this bounds it near 7 GB; streamed it
