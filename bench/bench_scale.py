@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,7 @@ def run_step(
 ) -> dict:
     """One step in a fresh interpreter; its last stdout line is the JSON result (`timed_out` when it ran past
     `limit` seconds and was stopped: on a shared machine a step may not hold it for long)."""
+    os.sync()  # the last step's writes reach the disk first: its writeback would slow this step's own writes
     try:
         out = subprocess.run(
             [sys.executable, "-c", STEP, step, str(data), str(work), str(rounds), str(scale)]
@@ -131,6 +133,21 @@ def dialect_summary(rows: list[dict]) -> dict:
     if "int" in per:
         summary["worst"]["vs_int"] = round(per[worst]["ingest_seconds"] / per["int"]["ingest_seconds"], 2)
     return summary
+
+
+def ingest_and_features(ingest: list[dict], features: list[dict]) -> dict:
+    """Per dialect at the largest scale: its fastest ingest plus its fastest feature build, and the worst dialect."""
+    top = max(r["scale"] for r in ingest)
+    feats = {r["dialect"]: r["seconds"] for r in features if r["scale"] == top}
+    per = {
+        r["dialect"]: round(r["seconds"] + feats[r["dialect"]], 2)
+        for r in ingest
+        if r["scale"] == top and r["dialect"] in feats
+    }
+    if not per:
+        return {}
+    worst = max(per, key=per.get)
+    return {"scale": top, "seconds": per, "worst": {"dialect": worst, "seconds": per[worst]}}
 
 
 def candidate_ratios(candidates: list[dict], features: list[dict]) -> dict:
@@ -253,6 +270,8 @@ def main() -> None:
                 summary[step][f"time_exponent_{dialect}"] = round(float(np.polyfit(x, y, 1)[0]), 2)
     if results.get("ingest"):
         summary["ingest_dialects"] = dialect_summary(results["ingest"])
+    if results.get("ingest") and results.get("features"):
+        summary["ingest_plus_features"] = ingest_and_features(results["ingest"], results["features"])
     if results.get("candidates") and results.get("features"):
         summary["candidates_vs_features"] = candidate_ratios(results["candidates"], results["features"])
     scales = sorted({r["scale"] for rows in results.values() for r in rows})
