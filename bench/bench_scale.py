@@ -5,7 +5,7 @@ fits log(seconds) = a + b log(rows) per step: b near 1 is linear growth.
 
 Usage: python bench/bench_scale.py --root DIR [--scales 0.3 1.0 3.0] [--rounds 300]
     [--dialects int intfloat hashed noisy crlf gzip] [--steps synth ingest features candidates e2e]
-    [--entities profile|discovered] [--keep] [--repeat 3]
+    [--entities profile|discovered] [--keep] [--repeat 3] [--cold]
 (the issue's scales; 3.0 needs ~7 GB of disk under DIR and most of an hour on 2 cores). Without the `synth` step a
 scale's data folder (and its dialects' folders) is reused when an earlier `--keep` run left it (else generated,
 unmeasured); without `ingest` too, the work folder's raw store is reused and the data folder is not needed. Every dialect
@@ -83,10 +83,14 @@ def run_step(
     limit: float | None = None,
     stream_rows: int | None = None,
     entities: str = "profile",
+    cold: bool = False,
 ) -> dict:
     """One step in a fresh interpreter; its last stdout line is the JSON result (`timed_out` when it ran past
-    `limit` seconds and was stopped: on a shared machine a step may not hold it for long)."""
+    `limit` seconds and was stopped: on a shared machine a step may not hold it for long). `cold` empties the
+    page cache first, so the step reads its input from disk and finds memory free."""
     os.sync()  # the last step's writes reach the disk first: its writeback would slow this step's own writes
+    if cold:
+        Path("/proc/sys/vm/drop_caches").write_text("1")
     try:
         out = subprocess.run(
             [sys.executable, "-c", STEP, step, str(data), str(work), str(rounds), str(scale)]
@@ -213,6 +217,12 @@ def main() -> None:
         "--repeat", type=int, default=1, help="run each step this many times, round the dialects; report the fastest"
     )
     parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="empty the page cache before each step (root only): on a VM whose memory is full of cached files, "
+        "reclaiming it made one feature build take 24-46 s against 15 s",
+    )
+    parser.add_argument(
         "--log", type=Path, help="JSON-lines file: each row is appended, and the summary covers every row in it"
     )
     args = parser.parse_args()
@@ -242,8 +252,17 @@ def main() -> None:
                         "dialect": dialect,
                         **({} if args.stream_rows is None else {"stream_rows": args.stream_rows}),
                         **run_step(
-                            step, source, work, args.rounds, scale, args.step_timeout, args.stream_rows, args.entities
+                            step,
+                            source,
+                            work,
+                            args.rounds,
+                            scale,
+                            args.step_timeout,
+                            args.stream_rows,
+                            args.entities,
+                            args.cold,
                         ),
+                        **({"cold": True} if args.cold else {}),
                     }
                     results[step].append(row)
                     report(row, args.log)
