@@ -60,7 +60,10 @@ elif step == "candidates":  # what `gbmcvr select` builds before its search: gro
     profile = load_profile("sharechat2023")
     keyed = entity_groups.resolve(work.raw, profile, entities, raw_fingerprint(work.raw))
     _, spec = selection.candidate_spec(work.raw, profile, keyed, entities, lambda line: print(line, file=sys.stderr))
-    built = build(work.raw, profile, spec, selection.CANDIDATE_SET, selection.PLAN, work.features, force=True)
+    kept = selection.raw_proxy_rows(work.raw, profile, selection.SelectOptions()).kept  # the rows select writes
+    built = build(work.raw, profile, spec, selection.CANDIDATE_SET, selection.PLAN, work.features, force=True,
+                  fit_ids=kept)
+    kept = {}
     rows = sum(built.rows.values())
 else:
     run = train(ctx, "e2e", run_id="scale-e2e", overwrite=True)

@@ -539,9 +539,11 @@ def select(ctx: Context, *, name: str = "selected", opts: selection.SelectOption
     source = config_feature_spec(ctx.cfg.features, profile, ctx.cfg.source)[0].entities
     keyed = entity_groups.resolve(wd.raw, profile, source, raw_fingerprint(wd.raw))  # build reports them
     candidates, spec = selection.candidate_spec(wd.raw, profile, keyed, source, ctx.progress)
-    build(wd.raw, profile, spec, selection.CANDIDATE_SET, selection.PLAN, wd.features, ctx.progress)
+    # the candidate fit table holds only the rows the proxies read: a fifth of the challenge's fit window
+    rows = selection.raw_proxy_rows(wd.raw, profile, opts)
+    build(wd.raw, profile, spec, selection.CANDIDATE_SET, selection.PLAN, wd.features, ctx.progress, fit_ids=rows.kept)
     tables = load_tables(wd.features, selection.CANDIDATE_SET, selection.PLAN)
-    chosen = selection.run_selection(tables, opts, selection.requirements(candidates), ctx.progress)
+    chosen = selection.run_selection(tables, opts, selection.requirements(candidates), ctx.progress, rows)
     raw = selection.chosen_raw(candidates, chosen.choice)
     days = ", ".join(chosen.rehearsal.get("days", {}))
     header = f"Chosen by `gbmcvr select` on the backtest plan's rehearsal days {days}: {chosen.choice.label()}"

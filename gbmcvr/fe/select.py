@@ -42,7 +42,7 @@ import polars as pl
 from gbmcvr import metrics, rehearsal
 from gbmcvr.compat import pyplot
 from gbmcvr.data.profile import Profile
-from gbmcvr.data.split import TEST_LABELS
+from gbmcvr.data.split import TEST_LABELS, plan_days
 from gbmcvr.errors import UserError
 from gbmcvr.fe.pipeline import raw_fingerprint
 from gbmcvr.fe.select_options import SelectOptions
@@ -285,21 +285,68 @@ def toml_text(raw: dict[str, Any], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class ProxyRows:
+    """The fit rows the proxies read: a seeded `sample` of the fit window (ids, ascending) and every row of the
+    fit days that are rehearsal days (`inside`); `kept` is the ids of both, the fit rows the candidate tables
+    need to hold."""
+
+    sample: pl.Series
+    inside: tuple[int, ...]
+    kept: pl.Series
+
+
+def proxy_rows(fit: pl.DataFrame, id_col: str, day_col: str, valid_days: list[int], opts: SelectOptions) -> ProxyRows:
+    """The proxies' fit rows from the id and day of every fit row of the plan (the same from the raw store as from
+    full fit tables): up to `proxy_rows` ids sampled from the ascending ids, and the last `rehearsal_days - 1` fit
+    days that have an earlier fit day and precede the validation day."""
+    ids = fit[id_col].sort()
+    sample = ids.sample(opts.proxy_rows, seed=opts.seed).sort() if len(ids) > opts.proxy_rows else ids
+    fit_days = sorted(fit[day_col].unique().to_list())
+    earlier = [d for d in fit_days[1:] if d < min(valid_days)]
+    inside = tuple(earlier[len(earlier) - min(opts.rehearsal_days - 1, len(earlier)) :])
+    on_inside = fit.filter(pl.col(day_col).is_in(list(inside)))[id_col]
+    return ProxyRows(sample, inside, pl.concat([sample, on_inside]).unique().sort())
+
+
+def raw_proxy_rows(raw_dir: Path, profile: Profile, opts: SelectOptions) -> ProxyRows:
+    """`proxy_rows` of the backtest plan, read from the raw store's ids and days before any table is built."""
+    days = plan_days(profile, PLAN)
+    fit = (
+        pl.scan_parquet(Path(raw_dir) / "train.parquet", glob=False)
+        .filter(pl.col(profile.day_column).is_in(list(days["fit"])))
+        .select(profile.id_column, profile.day_column)
+        .collect()
+    )
+    return proxy_rows(fit, profile.id_column, profile.day_column, list(days["valid"]), opts)
+
+
 class Proxy:
     """The fast proxy, scored on the rehearsal days: for each day, fixed-parameter LightGBM on the pooled sample's
     rows of earlier days only, scoring every row of that day.
 
     One sample of up to `proxy_rows` rows is drawn from the whole fit window; rehearsal day d's proxy fits the
     sample's rows with day < d (never day d or later) and scores all of day d's rows. The rehearsal days are the
-    plan's validation day and the last `rehearsal_days - 1` fit days that have an earlier fit day.
+    plan's validation day and the last `rehearsal_days - 1` fit days that have an earlier fit day. `rows` says
+    which rows those are where the fit table holds only them (`raw_proxy_rows`); else they come from the table.
     """
 
-    def __init__(self, tables: FeatureTables, opts: SelectOptions, progress: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        tables: FeatureTables,
+        opts: SelectOptions,
+        progress: Callable[[str], None],
+        rows: ProxyRows | None = None,
+    ) -> None:
         fit = tables.splits["fit"]
         self.day = tables.columns("day")[0]
-        self.fit = (
-            fit.sample(opts.proxy_rows, seed=opts.seed).sort(tables.id_column) if fit.height > opts.proxy_rows else fit
-        )
+        valid = tables.splits["valid"]
+        if rows is None:
+            ids = fit.select(tables.id_column, self.day)
+            rows = proxy_rows(ids, tables.id_column, self.day, valid[self.day].unique().to_list(), opts)
+        self.fit = fit.filter(pl.col(tables.id_column).is_in(rows.sample.implode())).sort(tables.id_column)
+        if self.fit.height != len(rows.sample):
+            raise ValueError(f"the fit table holds {self.fit.height:,} of the {len(rows.sample):,} sampled rows")
         self.label = tables.install_label
         self.family = {c["name"]: c["family"] for c in tables.manifest["columns"]}
         self.categorical = set(tables.columns("categorical"))
@@ -307,11 +354,7 @@ class Proxy:
         self.cardinality = {
             c["name"]: c.get("cardinality", 0) for c in tables.manifest["columns"] if c["role"] == "categorical"
         }
-        valid = tables.splits["valid"]
-        fit_days = sorted(fit[self.day].unique().to_list())
-        earlier = [d for d in fit_days[1:] if d < min(valid[self.day].unique().to_list())]
-        inside = earlier[len(earlier) - min(opts.rehearsal_days - 1, len(earlier)) :]
-        self.rehearsal = [*(fit.filter(pl.col(self.day) == d) for d in inside), valid]
+        self.rehearsal = [*(fit.filter(pl.col(self.day) == d) for d in rows.inside), valid]
         self.rehearsal_days = [int(frame[self.day][0]) for frame in self.rehearsal]
         self.days = np.concatenate([frame[self.day].to_numpy() for frame in self.rehearsal])
         self.y = np.concatenate([frame[self.label].to_numpy() for frame in self.rehearsal]).astype(np.float64)
@@ -449,7 +492,7 @@ def holdout(tables: FeatureTables, proxy: Proxy, selection: Selection) -> dict[s
     test = tables.splits["test"]
     labels = pl.read_parquet(path, glob=False).select(tables.id_column, tables.install_label)
     y = test.select(tables.id_column).join(labels, on=tables.id_column, how="left")[tables.install_label].to_numpy()
-    rate = float(tables.splits["fit"][tables.install_label].mean())
+    rate = float(proxy.fit[tables.install_label].mean())  # the fit window's rate, estimated on the sample
     out: dict[str, Any] = {"base_rate": rate, "prior_logloss": metrics.log_loss(y, np.full(len(y), rate))}
     default = Choice(tuple(f for f in DEFAULT_ON if f in proxy.family.values()), DEFAULT_HANDLING)  # built closed
     for name, choice in (
@@ -468,13 +511,14 @@ def run_selection(
     opts: SelectOptions,
     requires: dict[str, set[str]],
     progress: Callable[[str], None] = lambda _: None,
+    rows: ProxyRows | None = None,
 ) -> Selection:
     """Search on the backtest plan's rehearsal days (fit-window days and the valid day), then report the
     holdout day. With `weighting = "density"` the rehearsal rows are weighted toward the holdout day's
     unlabeled rows (its features only; its labels are read by `holdout` alone, after the search)."""
     built = {c["family"] for c in tables.manifest["columns"]}
     families = tuple(f for f in SEARCHED if f in built)
-    proxy = Proxy(tables, opts, progress)
+    proxy = Proxy(tables, opts, progress, rows)
     rows = {str(d): int((proxy.days == d).sum()) for d in proxy.rehearsal_days}
     progress(
         f"select: {len(families)} families ({', '.join(families)}), {len(HANDLING)} categorical handlings; "

@@ -358,3 +358,24 @@ def test_feature_columns_are_compressed_only_where_it_pays():
         }
     ).to_arrow()
     assert _codecs(table) == {"repeats": FEATURE_CODEC, "noise": "none", "empty": FEATURE_CODEC}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_fit_ids_write_those_fit_rows_with_the_values_of_the_whole_build(tiny, monkeypatch, stream):
+    # the per-key tables still learn from every fit row: the kept rows are exactly those rows of the full build
+    root, raw, profile = tiny
+    monkeypatch.setattr("gbmcvr.fe.pipeline.ROW_GROUP_ROWS", 37)
+    _build(root, raw, profile, force=True, stream=stream)
+    full = {s: _read(root, "validate", s) for s in ("fit", "valid", "test")}
+    ids = full["fit"]["id"].sample(fraction=0.3, seed=1)
+    lines = []
+    result = _build(root, raw, profile, stream=stream, fit_ids=ids, progress=lines.append)
+    assert result.rebuilt  # other kept rows, another recipe: not the cached full build
+    kept = _read(root, "validate", "fit")
+    polars.testing.assert_frame_equal(kept, full["fit"].filter(pl.col("id").is_in(ids.implode())), check_exact=True)
+    for split in ("valid", "test"):
+        polars.testing.assert_frame_equal(_read(root, "validate", split), full[split], check_exact=True)
+    manifest = json.loads((root / "features" / "t" / "validate" / "manifest.json").read_text())
+    assert manifest["rows"]["fit"] == len(ids) == manifest["splits"]["fit"]["rows"]
+    assert manifest["plan_rows"]["fit"] == full["fit"].height
+    assert f"features: wrote fit.parquet ({len(ids):,} of {full['fit'].height:,} rows)" in lines

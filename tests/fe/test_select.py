@@ -18,6 +18,7 @@ from gbmcvr.fe.select import (
     chosen_raw,
     closure,
     key_shares,
+    raw_proxy_rows,
     rehearsal_build,
     report_markdown,
     requirements,
@@ -70,6 +71,24 @@ def test_selection_is_deterministic_and_blind_to_the_holdout_day(setup):
     permuted = _select(root, raw, profile)
     assert permuted.choice == first.choice and permuted.steps == first.steps
     assert permuted.holdout["selected set"] != first.holdout["selected set"]
+
+
+def test_candidate_tables_of_the_proxy_rows_select_as_the_full_tables_do(setup):
+    # `gbmcvr select` writes only the fit rows its proxies read (a sample and the rehearsal days): the search,
+    # its per-row losses and the holdout are those of the full tables
+    root, raw, profile = setup
+    opts = replace(OPTS, proxy_rows=700, max_fits=8)
+    full = _select(root, raw, profile, opts)
+    rows = raw_proxy_rows(raw, profile, opts)
+    fit_days = pl.read_parquet(raw / "train.parquet").filter(pl.col("day") < 3)
+    assert len(rows.sample) == 700 and rows.inside == (2,) and len(rows.kept) < fit_days.height
+    raw_spec = candidate_raw(profile, "profile")
+    spec = feature_spec(rehearsal_build(raw_spec), profile, "t")
+    build(raw, profile, spec, CANDIDATE_SET, PLAN, root / "features", fit_ids=rows.kept)
+    tables = load_tables(root / "features", CANDIDATE_SET, PLAN)
+    assert tables.splits["fit"].height == len(rows.kept)
+    kept = run_selection(tables, opts, requirements(raw_spec), rows=rows)
+    assert kept.choice == full.choice and kept.steps == full.steps and kept.holdout == full.holdout
 
 
 def test_chosen_set_round_trips_through_toml(setup):
