@@ -60,11 +60,11 @@ elif step == "candidates":  # what `gbmcvr select` builds before its search: gro
     profile = load_profile("sharechat2023")
     keyed = entity_groups.resolve(work.raw, profile, entities, raw_fingerprint(work.raw))
     _, spec = selection.candidate_spec(work.raw, profile, keyed, entities, lambda line: print(line, file=sys.stderr))
-    kept = selection.raw_proxy_rows(work.raw, profile, selection.SelectOptions()).kept  # the rows select writes
+    proxy_ids = selection.raw_proxy_rows(work.raw, profile, selection.SelectOptions()).kept  # the rows select writes
     built = build(work.raw, profile, spec, selection.CANDIDATE_SET, selection.PLAN, work.features, force=True,
-                  fit_ids=kept)
-    kept = {}
-    rows = sum(built.rows.values())
+                  fit_ids=proxy_ids)
+    rows = sum(json.loads((built.out / "manifest.json").read_text())["plan_rows"].values())  # the plan's, as features
+    kept = {"written_rows": sum(built.rows.values())}
 else:
     run = train(ctx, "e2e", run_id="scale-e2e", overwrite=True)
     rows = run.params["e2e"]["fit_rows"]
@@ -229,6 +229,8 @@ def main() -> None:
         "--log", type=Path, help="JSON-lines file: each row is appended, and the summary covers every row in it"
     )
     args = parser.parse_args()
+    if args.cold and os.geteuid() != 0:
+        parser.error("--cold empties the page cache, which needs root")
     results: dict[str, list[dict]] = {step: [] for step in args.steps}
     for scale in args.scales:
         data = args.root / f"data-{scale}"
@@ -278,6 +280,7 @@ def main() -> None:
     rows = [r for step_rows in results.values() for r in step_rows]
     if args.log is not None:
         rows = [json.loads(line) for line in args.log.read_text().splitlines()]
+        rows = [r for r in rows if r.get("cold", False) == args.cold]  # cold and warm runs are not compared
     results = fastest([r for r in rows if not r.get("timed_out")])
     summary = {}
     for step, rows in results.items():

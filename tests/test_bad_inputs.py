@@ -409,6 +409,33 @@ def test_a_full_disk_is_one_line(pristine: Path, tmp_path: Path, capsys, monkeyp
     assert [p.name for p in (root / "work" / "features").iterdir()] == ["raw"]
 
 
+def test_a_disk_that_fills_while_a_feature_table_is_written_is_one_line(
+    pristine: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # the feature tables are encoded on a writer thread: its error reaches the command, once, and no table is left
+    import errno
+
+    root = tmp_path / "w"
+    shutil.copytree(pristine, root)
+    monkeypatch.chdir(root)
+    calls = []
+
+    def full(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:  # the first row group is written, the second finds the disk full
+            raise OSError(errno.ENOSPC, "No space left on device", str(root / "work" / "features" / "x"))
+        return original(self, *args, **kwargs)
+
+    original = pq.ParquetWriter.write_table
+    monkeypatch.setattr("gbmcvr.fe.pipeline.ROW_GROUP_ROWS", 500)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
+    code, _, err = run_cli(["features", "--workdir", str(root / "work")], capsys)
+    assert code == 2 and "No space left on device" in err and "Traceback" not in err, err
+    assert err.count("No space left on device") == 1
+    built = root / "work" / "features" / "default"
+    assert sorted(p.name for p in built.iterdir()) == ["vocab"]  # the vocabularies were complete; no plan is
+
+
 def test_tune_workers_get_the_same_config_and_device_and_no_password(
     pristine: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -5,7 +5,8 @@ choice of columns from those tables, scored by a fast proxy LightGBM (fixed para
 `rehearsal_days` days: the plan's validation day and the last fit days before it. One sample of up to
 `proxy_rows` rows is drawn from the whole fit window; for rehearsal day d the proxy fits the sample's rows of
 days before d only and scores every row of day d. One candidate table set serves every rehearsal day (the
-build is the expensive part); its label statistics are made time-honest for that: target encodings use
+build is the expensive part), and its fit table holds only the rows the proxies read: the sample and the
+rehearsal days (the per-key tables still learn from every fit row). Its label statistics are made time-honest for that: target encodings use
 earlier days only (`past_days`) in the candidate tables, because out-of-fold encodings of a fit-window day
 hold that same day's (and later days') labels, which would flatter the target family on every rehearsal day
 inside the window. The chosen set keeps the scheme it declares. Lagged rates use earlier days by
@@ -296,7 +297,9 @@ class ProxyRows:
     kept: pl.Series
 
 
-def proxy_rows(fit: pl.DataFrame, id_col: str, day_col: str, valid_days: list[int], opts: SelectOptions) -> ProxyRows:
+def choose_proxy_rows(
+    fit: pl.DataFrame, id_col: str, day_col: str, valid_days: list[int], opts: SelectOptions
+) -> ProxyRows:
     """The proxies' fit rows from the id and day of every fit row of the plan (the same from the raw store as from
     full fit tables): up to `proxy_rows` ids sampled from the ascending ids, and the last `rehearsal_days - 1` fit
     days that have an earlier fit day and precede the validation day."""
@@ -310,7 +313,7 @@ def proxy_rows(fit: pl.DataFrame, id_col: str, day_col: str, valid_days: list[in
 
 
 def raw_proxy_rows(raw_dir: Path, profile: Profile, opts: SelectOptions) -> ProxyRows:
-    """`proxy_rows` of the backtest plan, read from the raw store's ids and days before any table is built."""
+    """`choose_proxy_rows` of the backtest plan, read from the raw store's ids and days before any table is built."""
     days = plan_days(profile, PLAN)
     fit = (
         pl.scan_parquet(Path(raw_dir) / "train.parquet", glob=False)
@@ -318,7 +321,7 @@ def raw_proxy_rows(raw_dir: Path, profile: Profile, opts: SelectOptions) -> Prox
         .select(profile.id_column, profile.day_column)
         .collect()
     )
-    return proxy_rows(fit, profile.id_column, profile.day_column, list(days["valid"]), opts)
+    return choose_proxy_rows(fit, profile.id_column, profile.day_column, list(days["valid"]), opts)
 
 
 class Proxy:
@@ -343,7 +346,7 @@ class Proxy:
         valid = tables.splits["valid"]
         if rows is None:
             ids = fit.select(tables.id_column, self.day)
-            rows = proxy_rows(ids, tables.id_column, self.day, valid[self.day].unique().to_list(), opts)
+            rows = choose_proxy_rows(ids, tables.id_column, self.day, valid[self.day].unique().to_list(), opts)
         self.fit = fit.filter(pl.col(tables.id_column).is_in(rows.sample.implode())).sort(tables.id_column)
         if self.fit.height != len(rows.sample):
             raise ValueError(f"the fit table holds {self.fit.height:,} of the {len(rows.sample):,} sampled rows")
@@ -515,15 +518,16 @@ def run_selection(
 ) -> Selection:
     """Search on the backtest plan's rehearsal days (fit-window days and the valid day), then report the
     holdout day. With `weighting = "density"` the rehearsal rows are weighted toward the holdout day's
-    unlabeled rows (its features only; its labels are read by `holdout` alone, after the search)."""
+    unlabeled rows (its features only; its labels are read by `holdout` alone, after the search). `rows` names
+    the proxies' rows where the fit table holds only them (`raw_proxy_rows`)."""
     built = {c["family"] for c in tables.manifest["columns"]}
     families = tuple(f for f in SEARCHED if f in built)
     proxy = Proxy(tables, opts, progress, rows)
-    rows = {str(d): int((proxy.days == d).sum()) for d in proxy.rehearsal_days}
+    day_rows = {str(d): int((proxy.days == d).sum()) for d in proxy.rehearsal_days}
     progress(
         f"select: {len(families)} families ({', '.join(families)}), {len(HANDLING)} categorical handlings; "
         f"budget {opts.max_fits} candidates of {opts.rounds} rounds, each fitted on the {proxy.fit.height:,} "
-        f"sampled fit rows before each rehearsal day ({', '.join(f'{d}: {n:,} rows' for d, n in rows.items())})"
+        f"sampled fit rows before each rehearsal day ({', '.join(f'{d}: {n:,} rows' for d, n in day_rows.items())})"
     )
     weighting: dict[str, Any] = {"method": "none"}
     if opts.weighting == "density" and "test" in tables.splits:
@@ -543,7 +547,7 @@ def run_selection(
             f"{found.clipped:.1%} clipped, effective rows {found.effective_rows:,.0f} of {len(found.weights):,}"
         )
     selection = search(proxy, families, requires, opts)
-    selection.rehearsal = {"days": rows, "weighting": weighting}
+    selection.rehearsal = {"days": day_rows, "weighting": weighting}
     if "test" in tables.splits:
         selection.holdout = holdout(tables, proxy, selection)
     return selection

@@ -360,14 +360,16 @@ def test_feature_columns_are_compressed_only_where_it_pays():
     assert _codecs(table) == {"repeats": FEATURE_CODEC, "noise": "none", "empty": FEATURE_CODEC}
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_fit_ids_write_those_fit_rows_with_the_values_of_the_whole_build(tiny, monkeypatch, stream):
+@pytest.mark.parametrize(("stream", "which"), [(False, "sample"), (True, "sample"), (True, "one day")])
+def test_fit_ids_write_those_fit_rows_with_the_values_of_the_whole_build(tiny, monkeypatch, stream, which):
     # the per-key tables still learn from every fit row: the kept rows are exactly those rows of the full build
+    # (one day's ids leave whole streamed row groups empty)
     root, raw, profile = tiny
     monkeypatch.setattr("gbmcvr.fe.pipeline.ROW_GROUP_ROWS", 37)
     _build(root, raw, profile, force=True, stream=stream)
     full = {s: _read(root, "validate", s) for s in ("fit", "valid", "test")}
-    ids = full["fit"]["id"].sample(fraction=0.3, seed=1)
+    fit = full["fit"]
+    ids = fit["id"].sample(fraction=0.3, seed=1) if which == "sample" else fit.filter(pl.col("day") == 2)["id"]
     lines = []
     result = _build(root, raw, profile, stream=stream, fit_ids=ids, progress=lines.append)
     assert result.rebuilt  # other kept rows, another recipe: not the cached full build
@@ -379,3 +381,11 @@ def test_fit_ids_write_those_fit_rows_with_the_values_of_the_whole_build(tiny, m
     assert manifest["rows"]["fit"] == len(ids) == manifest["splits"]["fit"]["rows"]
     assert manifest["plan_rows"]["fit"] == full["fit"].height
     assert f"features: wrote fit.parquet ({len(ids):,} of {full['fit'].height:,} rows)" in lines
+
+
+def test_fit_ids_that_are_not_fit_rows_are_refused(tiny):
+    root, raw, profile = tiny
+    valid_ids = pl.read_parquet(raw / "train.parquet").filter(pl.col("day") == 4)["id"]
+    with pytest.raises(ValueError, match=r"0 of the 60 fit ids to keep are fit rows of the plan"):
+        _build(root, raw, profile, fit_ids=valid_ids)
+    assert not (root / "features" / "t" / "validate").exists()
