@@ -438,7 +438,8 @@ def test_a_file_size_limit_is_one_line(world: Path, tmp_path: Path) -> None:
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("error: cannot write")
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "cannot write" in last and "File too large" in last, last
 
 
 def test_a_byte_order_mark_in_the_config_is_harmless(copy: Path) -> None:
