@@ -182,7 +182,8 @@ def fail_running(study: optuna.Study) -> int:
     """Before a run starts its workers (or trials of its own): fail the trials of dead processes and, on a
     storage file of this machine (journal, SQLite), those that record none."""
     backend = getattr(study._storage, "_backend", study._storage)
-    local = isinstance(backend, optuna.storages.JournalStorage) or str(getattr(backend, "url", "")).startswith("sqlite")
+    journal_file = isinstance(backend, optuna.storages.journal.JournalFileBackend)
+    local = journal_file or str(getattr(backend, "url", "")).startswith("sqlite")
     return fail_dead(study, local=local)
 
 
@@ -269,12 +270,25 @@ def run_trials(
                 callbacks=[cap, _trial_callback(setup, report)],
                 catch=(),
             )
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not interrupted(exc):
+            raise
         if not parent:  # a trial interrupted as Optuna created it stays RUNNING; the parent of workers cleans up
             fail_running(study)
             report(INTERRUPTED)
         return False
     return True
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Whether `exc` is Ctrl-C or was raised while handling it (Optuna 5 raises UnboundLocalError when Ctrl-C
+    lands while it records a trial's result)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__
+    return False
 
 
 class _NoInterruptTraceback(logging.Filter):

@@ -328,6 +328,34 @@ def test_ctrl_c_before_the_first_trial_is_the_same_line(work, capsys, monkeypatc
     assert code == 130 and err.strip() == tuning.INTERRUPTED
 
 
+def _setup(tmp_path, trials: int = 3) -> tuning.TuneSetup:
+    return tuning.TuneSetup("e2e", "s", "", trials, None, 0, "none", [], tmp_path)
+
+
+def test_ctrl_c_while_optuna_records_a_result_is_an_interrupt(tmp_path, monkeypatch):
+    """Ctrl-C inside Optuna's tell makes Optuna 5 raise UnboundLocalError from its `finally`: still one line."""
+    from optuna.study import _optimize
+
+    def ctrl_c(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_optimize, "_tell_with_warning", ctrl_c)
+    backend = optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log"))
+    study = optuna.create_study(storage=optuna.storages.JournalStorage(backend))
+    lines: list[str] = []
+    assert tuning.run_trials(study, _setup(tmp_path), lambda trial: 0.5, lines.append) is False
+    assert lines == [tuning.INTERRUPTED]
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_an_error_that_is_not_an_interrupt_is_raised(tmp_path):
+    def broken(trial):
+        raise UnboundLocalError("a bug")
+
+    with pytest.raises(UnboundLocalError, match="a bug"):
+        tuning.run_trials(optuna.create_study(), _setup(tmp_path), broken, print)
+
+
 def test_ctrl_c_with_workers_prints_one_line(work):
     """Ctrl-C reaches the parent and its workers (one process group): one line, exit 130, no RUNNING trial."""
     wd, _ = work
