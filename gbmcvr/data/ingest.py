@@ -9,8 +9,7 @@ import hashlib
 import io
 import math
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,8 @@ from gbmcvr.atomic import atomic_dir, write_json
 from gbmcvr.data.profile import Profile
 from gbmcvr.errors import UserError
 from gbmcvr.lock import exclusive
-from gbmcvr.progress import Reporter, counted
+from gbmcvr.progress import Reporter, Task, counted
+from gbmcvr.row_groups import write_row_groups
 from gbmcvr.schema import TRUTH_CLICK, TRUTH_FILE, TRUTH_ID, TRUTH_INSTALL
 
 
@@ -458,66 +458,50 @@ def _write_split(
     progress: Callable[[str], None],
     fingerprint: _Fingerprint,
 ) -> _Split:
-    """Read, check and append each file to `target` (one row group per file), hashing it into `fingerprint` as it
-    grows: memory holds one file at a time."""
+    """Read, check and append each file to `target` (one row group per file, encoded on a thread while the next
+    file is parsed), hashing it into `fingerprint` as it grows: memory holds two files at most."""
     id_col, day_col = profile.id_column, profile.day_column
     columns = [id_col, day_col, *profile.feature_columns, *([] if is_test else profile.label_columns)]
-    keys, truths, rows = [], [], 0
-    writer, floats_first, written = None, False, None
-    # one thread writes file i while the next file is read: the encoder and the parser overlap
-    total_mb, done_bytes = max(1, -(-sum(p.stat().st_size for p in files) // 2**20)), 0
-    with ThreadPoolExecutor(max_workers=1) as pool, contextlib.ExitStack() as shown:
+    keys, truths = [], []
+    total_mb = max(1, -(-sum(p.stat().st_size for p in files) // 2**20))
+
+    def tables(bar: Task | None) -> Iterator[pa.Table]:
+        floats_first, rows, done_bytes = False, first_id, 0
+        for i, path in enumerate(files):
+            # files of one split come from one exporter: once one holds integral floats, read the next as floats
+            frame, floats_first = _read_file(path, profile, is_test, floats_first)
+            if profile.row_id is None:
+                frame = frame.with_row_index(id_col, offset=rows).with_columns(pl.col(id_col).cast(pl.Int64))
+            if is_test and profile.install_label in frame.columns:
+                truths.append(_truth(frame, profile))
+            keys.append(frame.select(id_col, day_col))
+            rows += frame.height
+            done_bytes += path.stat().st_size
+            if bar is not None:
+                mb = total_mb if i + 1 == len(files) else min(total_mb, done_bytes // 2**20)
+                bar.update(mb, f"{i + 1}/{len(files)} files, {rows - first_id:,} rows")
+            else:
+                progress(f"read {path.name} ({i + 1}/{len(files)}, {frame.height:,} rows)")
+            yield frame.select(columns).to_arrow()
+
+    def open_writer(path: Path, first: pa.Table) -> pq.ParquetWriter:
+        frame = pl.from_arrow(first)
+        dictionary = dictionary_columns(frame)
+        return pq.ParquetWriter(
+            path,
+            first.schema,
+            compression=compression(frame, dictionary),
+            use_dictionary=dictionary,
+            dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES,
+        )
+
+    with contextlib.ExitStack() as shown:
         bar = None
         if isinstance(progress, Reporter) and progress.draws_bars:  # a terminal: files and MB as a bar with ETA
             bar = shown.enter_context(counted(progress, f"ingest {target.stem}", total_mb, "MB"))
-        try:
-            for i, path in enumerate(files):
-                # files of one split come from one exporter: once one holds integral floats, read the next as floats
-                frame, floats_first = _read_file(path, profile, is_test, floats_first)
-                if profile.row_id is None:
-                    frame = frame.with_row_index(id_col, offset=first_id + rows).with_columns(
-                        pl.col(id_col).cast(pl.Int64)
-                    )
-                if is_test and profile.install_label in frame.columns:
-                    truths.append(_truth(frame, profile))
-                table = frame.select(columns).to_arrow()
-                if writer is None:
-                    dictionary = dictionary_columns(frame.select(columns))
-                    writer = pq.ParquetWriter(
-                        target,
-                        table.schema,
-                        compression=compression(frame.select(columns), dictionary),
-                        use_dictionary=dictionary,
-                        dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES,
-                    )
-                if written is not None:
-                    written.result()
-                written = pool.submit(_append, writer, table, fingerprint, target)
-                keys.append(frame.select(id_col, day_col))
-                rows += frame.height
-                done_bytes += path.stat().st_size
-                if bar is not None:
-                    mb = total_mb if i + 1 == len(files) else min(total_mb, done_bytes // 2**20)
-                    bar.update(mb, f"{i + 1}/{len(files)} files, {rows:,} rows")
-                else:
-                    progress(f"read {path.name} ({i + 1}/{len(files)}, {frame.height:,} rows)")
-                del frame, table
-            if written is not None:
-                written.result()
-        finally:
-            if written is not None:
-                written.exception()
-            if writer is not None:
-                writer.close()
+        rows = write_row_groups(tables(bar), target, open_writer, after_each=lambda: fingerprint.catch_up(target))
     fingerprint.catch_up(target)  # the footer
     return _Split(rows, pl.concat(keys), pl.concat(truths, how="diagonal_relaxed") if truths else None)
-
-
-def _append(writer: pq.ParquetWriter, table: pa.Table, fingerprint: _Fingerprint, target: Path) -> None:
-    """Write `table` as one row group and hash what it added to the file (on the writer's thread, beside the
-    parsing of the next file)."""
-    writer.write_table(table, row_group_size=table.num_rows)
-    fingerprint.catch_up(target)
 
 
 def _truth(frame: pl.DataFrame, profile: Profile) -> pl.DataFrame:
