@@ -45,6 +45,7 @@ def write_row_groups(
                 if pending is not None:
                     pending.result()
                 pending = pool.submit(write, writer, table)
+                del table  # freed once written, not when the next table is ready
             if pending is not None:
                 pending.result()
         except BaseException:

@@ -482,7 +482,10 @@ def _write_split(
                 bar.update(mb, f"{i + 1}/{len(files)} files, {rows - first_id:,} rows")
             else:
                 progress(f"read {path.name} ({i + 1}/{len(files)}, {frame.height:,} rows)")
-            yield frame.select(columns).to_arrow()
+            table = frame.select(columns).to_arrow()
+            del frame
+            yield table
+            del table  # the writer thread holds it until written: the next file's parse need not wait on it
 
     def open_writer(path: Path, first: pa.Table) -> pq.ParquetWriter:
         frame = pl.from_arrow(first)
