@@ -51,19 +51,23 @@ BENCH_WORLDS: dict[str, tuple[World, tuple[str, ...], int]] = {
     "weak-users": (WORLDS["weak-users"], ("f_13", "f_71", "f_72"), 4),
 }
 SETS = {"raw columns": "raw", "default set": "default", "selected set": SELECTED}
-# with --extra: the default set plus the label-free key families, or with target encodings of earlier days only
-EXTRA_SETS = {"label-free set": "labelfree", "past-days target": "pastdays"}
+# with --extra: the default set plus the label-free key families, with target encodings of earlier days only, or
+# with two Beta statistics per encoding
+EXTRA_SETS = {"label-free set": "labelfree", "past-days target": "pastdays", "lean target": "leantarget"}
 LABEL_FREE_KEYS = [["f_2"], ["f_4"], ["f_6"]]
 
 
 def set_features(set_name: str) -> dict[str, Any] | None:
     """The `[features]` table of a bench set (None: the set's own, the default or the selected one): raw
     columns, the default set plus novelty and same-day counts over f_2, f_4, f_6 and every entity group, or the
-    default set with its target encodings from earlier days only (no same-day labels)."""
+    default set with its target encodings from earlier days only (no same-day labels), or with two Beta
+    statistics (mean, var) per encoding."""
     if set_name == "raw":
         return only_families({"clean": {}})
     if set_name == "pastdays":
         return {"target": {"scheme": "past_days"}}
+    if set_name == "leantarget":  # two Beta statistics instead of six: a third of the encoding columns to write
+        return {"target": {"stats": ["mean", "var"]}}
     if set_name == "labelfree":
         return {
             "novelty": {"keys": LABEL_FREE_KEYS, "over_entities": True},

@@ -180,7 +180,9 @@ def fail_dead(study: optuna.Study, local: bool) -> int:
 
 def fail_running(study: optuna.Study) -> int:
     """Before a run starts its workers (or trials of its own): fail the trials of dead processes and, on a
-    storage file of this machine (journal, SQLite), those that record none."""
+    storage file (journal, SQLite), those that record none. A file shared by processes of several machines (a
+    journal on NFS) can hold another machine's trial that has not recorded its process yet: that one is failed
+    too."""
     backend = getattr(study._storage, "_backend", study._storage)
     journal_file = isinstance(backend, optuna.storages.journal.JournalFileBackend)
     local = journal_file or str(getattr(backend, "url", "")).startswith("sqlite")
@@ -273,6 +275,7 @@ def run_trials(
     except BaseException as exc:
         if not interrupted(exc):
             raise
+        fail_own(study)  # Ctrl-C while Optuna recorded a result leaves this process's trial RUNNING
         if not parent:  # a trial interrupted as Optuna created it stays RUNNING; the parent of workers cleans up
             fail_running(study)
             report(INTERRUPTED)
@@ -283,12 +286,27 @@ def run_trials(
 def interrupted(exc: BaseException) -> bool:
     """Whether `exc` is Ctrl-C or was raised while handling it (Optuna 5 raises UnboundLocalError when Ctrl-C
     lands while it records a trial's result)."""
+    chain: list[BaseException] = []
     seen: BaseException | None = exc
-    while seen is not None:
+    while seen is not None and not any(seen is e for e in chain):
         if isinstance(seen, KeyboardInterrupt):
             return True
+        chain.append(seen)
         seen = seen.__context__
     return False
+
+
+def fail_own(study: optuna.Study) -> int:
+    """Mark this process's RUNNING trials failed (it is about to stop running them)."""
+    own = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.user_attrs.get(PROCESS_ATTR) == this_process()
+    ]
+    for t in own:
+        with contextlib.suppress(RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    return len(own)
 
 
 class _NoInterruptTraceback(logging.Filter):

@@ -46,6 +46,10 @@ def tune_stage(wd, cfg, target, **kwargs):
     return tuned.study, tuned.completed
 
 
+def _setup(tmp_path, trials: int = 3) -> tuning.TuneSetup:
+    return tuning.TuneSetup("e2e", "s", "", trials, None, 0, "none", [], tmp_path)
+
+
 def _study(url, name="e2e-default"):
     if url.startswith("journal:"):
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url[8:]))
@@ -328,10 +332,6 @@ def test_ctrl_c_before_the_first_trial_is_the_same_line(work, capsys, monkeypatc
     assert code == 130 and err.strip() == tuning.INTERRUPTED
 
 
-def _setup(tmp_path, trials: int = 3) -> tuning.TuneSetup:
-    return tuning.TuneSetup("e2e", "s", "", trials, None, 0, "none", [], tmp_path)
-
-
 def test_ctrl_c_while_optuna_records_a_result_is_an_interrupt(tmp_path, monkeypatch):
     """Ctrl-C inside Optuna's tell makes Optuna 5 raise UnboundLocalError from its `finally`: still one line."""
     from optuna.study import _optimize
@@ -343,7 +343,8 @@ def test_ctrl_c_while_optuna_records_a_result_is_an_interrupt(tmp_path, monkeypa
     backend = optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log"))
     study = optuna.create_study(storage=optuna.storages.JournalStorage(backend))
     lines: list[str] = []
-    assert tuning.run_trials(study, _setup(tmp_path), lambda trial: 0.5, lines.append) is False
+    objective = tuning.timed(lambda trial: (0.5, {}))  # records this process on the trial, as every objective does
+    assert tuning.run_trials(study, _setup(tmp_path), objective, lines.append) is False
     assert lines == [tuning.INTERRUPTED]
     assert not study.get_trials(states=(TrialState.RUNNING,))
 

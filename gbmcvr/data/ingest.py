@@ -466,12 +466,12 @@ def _write_split(
     total_mb = max(1, -(-sum(p.stat().st_size for p in files) // 2**20))
 
     def tables(bar: Task | None) -> Iterator[pa.Table]:
-        floats_first, rows, done_bytes = False, first_id, 0
+        floats_first, rows, done_bytes = False, 0, 0
         for i, path in enumerate(files):
             # files of one split come from one exporter: once one holds integral floats, read the next as floats
             frame, floats_first = _read_file(path, profile, is_test, floats_first)
             if profile.row_id is None:
-                frame = frame.with_row_index(id_col, offset=rows).with_columns(pl.col(id_col).cast(pl.Int64))
+                frame = frame.with_row_index(id_col, offset=first_id + rows).with_columns(pl.col(id_col).cast(pl.Int64))
             if is_test and profile.install_label in frame.columns:
                 truths.append(_truth(frame, profile))
             keys.append(frame.select(id_col, day_col))
@@ -479,7 +479,7 @@ def _write_split(
             done_bytes += path.stat().st_size
             if bar is not None:
                 mb = total_mb if i + 1 == len(files) else min(total_mb, done_bytes // 2**20)
-                bar.update(mb, f"{i + 1}/{len(files)} files, {rows - first_id:,} rows")
+                bar.update(mb, f"{i + 1}/{len(files)} files, {rows:,} rows")
             else:
                 progress(f"read {path.name} ({i + 1}/{len(files)}, {frame.height:,} rows)")
             table = frame.select(columns).to_arrow()
