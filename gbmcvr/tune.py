@@ -275,7 +275,6 @@ def run_trials(
     except BaseException as exc:
         if not interrupted(exc):
             raise
-        fail_own(study)  # Ctrl-C while Optuna recorded a result leaves this process's trial RUNNING
         if not parent:  # a trial interrupted as Optuna created it stays RUNNING; the parent of workers cleans up
             fail_running(study)
             report(INTERRUPTED)
@@ -294,19 +293,6 @@ def interrupted(exc: BaseException) -> bool:
         chain.append(seen)
         seen = seen.__context__
     return False
-
-
-def fail_own(study: optuna.Study) -> int:
-    """Mark this process's RUNNING trials failed (it is about to stop running them)."""
-    own = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if t.user_attrs.get(PROCESS_ATTR) == this_process()
-    ]
-    for t in own:
-        with contextlib.suppress(RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    return len(own)
 
 
 class _NoInterruptTraceback(logging.Filter):
