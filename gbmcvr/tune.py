@@ -40,6 +40,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STORAGE_ENV = "GBMCVR_TUNE_STORAGE"
 WORKERS_ENV = "GBMCVR_TUNE_WORKERS"
 PARENT_ENV = "GBMCVR_TUNE_PARENT"  # a worker's parent pid: the worker ends when its parent is gone
+CREATE_TRIES = 5  # opening a new database whose tables another process is creating at the same moment
 PROCESS_ATTR = "process"  # "host pid" of the process running a trial
 INTERRUPTED = "interrupted: completed trials are kept; rerun the same command to resume"
 
@@ -81,12 +82,29 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=10, grace_period=30)
+        return _rdb_storage(url, kwargs)
     except Exception as exc:  # sqlalchemy / driver errors: the message is what the user needs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"storage {redact(url)}: cannot open it ({scrub(first, url)})") from None
+
+
+def _rdb_storage(url: str, engine_kwargs: dict[str, Any], tries: int = CREATE_TRIES) -> optuna.storages.RDBStorage:
+    """RDBStorage, tried again when another process created the same new database's tables at the same moment
+    (Optuna then fails with "table ... already exists")."""
+
+    def create() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=10, grace_period=30)
+
+    for attempt in range(tries - 1):
+        try:
+            return create()
+        except Exception as exc:
+            if "already exists" not in str(exc):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return create()
 
 
 def space_json(space: list[Dimension]) -> str:
@@ -264,12 +282,12 @@ def run_trials(
     if parent:
         watch_parent(int(parent))
     try:
-        with quiet_interrupts(), optuna_quiet():
+        with quiet_interrupts(), optuna_quiet(), remembered_interrupts() as pressed:
             study.optimize(
                 objective,
                 n_trials=remaining,
                 timeout=setup.timeout,
-                callbacks=[cap, _trial_callback(setup, report)],
+                callbacks=[cap, _trial_callback(setup, report), _stop_if(pressed)],
                 catch=(),
             )
     except BaseException as exc:
@@ -280,6 +298,36 @@ def run_trials(
             report(INTERRUPTED)
         return False
     return True
+
+
+@contextlib.contextmanager
+def remembered_interrupts() -> Iterator[threading.Event]:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is also remembered in the event yielded. Python drops an
+    exception raised inside a garbage-collection callback (SQLAlchemy registers some), so a Ctrl-C landing there
+    would be lost and the study would run on; `_stop_if` raises it again after the trial."""
+    pressed = threading.Event()
+    own = threading.current_thread() is threading.main_thread()
+    if not own or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # a caller's own handling
+        yield pressed
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        pressed.set()
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_if(pressed: threading.Event) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if pressed.is_set():
+            raise KeyboardInterrupt
+
+    return callback
 
 
 def interrupted(exc: BaseException) -> bool:

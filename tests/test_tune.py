@@ -289,11 +289,46 @@ def test_sampler_seed_continues_a_resumed_study():
     assert tuning.sampler_seed(42, 3) == tuning.sampler_seed(42, 3) != tuning.sampler_seed(42, 4)
 
 
+def test_a_database_another_process_is_creating_is_opened_on_a_later_try(tmp_path, monkeypatch):
+    """Two processes creating one new SQLite storage at once: Optuna fails in the later one with "table
+    alembic_version already exists"; gbmcvr tries again."""
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) table alembic_version already exists")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    storage = tuning.open_storage(f"sqlite:///{tmp_path / 'race.db'}")
+    assert isinstance(storage, real) and len(calls) == 3
+
+
+def test_other_storage_errors_are_not_tried_again(tmp_path, monkeypatch):
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("disk I/O error")
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(tuning.UserError, match="cannot open it \\(disk I/O error\\)"):
+        tuning.open_storage(f"sqlite:///{tmp_path / 'broken.db'}")
+    assert calls == [1]
+
+
 def test_ctrl_c_prints_one_line_and_exits_130(work):
     wd, _ = work
     url = f"sqlite:///{wd.models / 'int.db'}"
     proc = _tune_process(wd, url, stderr=subprocess.PIPE)
-    _wait_for(url, 1, 1, time.time() + 180)
+    try:
+        _wait_for(url, 1, 1, time.time() + 180)
+    except AssertionError as exc:
+        proc.kill()
+        raise AssertionError(
+            f"{exc}; the tune process ({proc.poll()}) wrote: {proc.communicate()[1].decode()}"
+        ) from None
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     text = err.decode()
@@ -346,6 +381,26 @@ def test_ctrl_c_while_optuna_records_a_result_is_an_interrupt(tmp_path, monkeypa
     assert tuning.run_trials(study, _setup(tmp_path), lambda trial: 0.5, lines.append) is False
     assert lines == [tuning.INTERRUPTED]
     assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_ctrl_c_that_python_drops_still_stops_the_study(tmp_path):
+    """A Ctrl-C landing in a garbage-collection callback is dropped by Python ("Exception ignored in"); the study
+    still stops after the trial, with the one line."""
+
+    class Collected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):  # the handler runs here, inside __del__
+                pass
+
+    def objective(trial):
+        Collected()
+        return 0.5
+
+    study = optuna.create_study()
+    lines: list[str] = []
+    assert tuning.run_trials(study, _setup(tmp_path, trials=3), objective, lines.append) is False
+    assert len(study.trials) == 1 and lines[-1] == tuning.INTERRUPTED
 
 
 def test_an_error_that_is_not_an_interrupt_is_raised(tmp_path):
