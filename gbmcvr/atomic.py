@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gbmcvr.errors import UserError
+from gbmcvr.errors import UserError, exception_chain
 from gbmcvr.lock import pid_alive
 
 if TYPE_CHECKING:
@@ -60,18 +60,15 @@ _FAULT_TEXTS = {  # how Polars, Arrow, LightGBM and torch word the same OS error
 def fault_error(exc: BaseException) -> UserError | None:
     """A one-line UserError for a real storage fault however a library wraps it (an OSError with a write
     errno, or a Polars/Arrow/LightGBM error whose text names one), else None."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
-            return write_error(Path(exc.filename or "."), exc)
-        text = str(exc)
+    for cause in exception_chain(exc):
+        if isinstance(cause, OSError) and cause.errno in WRITE_ERRNOS:
+            return write_error(Path(cause.filename or "."), cause)
+        text = str(cause)
         lowered = text.lower()
         for needle, reason in _FAULT_TEXTS.items():
             if needle in lowered:
                 first = text.strip().splitlines()[0][:200]
                 return UserError(f"cannot write ({reason}): {first}; free space or choose a writable folder")
-        exc = exc.__cause__ or exc.__context__
     return None
 
 

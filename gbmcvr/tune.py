@@ -32,7 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from gbmcvr.atomic import write_json
-from gbmcvr.errors import UserError
+from gbmcvr.errors import UserError, exception_chain
 from gbmcvr.lock import pid_alive
 from gbmcvr.space import Dimension
 
@@ -333,14 +333,7 @@ def _stop_if(pressed: threading.Event) -> Callable[[optuna.Study, optuna.trial.F
 def interrupted(exc: BaseException) -> bool:
     """Whether `exc` is Ctrl-C or was raised while handling it (Optuna 5 raises UnboundLocalError when Ctrl-C
     lands while it records a trial's result)."""
-    chain: list[BaseException] = []
-    seen: BaseException | None = exc
-    while seen is not None and not any(seen is e for e in chain):
-        if isinstance(seen, KeyboardInterrupt):
-            return True
-        chain.append(seen)
-        seen = seen.__context__
-    return False
+    return any(isinstance(cause, KeyboardInterrupt) for cause in exception_chain(exc))
 
 
 class _NoInterruptTraceback(logging.Filter):
