@@ -14,6 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+DICTIONARY_PAGE_BYTES = 1 << 18  # a column chunk with more distinct values than this holds falls back to plain
+
 
 def write_row_groups(
     tables: Iterable[pa.Table],

@@ -23,7 +23,7 @@ from gbmcvr.data.profile import Profile
 from gbmcvr.errors import UserError
 from gbmcvr.lock import exclusive
 from gbmcvr.progress import Reporter, Task, counted
-from gbmcvr.row_groups import write_row_groups
+from gbmcvr.row_groups import DICTIONARY_PAGE_BYTES, write_row_groups
 from gbmcvr.schema import TRUTH_CLICK, TRUTH_FILE, TRUTH_ID, TRUTH_INSTALL
 
 
@@ -134,7 +134,6 @@ MAX_EXACT_FLOAT = 2**53  # integral floats above this cannot be trusted to name 
 INT_BOUNDS = {pl.Int8: 127, pl.Int16: 2**15 - 1, pl.Int32: 2**31 - 1}  # |value| a float may take to cast exactly
 UTF8_BOM = b"\xef\xbb\xbf"
 HEAD_BYTES = 1 << 16
-DICTIONARY_PAGE_BYTES = 1 << 18  # a column with more distinct values than this holds is stored plain
 DICTIONARY_SHARE = 0.1  # dictionary-encode a column only when its distinct values are at most this share of rows
 
 

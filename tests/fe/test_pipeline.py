@@ -3,10 +3,11 @@ import json
 import numpy as np
 import polars as pl
 import polars.testing
+import pyarrow.parquet as pq
 import pytest
 
 from gbmcvr.errors import UserError
-from gbmcvr.fe.pipeline import FEATURE_CODEC, _codecs, build
+from gbmcvr.fe.pipeline import FEATURE_CODEC, _codecs, _write_groups, build
 from gbmcvr.fe.spec import feature_spec
 from tests.factories import run_cli, tiny_profile, tiny_raw
 
@@ -358,6 +359,22 @@ def test_feature_columns_are_compressed_only_where_it_pays():
         }
     ).to_arrow()
     assert _codecs(table) == {"repeats": FEATURE_CODEC, "noise": "none", "empty": FEATURE_CODEC}
+
+
+def test_feature_tables_keep_a_dictionary_only_for_values_that_repeat(tmp_path):
+    # a rate repeats one value per category: dictionary pages; continuous noise overflows the dictionary page and
+    # falls back to plain values, so its file is no larger than plain by more than the one page it tried
+    rng = np.random.default_rng(1)
+    n = 1 << 18
+    rates = rng.random(300).astype(np.float32)
+    table = pl.DataFrame({"rate": rates[rng.integers(0, 300, n)], "noise": rng.random(n).astype(np.float32)})
+    path = tmp_path / "t.parquet"
+    assert _write_groups([table.to_arrow()], path) == n
+    chunks = {c.path_in_schema: c for c in (pq.ParquetFile(path).metadata.row_group(0).column(i) for i in range(2))}
+    assert chunks["rate"].has_dictionary_page and "RLE_DICTIONARY" in chunks["rate"].encodings
+    assert chunks["rate"].total_compressed_size < 0.3 * 4 * n  # 9 bits a value for 300 values, against 32 plain
+    assert 4 * n < chunks["noise"].total_compressed_size < 1.15 * 4 * n
+    pl.testing.assert_frame_equal(pl.read_parquet(path), table, check_exact=True)
 
 
 @pytest.mark.parametrize(("stream", "which"), [(False, "sample"), (True, "sample"), (True, "one day")])
