@@ -361,7 +361,7 @@ def test_feature_columns_are_compressed_only_where_it_pays():
     assert _codecs(table) == {"repeats": FEATURE_CODEC, "noise": "none", "empty": FEATURE_CODEC}
 
 
-def test_feature_tables_keep_a_dictionary_only_for_values_that_repeat(tmp_path):
+def test_feature_tables_are_dictionary_encoded_and_noise_falls_back_to_plain(tmp_path):
     # a rate repeats one value per category: dictionary pages; continuous noise overflows the dictionary page and
     # falls back to plain values, so its file is no larger than plain by more than the one page it tried
     rng = np.random.default_rng(1)
